@@ -1,0 +1,185 @@
+//! The body: what a sealed unit's plaintext holds. `codec u8 || level i8 || raw_len u64 ||
+//! payload`. Compression happens before encryption (ciphertext does not compress).
+
+use crate::error::FormatError;
+
+/// Bytes of the body header.
+pub const HEADER_LEN: usize = 10;
+
+/// How the payload is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    /// The payload is the data itself.
+    Raw = 0,
+    /// The payload is one zstd frame.
+    Zstd = 1,
+}
+
+/// The largest zstd level the format records (zstd's own maximum).
+pub const MAX_LEVEL: i8 = 22;
+
+/// zstd output is kept only if it saves at least 1/32 of the input; otherwise decompression
+/// cost buys nothing and the chunk is stored raw.
+fn worth_keeping(raw: usize, compressed: usize) -> bool {
+    compressed < raw - raw / 32
+}
+
+/// Upper bound of the encoded body size, to size buffers once.
+pub(crate) fn max_encoded_len(raw: usize, level: i8) -> usize {
+    HEADER_LEN
+        + if level > 0 {
+            zstd::zstd_safe::compress_bound(raw).max(raw)
+        } else {
+            raw
+        }
+}
+
+/// Appends the body of `data` to `out`, compressed at `level` when that pays.
+pub(crate) fn encode_into(out: &mut Vec<u8>, data: &[u8], level: i8) {
+    let start = out.len();
+    out.extend_from_slice(&[Codec::Raw as u8, 0]);
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    let payload = out.len();
+    if level > 0 && !data.is_empty() {
+        out.resize(payload + zstd::zstd_safe::compress_bound(data.len()), 0);
+        if let Ok(n) = zstd::bulk::compress_to_buffer(data, &mut out[payload..], i32::from(level)) {
+            if worth_keeping(data.len(), n) {
+                out.truncate(payload + n);
+                out[start] = Codec::Zstd as u8;
+                out[start + 1] = level.to_le_bytes()[0];
+                return;
+            }
+        }
+        out.truncate(payload);
+    }
+    out.extend_from_slice(data);
+}
+
+/// Encodes a body on its own (used by tests and by objects sealed elsewhere).
+pub fn encode(data: &[u8], level: i8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(max_encoded_len(data.len(), level));
+    encode_into(&mut out, data, level);
+    out
+}
+
+/// Decodes a body, refusing to produce more than `limit` bytes.
+pub fn decode(mut body: Vec<u8>, limit: u64, what: &'static str) -> Result<Vec<u8>, FormatError> {
+    if body.len() < HEADER_LEN {
+        return Err(FormatError::Truncated { what });
+    }
+    let codec = body[0];
+    let level = i8::from_le_bytes([body[1]]);
+    let mut raw_len = [0u8; 8];
+    raw_len.copy_from_slice(&body[2..10]);
+    let raw_len = u64::from_le_bytes(raw_len);
+    if raw_len > limit {
+        return Err(FormatError::TooLarge {
+            what,
+            size: raw_len,
+            limit,
+        });
+    }
+    let invalid = |reason: String| FormatError::Invalid { what, reason };
+    match codec {
+        c if c == Codec::Raw as u8 => {
+            if level != 0 {
+                return Err(invalid(format!("raw body with compression level {level}")));
+            }
+            if body.len() as u64 - HEADER_LEN as u64 != raw_len {
+                return Err(invalid(format!(
+                    "raw body of {} bytes declares {raw_len}",
+                    body.len() - HEADER_LEN
+                )));
+            }
+            body.drain(..HEADER_LEN);
+            Ok(body)
+        }
+        c if c == Codec::Zstd as u8 => {
+            if !(1..=MAX_LEVEL).contains(&level) {
+                return Err(invalid(format!("zstd body with level {level}")));
+            }
+            // `raw_len <= limit` was checked above, so this allocation is bounded.
+            let data =
+                zstd::bulk::decompress(&body[HEADER_LEN..], raw_len as usize).map_err(|e| {
+                    FormatError::Decompression {
+                        what,
+                        reason: e.to_string(),
+                    }
+                })?;
+            if data.len() as u64 != raw_len {
+                return Err(invalid(format!(
+                    "decompressed to {} bytes, declares {raw_len}",
+                    data.len()
+                )));
+            }
+            Ok(data)
+        }
+        other => Err(invalid(format!("unknown codec {other}"))),
+    }
+}
+
+/// Reads the codec and level of an encoded body without decoding it.
+pub fn peek(body: &[u8]) -> Option<(u8, i8, u64)> {
+    let h = body.get(..HEADER_LEN)?;
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&h[2..10]);
+    Some((h[0], i8::from_le_bytes([h[1]]), u64::from_le_bytes(len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_data_is_compressed_and_round_trips() {
+        let data = vec![7u8; 100_000];
+        let enc = encode(&data, 3);
+        assert_eq!(peek(&enc).map(|p| p.0), Some(Codec::Zstd as u8));
+        assert!(enc.len() < 1000);
+        assert_eq!(decode(enc, 1 << 20, "t").expect("decodes"), data);
+    }
+
+    #[test]
+    fn incompressible_data_is_stored_raw() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..50_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let enc = encode(&data, 3);
+        assert_eq!(peek(&enc), Some((Codec::Raw as u8, 0, data.len() as u64)));
+        assert_eq!(decode(enc, 1 << 20, "t").expect("decodes"), data);
+    }
+
+    #[test]
+    fn level_zero_stores_raw_and_empty_round_trips() {
+        assert_eq!(peek(&encode(b"abcabcabcabc", 0)).map(|p| p.0), Some(0));
+        assert_eq!(decode(encode(b"", 3), 0, "t").expect("decodes"), b"");
+    }
+
+    #[test]
+    fn declared_size_over_limit_is_refused_before_allocating() {
+        let enc = encode(&vec![0u8; 4096], 1);
+        let err = decode(enc, 100, "chunk").expect_err("over limit");
+        assert!(matches!(err, FormatError::TooLarge { size: 4096, .. }));
+    }
+
+    #[test]
+    fn forged_headers_are_errors_not_panics() {
+        let mut enc = encode(&vec![1u8; 4096], 1);
+        enc[0] = 9;
+        assert!(decode(enc, 1 << 20, "t").is_err());
+        let mut raw = encode(b"hello", 0);
+        raw[2] = 200;
+        assert!(decode(raw, 1 << 20, "t").is_err());
+        assert!(decode(vec![1, 3], 1 << 20, "t").is_err());
+        let mut z = encode(&vec![1u8; 4096], 1);
+        z.truncate(z.len() - 3);
+        assert!(decode(z, 1 << 20, "t").is_err());
+    }
+}
