@@ -1,1 +1,25 @@
+//! pgkeep's engine: repository and storage, the chunk pipeline, and (in later modules) the
+//! replication client, backup, WAL archive, restore and maintenance.
+//!
+//! Objects and their bytes are defined by `pgkeep-format` (see `format-spec/SPEC.md`); this
+//! crate adds I/O: storage access, concurrency and the operations built on them.
 
+pub mod chunker;
+pub mod error;
+pub mod index;
+pub mod pipeline;
+pub mod read;
+pub mod repository;
+pub mod storage;
+
+pub use chunker::{Chunker, Chunking};
+pub use error::{Error, Result};
+pub use index::{ChunkIndex, ChunkLocation};
+pub use pipeline::{
+    PendingChunk, SessionStats, StoredChunk, StoredStream, WriteOptions, WriteSession,
+};
+pub use repository::{default_key_label, InitOptions, KeyInfo, Repository};
+pub use storage::{Created, ObjectInfo, RetryPolicy, Store};
+
+/// The format crate, re-exported so library users need one dependency.
+pub use pgkeep_format as format;

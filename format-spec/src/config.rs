@@ -24,7 +24,7 @@ pub struct RepoConfig {
 }
 
 impl RepoConfig {
-    pub const DEFAULT_PACK_TARGET: u32 = 32 << 20;
+    pub const DEFAULT_PACK_TARGET: u32 = 16 << 20;
     pub const MIN_PACK_TARGET: u32 = 1 << 20;
     pub const MAX_PACK_TARGET: u32 = 256 << 20;
     /// No chunk may be larger than this; readers refuse larger sizes before allocating.

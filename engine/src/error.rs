@@ -1,0 +1,89 @@
+//! The engine's error type: variants a caller can act on, each naming the object involved.
+
+use pgkeep_format::FormatError;
+use thiserror::Error;
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An object that should exist does not.
+    #[error("{object}: not found in the repository")]
+    NotFound { object: String },
+    /// A create-if-absent write found the object already there with other content.
+    #[error("{object}: already exists")]
+    AlreadyExists { object: String },
+    /// An object exists but cannot be trusted: altered, truncated, swapped, or undecodable.
+    #[error("{object}: {source}")]
+    Corrupt {
+        object: String,
+        #[source]
+        source: FormatError,
+    },
+    /// The object store failed (after retries for transient errors).
+    #[error("storage: {op} {object}: {source}")]
+    Storage {
+        op: &'static str,
+        object: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// A local file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No repository at this location.
+    #[error("no pgkeep repository at {location}: run `pgkeep init` first, or check --repo")]
+    NotInitialized { location: String },
+    /// `init` found a repository already there.
+    #[error("a pgkeep repository already exists at {location}")]
+    AlreadyInitialized { location: String },
+    /// No key file of the repository accepts the passphrase. A wrong passphrase and a
+    /// damaged key file look the same to AES-GCM, so the message names the files tried.
+    #[error(
+        "wrong passphrase: no key file of {location} accepts it (tried {}); if the passphrase is right, those key files are damaged",
+        key_files.join(", ")
+    )]
+    WrongPassphrase {
+        location: String,
+        key_files: Vec<String>,
+    },
+    /// A key operation the repository refuses.
+    #[error("{0}")]
+    KeyRefused(String),
+    /// The repository location could not be understood.
+    #[error("invalid repository location {location:?}: {reason}")]
+    InvalidLocation { location: String, reason: String },
+    /// A caller-supplied value is invalid.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The chunk pipeline stopped (a worker or upload failed); the cause follows.
+    #[error("the chunk pipeline stopped: {0}")]
+    Pipeline(String),
+}
+
+impl Error {
+    pub(crate) fn corrupt(object: impl Into<String>, source: FormatError) -> Self {
+        Self::Corrupt {
+            object: object.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether the error means "the data is damaged" (as opposed to unavailable).
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Self::Corrupt { .. })
+    }
+}

@@ -1,0 +1,462 @@
+//! The repository: a store, its keys and config, and typed access to its objects.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pgkeep_format::{
+    layout, open_object, seal_object, ClusterName, KdfParams, KeyFile, KeyFileId, Kind, Manifest,
+    MasterKey, RepoConfig, RepoId, RepoKeys,
+};
+use rand::RngCore;
+
+use crate::error::{Error, Result};
+use crate::index::SharedIndex;
+use crate::storage::{Created, Store};
+
+/// Largest plaintext accepted when reading each object kind, so a forged size field cannot
+/// make a reader allocate without bound.
+pub(crate) mod limits {
+    pub(crate) const CONFIG: u64 = 1 << 20;
+    pub(crate) const INDEX: u64 = 1 << 30;
+    pub(crate) const MANIFEST: u64 = 4 << 30;
+}
+
+/// Options for `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    /// Label of the first key (shown by `key list`).
+    pub key_label: String,
+    pub pack_target_size: u32,
+    pub compression_level: i8,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            kdf: KdfParams::DEFAULT,
+            key_label: default_key_label(),
+            pack_target_size: RepoConfig::DEFAULT_PACK_TARGET,
+            compression_level: 3,
+        }
+    }
+}
+
+/// `user@host`, the default label for new keys.
+pub fn default_key_label() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{user}@{host}")
+}
+
+/// One key file as `key list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: KeyFileId,
+    pub label: String,
+    /// Unix seconds.
+    pub created: i64,
+    pub kdf: KdfParams,
+    /// Whether this is the key the repository was opened with.
+    pub current: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) keys: RepoKeys,
+    /// Kept (zeroized on drop) for wrapping it under new passphrases; the derived keys in
+    /// `keys` are equally sensitive, so holding it adds no exposure.
+    master: MasterKey,
+    pub(crate) config: RepoConfig,
+    /// The key file the passphrase unlocked.
+    key_file: KeyFileId,
+    pub(crate) index: SharedIndex,
+}
+
+/// An open repository. Cheap to clone; clones share the loaded index.
+#[derive(Clone)]
+pub struct Repository {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.inner.store.location())
+            .field("repo_id", &self.inner.config.repo_id)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Runs Argon2id off the async runtime: it is deliberately slow.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Pipeline(format!("a blocking task failed: {e}")))
+}
+
+impl Repository {
+    /// Creates a repository: a random master key wrapped under `passphrase`, then the config
+    /// object, written create-if-absent as the commit point of `init`.
+    pub async fn init(store: Store, passphrase: &[u8], opts: InitOptions) -> Result<Self> {
+        if store.head(layout::CONFIG).await?.is_some() {
+            return Err(Error::AlreadyInitialized {
+                location: store.location().to_owned(),
+            });
+        }
+        let mut config = RepoConfig::new(RepoId(random_bytes()), now_unix());
+        config.pack_target_size = opts.pack_target_size;
+        config.compression_level = opts.compression_level;
+        config
+            .validate()
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let master = MasterKey::from_bytes(random_bytes());
+        let key_file = make_key_file(
+            config.repo_id,
+            &master,
+            passphrase,
+            opts.kdf,
+            &opts.key_label,
+        )
+        .await?;
+        let kf_name = layout::key_file(&key_file.id);
+        store
+            .put_new(&kf_name, Bytes::from(key_file.encode()))
+            .await?;
+
+        let keys = RepoKeys::derive(config.repo_id, &master);
+        let sealed = seal_object(
+            &keys,
+            Kind::Config,
+            layout::CONFIG,
+            random_bytes(),
+            &config.encode(),
+            0,
+        );
+        match store.put_new(layout::CONFIG, Bytes::from(sealed)).await {
+            Ok(Created::New) => {}
+            Ok(Created::Identical) | Err(Error::AlreadyExists { .. }) => {
+                // Another init won the race; leave its repository alone, remove our key.
+                store.delete(&kf_name).await?;
+                return Err(Error::AlreadyInitialized {
+                    location: store.location().to_owned(),
+                });
+            }
+            Err(e) => {
+                let _ = store.delete(&kf_name).await;
+                return Err(e);
+            }
+        }
+        Ok(Self::assemble(store, keys, master, config, key_file.id))
+    }
+
+    /// Opens a repository with a passphrase: tries each key file, then reads and
+    /// authenticates the config.
+    pub async fn open(store: Store, passphrase: &[u8]) -> Result<Self> {
+        if store.head(layout::CONFIG).await?.is_none() {
+            return Err(Error::NotInitialized {
+                location: store.location().to_owned(),
+            });
+        }
+        let key_files = read_key_files(&store).await?;
+        if key_files.is_empty() {
+            return Err(Error::corrupt(
+                layout::KEYS_DIR,
+                pgkeep_format::FormatError::Invalid {
+                    what: "repository",
+                    reason: "has a config but no key files".into(),
+                },
+            ));
+        }
+        let tried: Vec<String> = key_files.iter().map(|k| layout::key_file(&k.id)).collect();
+        let pass = zeroize::Zeroizing::new(passphrase.to_vec());
+        let unlocked = blocking(move || {
+            key_files
+                .into_iter()
+                .find_map(|kf| kf.unlock(&pass).ok().map(|m| (kf, m)))
+        })
+        .await?;
+        let Some((key_file, master)) = unlocked else {
+            return Err(Error::WrongPassphrase {
+                location: store.location().to_owned(),
+                key_files: tried,
+            });
+        };
+        let keys = RepoKeys::derive(key_file.repo_id, &master);
+        let raw = store.get(layout::CONFIG).await?;
+        let config = open_object(&keys, Kind::Config, layout::CONFIG, &raw, limits::CONFIG)
+            .and_then(|p| RepoConfig::decode(&p))
+            .map_err(|e| Error::corrupt(layout::CONFIG, e))?;
+        if config.repo_id != key_file.repo_id {
+            return Err(Error::corrupt(
+                layout::key_file(&key_file.id),
+                pgkeep_format::FormatError::Invalid {
+                    what: "key file",
+                    reason: format!(
+                        "belongs to repository {}, the config is of {}",
+                        key_file.repo_id, config.repo_id
+                    ),
+                },
+            ));
+        }
+        Ok(Self::assemble(store, keys, master, config, key_file.id))
+    }
+
+    fn assemble(
+        store: Store,
+        keys: RepoKeys,
+        master: MasterKey,
+        config: RepoConfig,
+        key_file: KeyFileId,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                keys,
+                master,
+                config,
+                key_file,
+                index: SharedIndex::default(),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.inner.config
+    }
+
+    pub fn keys(&self) -> &RepoKeys {
+        &self.inner.keys
+    }
+
+    pub fn repo_id(&self) -> RepoId {
+        self.inner.config.repo_id
+    }
+
+    /// Seals `plaintext` as an object of `kind` and writes it create-if-absent.
+    pub(crate) async fn put_new_object(
+        &self,
+        kind: Kind,
+        name: &str,
+        plaintext: Vec<u8>,
+        level: i8,
+    ) -> Result<Created> {
+        let repo = self.clone();
+        let owned = name.to_owned();
+        let sealed = blocking(move || {
+            seal_object(
+                &repo.inner.keys,
+                kind,
+                &owned,
+                random_bytes(),
+                &plaintext,
+                level,
+            )
+        })
+        .await?;
+        self.inner.store.put_new(name, Bytes::from(sealed)).await
+    }
+
+    /// Reads and opens an object of `kind`.
+    pub(crate) async fn get_object(&self, kind: Kind, name: &str, limit: u64) -> Result<Vec<u8>> {
+        let raw = self.inner.store.get(name).await?;
+        let repo = self.clone();
+        let owned = name.to_owned();
+        blocking(move || open_object(&repo.inner.keys, kind, &owned, &raw, limit))
+            .await?
+            .map_err(|e| Error::corrupt(name, e))
+    }
+
+    // ---- keys -------------------------------------------------------------------------
+
+    /// Lists the key files; `current` marks the one this handle was opened with.
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        Ok(read_key_files(&self.inner.store)
+            .await?
+            .into_iter()
+            .map(|kf| KeyInfo {
+                current: kf.id == self.inner.key_file,
+                id: kf.id,
+                label: kf.label,
+                created: kf.created,
+                kdf: kf.kdf,
+            })
+            .collect())
+    }
+
+    /// Adds a passphrase: a new key file wrapping the same master key.
+    pub async fn add_key(
+        &self,
+        passphrase: &[u8],
+        label: &str,
+        kdf: KdfParams,
+    ) -> Result<KeyFileId> {
+        let kf = make_key_file(self.repo_id(), &self.inner.master, passphrase, kdf, label).await?;
+        self.inner
+            .store
+            .put_new(&layout::key_file(&kf.id), Bytes::from(kf.encode()))
+            .await?;
+        Ok(kf.id)
+    }
+
+    /// Removes a key file. Refuses the last key (the repository would become unreadable)
+    /// and the key in use (change it with `change_passphrase` instead).
+    pub async fn remove_key(&self, id: &KeyFileId) -> Result<()> {
+        let keys = self.list_keys().await?;
+        if !keys.iter().any(|k| k.id == *id) {
+            return Err(Error::NotFound {
+                object: layout::key_file(id),
+            });
+        }
+        if keys.len() == 1 {
+            return Err(Error::KeyRefused(format!(
+                "refusing to remove key {id}: it is the repository's only key, and without it no one can read the repository"
+            )));
+        }
+        if *id == self.inner.key_file {
+            return Err(Error::KeyRefused(format!(
+                "refusing to remove key {id}: it is the key this passphrase opened; open with another key to remove it, or use `key passwd` to change its passphrase"
+            )));
+        }
+        self.inner.store.delete(&layout::key_file(id)).await
+    }
+
+    /// Replaces the current key's passphrase: writes a new key file (same label), then
+    /// removes the old one, so the repository never has zero keys.
+    pub async fn change_passphrase(
+        &self,
+        new_passphrase: &[u8],
+        kdf: KdfParams,
+    ) -> Result<KeyFileId> {
+        let old = self.inner.key_file;
+        let label = self
+            .list_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.id == old)
+            .map(|k| k.label)
+            .unwrap_or_else(default_key_label);
+        let new = self.add_key(new_passphrase, &label, kdf).await?;
+        self.inner.store.delete(&layout::key_file(&old)).await?;
+        Ok(new)
+    }
+
+    // ---- manifests --------------------------------------------------------------------
+
+    /// Writes a backup manifest: the commit point of a backup. Refuses to overwrite.
+    pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let cluster =
+            ClusterName::new(&manifest.cluster).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        layout::check_component("backup id", &manifest.backup_id)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let name = layout::manifest(&cluster, &manifest.backup_id);
+        match self
+            .put_new_object(Kind::Manifest, &name, manifest.encode(), 3)
+            .await?
+        {
+            Created::New => Ok(()),
+            Created::Identical => Err(Error::AlreadyExists { object: name }),
+        }
+    }
+
+    pub async fn read_manifest(&self, cluster: &ClusterName, backup_id: &str) -> Result<Manifest> {
+        layout::check_component("backup id", backup_id)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let name = layout::manifest(cluster, backup_id);
+        let plain = self
+            .get_object(Kind::Manifest, &name, limits::MANIFEST)
+            .await?;
+        let m = Manifest::decode(&plain).map_err(|e| Error::corrupt(&name, e))?;
+        if m.backup_id != backup_id || m.cluster != cluster.as_str() {
+            return Err(Error::corrupt(
+                &name,
+                pgkeep_format::FormatError::Invalid {
+                    what: "backup manifest",
+                    reason: format!("describes backup {}/{} instead", m.cluster, m.backup_id),
+                },
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Backup ids of a cluster, oldest first (ids sort by time).
+    pub async fn list_backups(&self, cluster: &ClusterName) -> Result<Vec<String>> {
+        let dir = layout::backups_dir(cluster);
+        Ok(self
+            .inner
+            .store
+            .list(&dir)
+            .await?
+            .into_iter()
+            .filter_map(|o| o.name.strip_prefix(&dir).map(str::to_owned))
+            .collect())
+    }
+}
+
+async fn make_key_file(
+    repo_id: RepoId,
+    master: &MasterKey,
+    passphrase: &[u8],
+    kdf: KdfParams,
+    label: &str,
+) -> Result<KeyFile> {
+    kdf.validate()
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let master = master.clone();
+    let pass = zeroize::Zeroizing::new(passphrase.to_vec());
+    let label = label.to_owned();
+    blocking(move || {
+        KeyFile::create(
+            KeyFileId(random_bytes()),
+            repo_id,
+            kdf,
+            random_bytes(),
+            now_unix(),
+            &label,
+            &pass,
+            &master,
+        )
+    })
+    .await?
+    .map_err(|e| Error::InvalidInput(e.to_string()))
+}
+
+/// Reads and decodes every key file. A key file that does not decode is reported, not
+/// skipped: silently ignoring it could hide the only key that works.
+async fn read_key_files(store: &Store) -> Result<Vec<KeyFile>> {
+    let mut out = Vec::new();
+    for obj in store.list(layout::KEYS_DIR).await? {
+        let raw = store.get(&obj.name).await?;
+        let kf = KeyFile::decode(&raw).map_err(|e| Error::corrupt(&obj.name, e))?;
+        let expected = layout::key_file(&kf.id);
+        if expected != obj.name {
+            return Err(Error::corrupt(
+                &obj.name,
+                pgkeep_format::FormatError::Invalid {
+                    what: "key file",
+                    reason: format!("its header names it {expected}"),
+                },
+            ));
+        }
+        out.push(kf);
+    }
+    Ok(out)
+}
