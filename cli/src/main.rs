@@ -1,1 +1,65 @@
-fn main() {}
+//! The `pgkeep` command. Thin by design: parsing, settings, output and exit codes; the work
+//! is done by `pgkeep-engine`.
+
+mod cli;
+mod cmd;
+mod exit;
+mod output;
+mod secret;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::output::Output;
+use crate::settings::Settings;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::resolve(&cli.global) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pgkeep: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    init_logging(&settings.log_level);
+    if let Some(path) = &settings.config_path {
+        tracing::debug!(config = %path.display(), "read config file");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgkeep: starting the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let out = Output { json: settings.json };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Init(a) => cmd::init::run(&settings, a, &out).await,
+            Command::Key(k) => cmd::key::run(&settings, k, &out).await,
+            Command::List => cmd::list::run(&settings, &out).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            // `{:#}` prints the context chain on one line: "opening repository x: wrong passphrase: ...".
+            eprintln!("pgkeep: {e:#}");
+            ExitCode::from(exit::code_for(&e))
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -22,13 +22,14 @@ pub enum Error {
         #[source]
         source: FormatError,
     },
-    /// The object store failed (after retries for transient errors).
-    #[error("storage: {op} {object}: {source}")]
+    /// The object store failed (after retries for transient errors). `message` is the
+    /// store's error flattened to one line (object_store repeats its causes in its display;
+    /// keeping it as a source would print them twice).
+    #[error("storage: {op} {object}: {message}")]
     Storage {
         op: &'static str,
         object: String,
-        #[source]
-        source: object_store::Error,
+        message: String,
     },
     /// A local file operation failed.
     #[error("{context}: {source}")]

@@ -397,6 +397,14 @@ impl Repository {
         Ok(m)
     }
 
+    /// A new backup id for a backup starting at `time`: `YYYYMMDDTHHMMSSZ` (UTC), so ids
+    /// sort by time.
+    pub fn backup_id_at(time: std::time::SystemTime) -> String {
+        humantime::format_rfc3339_seconds(time)
+            .to_string()
+            .replace(['-', ':'], "")
+    }
+
     /// Backup ids of a cluster, oldest first (ids sort by time).
     pub async fn list_backups(&self, cluster: &ClusterName) -> Result<Vec<String>> {
         let dir = layout::backups_dir(cluster);

@@ -120,7 +120,12 @@ impl Store {
                     format!("{prefix}/")
                 };
                 let display = format!("{scheme}://{}/{}", url.host_str().unwrap_or(""), prefix);
-                Ok(Self::from_object_store(inner, &prefix, &display))
+                // The cloud client already retries requests with backoff (`cloud_store`);
+                // one more attempt here covers failures while a response body streams.
+                Ok(Self::from_object_store(inner, &prefix, &display).with_retry(RetryPolicy {
+                    attempts: 2,
+                    ..RetryPolicy::default()
+                }))
             }
             Some(other) => Err(invalid(format!(
                 "unsupported scheme {other}://; use a path, file://, s3://, gs:// or az://"
@@ -188,7 +193,7 @@ impl Store {
             source => Error::Storage {
                 op,
                 object: format!("{}{name}", self.location_prefix()),
-                source,
+                message: flatten(&source),
             },
         }
     }
@@ -242,10 +247,7 @@ impl Store {
             return Err(Error::Storage {
                 op: "get",
                 object: name.to_owned(),
-                source: object_store::Error::Generic {
-                    store: "pgkeep",
-                    source: format!("asked for {want} bytes, got {}", bytes.len()).into(),
-                },
+                message: format!("asked for {want} bytes, got {}", bytes.len()),
             });
         }
         Ok(bytes)
@@ -362,6 +364,22 @@ impl Store {
     }
 }
 
+/// The innermost distinct messages of an error chain, joined: object_store errors embed
+/// their causes in their own text, so walking the chain naively repeats everything.
+fn flatten(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        parts.retain(|p| !text.contains(p.as_str()));
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
 fn object_parent(root: &FsPath, name: &str) -> PathBuf {
     root.join(name)
         .parent()
@@ -391,6 +409,9 @@ fn create_private_dir(path: &FsPath) -> Result<()> {
         .map_err(|e| Error::io(format!("creating {}", path.display()), e))
 }
 
+/// Builds a cloud store: pgkeep's timeouts and retries first, then the cloud's usual
+/// environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`, as `from_env` reads them), then
+/// the URL, then explicit options, so each later source overrides the earlier ones.
 fn cloud_store(
     scheme: &str,
     url: &str,
@@ -405,36 +426,26 @@ fn cloud_store(
     let client = ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(10))
         .with_timeout(Duration::from_secs(300));
+    macro_rules! build {
+        ($builder:ty, $env_prefix:literal) => {{
+            let mut b = <$builder>::new().with_retry(retry).with_client_options(client);
+            for (k, v) in std::env::vars() {
+                if k.starts_with($env_prefix) {
+                    if let Ok(key) = k.to_ascii_lowercase().parse() {
+                        b = b.with_config(key, v);
+                    }
+                }
+            }
+            b = b.with_url(url);
+            for (k, v) in options {
+                b = b.with_config(k.parse()?, v);
+            }
+            Arc::new(b.build()?) as Arc<dyn ObjectStore>
+        }};
+    }
     Ok(match scheme {
-        "s3" | "s3a" => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url)
-                .with_retry(retry)
-                .with_client_options(client);
-            for (k, v) in options {
-                b = b.with_config(k.parse()?, v);
-            }
-            Arc::new(b.build()?)
-        }
-        "gs" => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url)
-                .with_retry(retry)
-                .with_client_options(client);
-            for (k, v) in options {
-                b = b.with_config(k.parse()?, v);
-            }
-            Arc::new(b.build()?)
-        }
-        _ => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url)
-                .with_retry(retry)
-                .with_client_options(client);
-            for (k, v) in options {
-                b = b.with_config(k.parse()?, v);
-            }
-            Arc::new(b.build()?)
-        }
+        "s3" | "s3a" => build!(object_store::aws::AmazonS3Builder, "AWS_"),
+        "gs" => build!(object_store::gcp::GoogleCloudStorageBuilder, "GOOGLE_"),
+        _ => build!(object_store::azure::MicrosoftAzureBuilder, "AZURE_"),
     })
 }

@@ -1,0 +1,140 @@
+//! Command-line definitions. Every setting has a flag, a `PGKEEP_*` variable and a config
+//! file key; flags win over the environment, which wins over the file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub(crate) const AFTER_HELP: &str = "\
+Settings come from flags, then PGKEEP_* environment variables, then the config file
+(--config, PGKEEP_CONFIG, or /etc/pgkeep/pgkeep.toml if it exists). The passphrase comes
+from PGKEEP_PASSPHRASE, --passphrase-file, or a prompt; never from the command line.
+
+Exit codes: 0 success; 1 error; 2 bad usage or configuration; 3 wrong passphrase or key
+refused; 4 repository missing, or already initialized; 5 damaged data detected.
+
+Example:
+  export PGKEEP_REPO=/var/lib/pgkeep/repo
+  pgkeep init
+  pgkeep key list";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgkeep",
+    version,
+    about = "PostgreSQL backups: deduplicated, compressed, encrypted, in object storage",
+    after_help = AFTER_HELP
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Config file (TOML).
+    #[arg(long, global = true, env = "PGKEEP_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Repository location: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix or
+    /// az://container/prefix. Config key: repo.
+    #[arg(long, global = true, env = "PGKEEP_REPO", value_name = "URL")]
+    pub(crate) repo: Option<String>,
+
+    /// Cluster name inside the repository. Config key: cluster. [default: main]
+    #[arg(long, global = true, env = "PGKEEP_CLUSTER", value_name = "NAME")]
+    pub(crate) cluster: Option<String>,
+
+    /// File holding the repository passphrase (first line; must not be readable by others).
+    /// Also PGKEEP_PASSPHRASE_FILE; config key: passphrase_file. PGKEEP_PASSPHRASE, if set,
+    /// is used before the file from the environment or config.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) passphrase_file: Option<PathBuf>,
+
+    /// An object_store option for the repository's storage, e.g. aws_endpoint=http://127.0.0.1:9000
+    /// (repeatable). Also PGKEEP_STORAGE_OPTIONS (comma-separated); config table [storage].
+    #[arg(long = "storage-option", global = true, value_name = "KEY=VALUE")]
+    pub(crate) storage_options: Vec<String>,
+
+    /// Machine-readable JSON output. Also PGKEEP_JSON=1; config key: json.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    /// Log filter for stderr (error, warn, info, debug, trace, or tracing directives).
+    /// Also PGKEEP_LOG; config key: log_level. [default: warn]
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub(crate) log_level: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create a repository: a random master key, wrapped under your passphrase.
+    #[command(after_help = "Example:\n  PGKEEP_PASSPHRASE_FILE=~/.pgkeep-pass pgkeep --repo /srv/backups/db1 init")]
+    Init(InitArgs),
+    /// Manage the passphrases (key files) that unlock the repository.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// List the backups of the cluster (--cluster), oldest first.
+    #[command(after_help = "Example:\n  pgkeep --cluster main list --json")]
+    List,
+}
+
+#[derive(Debug, Args, Default)]
+pub(crate) struct KdfArgs {
+    /// Argon2id memory in MiB for the new key. Also PGKEEP_KDF_MEMORY_MIB; config key:
+    /// kdf_memory_mib. [default: 64]
+    #[arg(long, value_name = "MIB")]
+    pub(crate) kdf_memory_mib: Option<u32>,
+    /// Argon2id passes. Also PGKEEP_KDF_ITERATIONS; config key: kdf_iterations. [default: 3]
+    #[arg(long, value_name = "N")]
+    pub(crate) kdf_iterations: Option<u32>,
+    /// Argon2id lanes. Also PGKEEP_KDF_PARALLELISM; config key: kdf_parallelism. [default: 1]
+    #[arg(long, value_name = "N")]
+    pub(crate) kdf_parallelism: Option<u32>,
+    /// Label shown by `key list`. Also PGKEEP_KEY_LABEL; config key: key_label.
+    /// [default: user@host]
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) label: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    #[command(flatten)]
+    pub(crate) kdf: KdfArgs,
+    /// Target size of pack objects in MiB (1 to 256). Also PGKEEP_PACK_SIZE_MIB; config key:
+    /// pack_size_mib. [default: 16]
+    #[arg(long, value_name = "MIB")]
+    pub(crate) pack_size_mib: Option<u32>,
+    /// Default zstd level for stored data (0 = none, 1 to 22). Also PGKEEP_COMPRESSION;
+    /// config key: compression. [default: 3]
+    #[arg(long, value_name = "LEVEL")]
+    pub(crate) compression: Option<i8>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// List the key files.
+    List,
+    /// Add a passphrase (a new key file for the same master key).
+    #[command(after_help = "Example:\n  PGKEEP_NEW_PASSPHRASE_FILE=/root/ops-pass pgkeep key add --label ops")]
+    Add(NewKeyArgs),
+    /// Remove a key file by id (not the last one, not the one in use).
+    Remove {
+        /// Key id as shown by `key list`.
+        id: String,
+    },
+    /// Change the passphrase of the key in use.
+    Passwd(NewKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NewKeyArgs {
+    #[command(flatten)]
+    pub(crate) kdf: KdfArgs,
+    /// File holding the new passphrase. Also PGKEEP_NEW_PASSPHRASE_FILE, or the
+    /// passphrase itself in PGKEEP_NEW_PASSPHRASE; else a prompt (twice).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) new_passphrase_file: Option<PathBuf>,
+}

@@ -1,0 +1,77 @@
+//! `pgkeep list`: the backups of one cluster.
+
+use pgkeep_engine::format::{BackupKind, Manifest};
+use serde::Serialize;
+
+use crate::output::{format_bytes, format_unix, Output, Table};
+use crate::settings::Settings;
+use crate::cmd;
+
+#[derive(Serialize)]
+struct BackupRow {
+    id: String,
+    kind: &'static str,
+    parent: Option<String>,
+    label: String,
+    start_time: String,
+    stop_time: String,
+    duration_seconds: f64,
+    logical_bytes: u64,
+    stored_bytes: u64,
+    new_bytes: u64,
+    files: usize,
+}
+
+fn kind_name(k: BackupKind) -> &'static str {
+    match k {
+        BackupKind::Full => "full",
+        BackupKind::Incremental => "incremental",
+        BackupKind::Files => "files",
+    }
+}
+
+impl From<&Manifest> for BackupRow {
+    fn from(m: &Manifest) -> Self {
+        Self {
+            id: m.backup_id.clone(),
+            kind: kind_name(m.kind),
+            parent: m.parent.clone(),
+            label: m.label.clone(),
+            start_time: format_unix(m.start_time_us.div_euclid(1_000_000)),
+            stop_time: format_unix(m.stop_time_us.div_euclid(1_000_000)),
+            duration_seconds: (m.stop_time_us - m.start_time_us) as f64 / 1e6,
+            logical_bytes: m.stats.logical_bytes,
+            stored_bytes: m.stats.stored_bytes,
+            new_bytes: m.stats.new_bytes,
+            files: m.files.len(),
+        }
+    }
+}
+
+pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
+    let cluster = cmd::cluster(s)?;
+    let repo = cmd::open(s).await?;
+    let mut rows = Vec::new();
+    for id in repo.list_backups(&cluster).await? {
+        rows.push(BackupRow::from(&repo.read_manifest(&cluster, &id).await?));
+    }
+    out.emit(&rows, || {
+        if rows.is_empty() {
+            return format!("No backups of cluster {cluster} yet.");
+        }
+        let mut t = Table::new(&["BACKUP", "KIND", "STARTED", "SECONDS", "SIZE", "STORED", "NEW", "LABEL"]);
+        for r in &rows {
+            t.row(vec![
+                r.id.clone(),
+                r.kind.into(),
+                r.start_time.clone(),
+                format!("{:.1}", r.duration_seconds),
+                format_bytes(r.logical_bytes),
+                format_bytes(r.stored_bytes),
+                format_bytes(r.new_bytes),
+                r.label.clone(),
+            ]);
+        }
+        t.render()
+    })
+}

@@ -1,0 +1,40 @@
+//! Exit codes, documented in `--help` and docs/exit-codes.md.
+
+use pgkeep_engine::Error;
+
+/// Success.
+pub(crate) const OK: u8 = 0;
+/// Any failure not listed below.
+pub(crate) const FAILURE: u8 = 1;
+/// Bad usage or configuration (clap uses 2 too).
+pub(crate) const USAGE: u8 = 2;
+/// Wrong passphrase, or a key operation refused.
+pub(crate) const KEY: u8 = 3;
+/// No repository at the location, or `init` found one already.
+pub(crate) const REPOSITORY: u8 = 4;
+/// Damaged data detected.
+pub(crate) const CORRUPT: u8 = 5;
+
+/// An error of the CLI's own (settings, input) that maps to `USAGE`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
+
+/// Picks the exit code for an error by the first typed cause in its chain.
+pub(crate) fn code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<UsageError>() {
+            return USAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return match e {
+                Error::WrongPassphrase { .. } | Error::KeyRefused(_) => KEY,
+                Error::NotInitialized { .. } | Error::AlreadyInitialized { .. } => REPOSITORY,
+                Error::Corrupt { .. } => CORRUPT,
+                Error::InvalidLocation { .. } | Error::InvalidInput(_) => USAGE,
+                _ => FAILURE,
+            };
+        }
+    }
+    FAILURE
+}

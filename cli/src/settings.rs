@@ -1,0 +1,182 @@
+//! Resolved settings: flags, then `PGKEEP_*` variables, then the config file, then defaults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cli::{GlobalArgs, KdfArgs};
+use crate::exit::UsageError;
+
+/// Read when neither `--config` nor `PGKEEP_CONFIG` names a file.
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/pgkeep/pgkeep.toml";
+
+/// The config file. Unknown keys are errors, so a typo cannot silently fall back to a
+/// default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    pub(crate) repo: Option<String>,
+    pub(crate) cluster: Option<String>,
+    pub(crate) passphrase_file: Option<PathBuf>,
+    pub(crate) json: Option<bool>,
+    pub(crate) log_level: Option<String>,
+    pub(crate) kdf_memory_mib: Option<u32>,
+    pub(crate) kdf_iterations: Option<u32>,
+    pub(crate) kdf_parallelism: Option<u32>,
+    pub(crate) key_label: Option<String>,
+    pub(crate) pack_size_mib: Option<u32>,
+    pub(crate) compression: Option<i8>,
+    /// `object_store` options for the repository's storage.
+    #[serde(default)]
+    pub(crate) storage: BTreeMap<String, String>,
+}
+
+impl ConfigFile {
+    /// Loads the file named by `--config`/`PGKEEP_CONFIG`, or the default if it exists.
+    pub(crate) fn load(explicit: Option<&Path>) -> Result<(Self, Option<PathBuf>), UsageError> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
+            None => return Ok((Self::default(), None)),
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| UsageError(format!("cannot read config file {}: {e}", path.display())))?;
+        let parsed: Self = toml::from_str(&text)
+            .map_err(|e| UsageError(format!("config file {}: {e}", path.display())))?;
+        Ok((parsed, Some(path)))
+    }
+}
+
+/// A value of a `PGKEEP_*` variable, parsed; empty counts as unset.
+pub(crate) fn env_var<T: std::str::FromStr>(name: &str) -> Result<Option<T>, UsageError>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e| UsageError(format!("{name}={v:?}: {e}"))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(UsageError(format!("{name} is not valid UTF-8"))),
+    }
+}
+
+fn env_bool(name: &str) -> Result<Option<bool>, UsageError> {
+    match std::env::var(name).ok().as_deref() {
+        None | Some("") => Ok(None),
+        Some("1" | "true" | "yes" | "on") => Ok(Some(true)),
+        Some("0" | "false" | "no" | "off") => Ok(Some(false)),
+        Some(v) => Err(UsageError(format!("{name}={v:?}: expected 1/0, true/false, yes/no or on/off"))),
+    }
+}
+
+/// Settings every command shares.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) repo: Option<String>,
+    pub(crate) cluster: String,
+    pub(crate) passphrase_file: Option<PathBuf>,
+    /// Whether the passphrase file came from the command line (which then outranks
+    /// `PGKEEP_PASSPHRASE`).
+    pub(crate) passphrase_file_from_flag: bool,
+    pub(crate) storage_options: Vec<(String, String)>,
+    pub(crate) json: bool,
+    pub(crate) log_level: String,
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) file: ConfigFile,
+}
+
+fn parse_option(s: &str, source: &str) -> Result<(String, String), UsageError> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| UsageError(format!("{source}: {s:?} is not KEY=VALUE")))?;
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
+}
+
+impl Settings {
+    pub(crate) fn resolve(g: &GlobalArgs) -> Result<Self, UsageError> {
+        let (file, config_path) = ConfigFile::load(g.config.as_deref())?;
+        // Storage options: the file's table, overridden by the environment, then flags.
+        let mut storage: BTreeMap<String, String> = file.storage.clone();
+        if let Some(list) = env_var::<String>("PGKEEP_STORAGE_OPTIONS")? {
+            for item in list.split(',').filter(|s| !s.trim().is_empty()) {
+                let (k, v) = parse_option(item, "PGKEEP_STORAGE_OPTIONS")?;
+                storage.insert(k, v);
+            }
+        }
+        for item in &g.storage_options {
+            let (k, v) = parse_option(item, "--storage-option")?;
+            storage.insert(k, v);
+        }
+        let passphrase_file_env: Option<PathBuf> = env_var::<String>("PGKEEP_PASSPHRASE_FILE")?.map(PathBuf::from);
+        Ok(Self {
+            repo: g.repo.clone().or_else(|| file.repo.clone()),
+            cluster: g
+                .cluster
+                .clone()
+                .or_else(|| file.cluster.clone())
+                .unwrap_or_else(|| "main".into()),
+            passphrase_file_from_flag: g.passphrase_file.is_some(),
+            passphrase_file: g
+                .passphrase_file
+                .clone()
+                .or(passphrase_file_env)
+                .or_else(|| file.passphrase_file.clone()),
+            storage_options: storage.into_iter().collect(),
+            json: g.json || env_bool("PGKEEP_JSON")?.or(file.json).unwrap_or(false),
+            log_level: g
+                .log_level
+                .clone()
+                .or(env_var("PGKEEP_LOG")?)
+                .or_else(|| file.log_level.clone())
+                .unwrap_or_else(|| "warn".into()),
+            config_path,
+            file,
+        })
+    }
+
+    pub(crate) fn repo(&self) -> Result<&str, UsageError> {
+        self.repo.as_deref().ok_or_else(|| {
+            UsageError(
+                "no repository given: use --repo, PGKEEP_REPO, or `repo = ...` in the config file".into(),
+            )
+        })
+    }
+
+    /// KDF parameters for a new key.
+    pub(crate) fn kdf(&self, a: &KdfArgs) -> Result<pgkeep_engine::format::KdfParams, UsageError> {
+        let d = pgkeep_engine::format::KdfParams::DEFAULT;
+        let memory_mib = pick(a.kdf_memory_mib, "PGKEEP_KDF_MEMORY_MIB", self.file.kdf_memory_mib)?
+            .unwrap_or(d.memory_kib / 1024);
+        let params = pgkeep_engine::format::KdfParams {
+            memory_kib: memory_mib
+                .checked_mul(1024)
+                .ok_or_else(|| UsageError(format!("KDF memory {memory_mib} MiB is too large")))?,
+            iterations: pick(a.kdf_iterations, "PGKEEP_KDF_ITERATIONS", self.file.kdf_iterations)?
+                .unwrap_or(d.iterations),
+            parallelism: pick(a.kdf_parallelism, "PGKEEP_KDF_PARALLELISM", self.file.kdf_parallelism)?
+                .unwrap_or(d.parallelism),
+        };
+        params.validate().map_err(|e| UsageError(e.to_string()))?;
+        Ok(params)
+    }
+
+    pub(crate) fn key_label(&self, a: &KdfArgs) -> Result<String, UsageError> {
+        Ok(pick(a.label.clone(), "PGKEEP_KEY_LABEL", self.file.key_label.clone())?
+            .unwrap_or_else(pgkeep_engine::default_key_label))
+    }
+}
+
+/// Flag, else environment variable, else config file value.
+pub(crate) fn pick<T: std::str::FromStr>(flag: Option<T>, env: &str, file: Option<T>) -> Result<Option<T>, UsageError>
+where
+    T::Err: std::fmt::Display,
+{
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    Ok(env_var(env)?.or(file))
+}
