@@ -71,7 +71,9 @@ pub(crate) struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create a repository: a random master key, wrapped under your passphrase.
-    #[command(after_help = "Example:\n  PGKEEP_PASSPHRASE_FILE=~/.pgkeep-pass pgkeep --repo /srv/backups/db1 init")]
+    #[command(
+        after_help = "Example:\n  PGKEEP_PASSPHRASE_FILE=~/.pgkeep-pass pgkeep --repo /srv/backups/db1 init"
+    )]
     Init(InitArgs),
     /// Manage the passphrases (key files) that unlock the repository.
     #[command(subcommand)]
@@ -118,7 +120,9 @@ pub(crate) enum KeyCommand {
     /// List the key files.
     List,
     /// Add a passphrase (a new key file for the same master key).
-    #[command(after_help = "Example:\n  PGKEEP_NEW_PASSPHRASE_FILE=/root/ops-pass pgkeep key add --label ops")]
+    #[command(
+        after_help = "Example:\n  PGKEEP_NEW_PASSPHRASE_FILE=/root/ops-pass pgkeep key add --label ops"
+    )]
     Add(NewKeyArgs),
     /// Remove a key file by id (not the last one, not the one in use).
     Remove {

@@ -29,14 +29,19 @@ fn main() -> ExitCode {
     if let Some(path) = &settings.config_path {
         tracing::debug!(config = %path.display(), "read config file");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgkeep: starting the async runtime: {e}");
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let out = Output { json: settings.json };
+    let out = Output {
+        json: settings.json,
+    };
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Init(a) => cmd::init::run(&settings, a, &out).await,

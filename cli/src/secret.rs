@@ -25,11 +25,15 @@ pub(crate) fn read_file(path: &Path) -> Result<Passphrase, UsageError> {
         )));
     }
     let text = Zeroizing::new(
-        std::fs::read(path).map_err(|e| UsageError(format!("passphrase file {}: {e}", path.display())))?,
+        std::fs::read(path)
+            .map_err(|e| UsageError(format!("passphrase file {}: {e}", path.display())))?,
     );
     let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    non_empty(Zeroizing::new(line.to_vec()), &format!("passphrase file {}", path.display()))
+    non_empty(
+        Zeroizing::new(line.to_vec()),
+        &format!("passphrase file {}", path.display()),
+    )
 }
 
 fn non_empty(p: Passphrase, source: &str) -> Result<Passphrase, UsageError> {
@@ -62,7 +66,9 @@ fn prompt_twice(what: &str) -> Result<Passphrase, UsageError> {
 }
 
 fn no_source(what: &str, hint: &str) -> UsageError {
-    UsageError(format!("no {what}: {hint}, or run on a terminal to be prompted"))
+    UsageError(format!(
+        "no {what}: {hint}, or run on a terminal to be prompted"
+    ))
 }
 
 /// The repository passphrase. `confirm` asks twice on a prompt (for `init`).

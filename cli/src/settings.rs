@@ -60,7 +60,9 @@ where
             .map(Some)
             .map_err(|e| UsageError(format!("{name}={v:?}: {e}"))),
         Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => Err(UsageError(format!("{name} is not valid UTF-8"))),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(UsageError(format!("{name} is not valid UTF-8")))
+        }
     }
 }
 
@@ -69,7 +71,9 @@ fn env_bool(name: &str) -> Result<Option<bool>, UsageError> {
         None | Some("") => Ok(None),
         Some("1" | "true" | "yes" | "on") => Ok(Some(true)),
         Some("0" | "false" | "no" | "off") => Ok(Some(false)),
-        Some(v) => Err(UsageError(format!("{name}={v:?}: expected 1/0, true/false, yes/no or on/off"))),
+        Some(v) => Err(UsageError(format!(
+            "{name}={v:?}: expected 1/0, true/false, yes/no or on/off"
+        ))),
     }
 }
 
@@ -111,7 +115,8 @@ impl Settings {
             let (k, v) = parse_option(item, "--storage-option")?;
             storage.insert(k, v);
         }
-        let passphrase_file_env: Option<PathBuf> = env_var::<String>("PGKEEP_PASSPHRASE_FILE")?.map(PathBuf::from);
+        let passphrase_file_env: Option<PathBuf> =
+            env_var::<String>("PGKEEP_PASSPHRASE_FILE")?.map(PathBuf::from);
         Ok(Self {
             repo: g.repo.clone().or_else(|| file.repo.clone()),
             cluster: g
@@ -141,7 +146,8 @@ impl Settings {
     pub(crate) fn repo(&self) -> Result<&str, UsageError> {
         self.repo.as_deref().ok_or_else(|| {
             UsageError(
-                "no repository given: use --repo, PGKEEP_REPO, or `repo = ...` in the config file".into(),
+                "no repository given: use --repo, PGKEEP_REPO, or `repo = ...` in the config file"
+                    .into(),
             )
         })
     }
@@ -149,29 +155,49 @@ impl Settings {
     /// KDF parameters for a new key.
     pub(crate) fn kdf(&self, a: &KdfArgs) -> Result<pgkeep_engine::format::KdfParams, UsageError> {
         let d = pgkeep_engine::format::KdfParams::DEFAULT;
-        let memory_mib = pick(a.kdf_memory_mib, "PGKEEP_KDF_MEMORY_MIB", self.file.kdf_memory_mib)?
-            .unwrap_or(d.memory_kib / 1024);
+        let memory_mib = pick(
+            a.kdf_memory_mib,
+            "PGKEEP_KDF_MEMORY_MIB",
+            self.file.kdf_memory_mib,
+        )?
+        .unwrap_or(d.memory_kib / 1024);
         let params = pgkeep_engine::format::KdfParams {
             memory_kib: memory_mib
                 .checked_mul(1024)
                 .ok_or_else(|| UsageError(format!("KDF memory {memory_mib} MiB is too large")))?,
-            iterations: pick(a.kdf_iterations, "PGKEEP_KDF_ITERATIONS", self.file.kdf_iterations)?
-                .unwrap_or(d.iterations),
-            parallelism: pick(a.kdf_parallelism, "PGKEEP_KDF_PARALLELISM", self.file.kdf_parallelism)?
-                .unwrap_or(d.parallelism),
+            iterations: pick(
+                a.kdf_iterations,
+                "PGKEEP_KDF_ITERATIONS",
+                self.file.kdf_iterations,
+            )?
+            .unwrap_or(d.iterations),
+            parallelism: pick(
+                a.kdf_parallelism,
+                "PGKEEP_KDF_PARALLELISM",
+                self.file.kdf_parallelism,
+            )?
+            .unwrap_or(d.parallelism),
         };
         params.validate().map_err(|e| UsageError(e.to_string()))?;
         Ok(params)
     }
 
     pub(crate) fn key_label(&self, a: &KdfArgs) -> Result<String, UsageError> {
-        Ok(pick(a.label.clone(), "PGKEEP_KEY_LABEL", self.file.key_label.clone())?
-            .unwrap_or_else(pgkeep_engine::default_key_label))
+        Ok(pick(
+            a.label.clone(),
+            "PGKEEP_KEY_LABEL",
+            self.file.key_label.clone(),
+        )?
+        .unwrap_or_else(pgkeep_engine::default_key_label))
     }
 }
 
 /// Flag, else environment variable, else config file value.
-pub(crate) fn pick<T: std::str::FromStr>(flag: Option<T>, env: &str, file: Option<T>) -> Result<Option<T>, UsageError>
+pub(crate) fn pick<T: std::str::FromStr>(
+    flag: Option<T>,
+    env: &str,
+    file: Option<T>,
+) -> Result<Option<T>, UsageError>
 where
     T::Err: std::fmt::Display,
 {

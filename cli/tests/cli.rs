@@ -14,7 +14,10 @@ impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::write(dir.path().join("empty.toml"), "").expect("config");
-        let mut e = Self { dir, vars: Vec::new() };
+        let mut e = Self {
+            dir,
+            vars: Vec::new(),
+        };
         e.set("PGKEEP_CONFIG", &e.path("empty.toml").display().to_string());
         e.set("PGKEEP_KDF_MEMORY_MIB", "1");
         e.set("PGKEEP_KDF_ITERATIONS", "1");
@@ -56,7 +59,11 @@ impl Env {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         );
-        assert_eq!(out.status.code(), Some(code), "pgkeep {args:?}\nstdout: {so}\nstderr: {se}");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "pgkeep {args:?}\nstdout: {so}\nstderr: {se}"
+        );
         (so, se)
     }
 }
@@ -71,7 +78,8 @@ fn private_file(path: &Path, content: &str) {
 fn init_open_wrong_passphrase_and_exit_codes_on_a_local_directory() {
     let mut e = Env::new();
     let repo = e.repo();
-    e.set("PGKEEP_REPO", &repo).set("PGKEEP_PASSPHRASE", "first secret");
+    e.set("PGKEEP_REPO", &repo)
+        .set("PGKEEP_PASSPHRASE", "first secret");
     let (out, _) = e.expect(&["init"], 0);
     assert!(out.contains("Initialized repository"), "{out}");
     let (_, err) = e.expect(&["init"], 4);
@@ -82,11 +90,22 @@ fn init_open_wrong_passphrase_and_exit_codes_on_a_local_directory() {
 
     e.set("PGKEEP_PASSPHRASE", "wrong");
     let (_, err) = e.expect(&["key", "list"], 3);
-    assert!(err.contains("wrong passphrase") && err.contains("keys/"), "{err}");
+    assert!(
+        err.contains("wrong passphrase") && err.contains("keys/"),
+        "{err}"
+    );
     // The passphrase never appears in any output.
     assert!(!err.contains("first secret"));
 
-    let (_, err) = e.expect(&["--repo", &e.path("nothing").display().to_string(), "key", "list"], 4);
+    let (_, err) = e.expect(
+        &[
+            "--repo",
+            &e.path("nothing").display().to_string(),
+            "key",
+            "list",
+        ],
+        4,
+    );
     assert!(err.contains("pgkeep init"), "{err}");
 
     e.unset("PGKEEP_REPO");
@@ -130,7 +149,15 @@ fn keys_add_list_remove_passwd_through_the_cli() {
     let new_pass = e.path("new-pass");
     private_file(&new_pass, "three\n");
     e.unset("PGKEEP_NEW_PASSPHRASE");
-    e.expect(&["key", "passwd", "--new-passphrase-file", &new_pass.display().to_string()], 0);
+    e.expect(
+        &[
+            "key",
+            "passwd",
+            "--new-passphrase-file",
+            &new_pass.display().to_string(),
+        ],
+        0,
+    );
     e.expect(&["key", "list"], 3);
     e.set("PGKEEP_PASSPHRASE", "three");
     let (out, _) = e.expect(&["key", "list"], 0);
@@ -153,7 +180,8 @@ fn passphrase_sources_files_and_their_permissions() {
     // A flag outranks the environment.
     e.set("PGKEEP_PASSPHRASE", "wrong");
     e.expect(&["--passphrase-file", &pass_arg, "key", "list"], 0);
-    e.unset("PGKEEP_PASSPHRASE").set("PGKEEP_PASSPHRASE_FILE", &pass_arg);
+    e.unset("PGKEEP_PASSPHRASE")
+        .set("PGKEEP_PASSPHRASE_FILE", &pass_arg);
     e.expect(&["key", "list"], 0);
 
     std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o644)).expect("chmod");
@@ -181,11 +209,18 @@ fn config_file_is_read_and_flags_and_environment_override_it() {
         ),
     )
     .expect("config");
-    e.set("PGKEEP_CONFIG", &config.display().to_string()).unset("PGKEEP_KDF_MEMORY_MIB");
+    e.set("PGKEEP_CONFIG", &config.display().to_string())
+        .unset("PGKEEP_KDF_MEMORY_MIB");
     e.expect(&["init"], 0);
-    assert!(Path::new(&from_file).join("config").exists(), "repo from the config file");
+    assert!(
+        Path::new(&from_file).join("config").exists(),
+        "repo from the config file"
+    );
     let (out, _) = e.expect(&["key", "list"], 0);
-    assert!(out.contains("m=2MiB"), "kdf_memory_mib from the config file: {out}");
+    assert!(
+        out.contains("m=2MiB"),
+        "kdf_memory_mib from the config file: {out}"
+    );
 
     // Environment beats the file, a flag beats the environment.
     let from_env = e.path("from-env").display().to_string();
@@ -213,14 +248,16 @@ fn config_file_is_read_and_flags_and_environment_override_it() {
 
 #[test]
 fn init_on_a_real_s3_server() {
-    let server = pgkeep_testkit::S3Server::shared().expect("S3 test server (run scripts/install-test-deps.sh)");
+    let server = pgkeep_testkit::S3Server::shared()
+        .expect("S3 test server (run scripts/install-test-deps.sh)");
     let bucket = server.unique_bucket("cli").expect("bucket");
     let mut e = Env::new();
     for (k, v) in server.env() {
         e.set(&k, &v);
     }
     let url = format!("s3://{bucket}/prod-db");
-    e.set("PGKEEP_REPO", &url).set("PGKEEP_PASSPHRASE", "s3 secret");
+    e.set("PGKEEP_REPO", &url)
+        .set("PGKEEP_PASSPHRASE", "s3 secret");
     let (out, _) = e.expect(&["init"], 0);
     assert!(out.contains(&format!("s3://{bucket}/prod-db")), "{out}");
     e.expect(&["key", "list"], 0);
@@ -229,7 +266,8 @@ fn init_on_a_real_s3_server() {
     e.expect(&["key", "list"], 3);
 
     // The endpoint can come from --storage-option instead of the environment.
-    e.unset("AWS_ENDPOINT").set("PGKEEP_PASSPHRASE", "s3 secret");
+    e.unset("AWS_ENDPOINT")
+        .set("PGKEEP_PASSPHRASE", "s3 secret");
     let endpoint = format!("aws_endpoint={}", server.endpoint());
     e.expect(&["--storage-option", &endpoint, "key", "list"], 0);
 }
@@ -238,11 +276,27 @@ fn init_on_a_real_s3_server() {
 fn help_documents_every_command_and_setting() {
     let e = Env::new();
     let (out, _) = e.expect(&["--help"], 0);
-    for needle in ["init", "key", "list", "--repo", "--cluster", "--config", "--passphrase-file", "PGKEEP_PASSPHRASE", "Exit codes"] {
+    for needle in [
+        "init",
+        "key",
+        "list",
+        "--repo",
+        "--cluster",
+        "--config",
+        "--passphrase-file",
+        "PGKEEP_PASSPHRASE",
+        "Exit codes",
+    ] {
         assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
     }
     let (out, _) = e.expect(&["init", "--help"], 0);
-    for needle in ["--kdf-memory-mib", "--pack-size-mib", "--compression", "PGKEEP_COMPRESSION", "Example"] {
+    for needle in [
+        "--kdf-memory-mib",
+        "--pack-size-mib",
+        "--compression",
+        "PGKEEP_COMPRESSION",
+        "Example",
+    ] {
         assert!(out.contains(needle), "init --help lacks {needle}:\n{out}");
     }
     let (out, _) = e.expect(&["key", "add", "--help"], 0);

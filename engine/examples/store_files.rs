@@ -2,7 +2,7 @@
 //! the library's write and read paths end to end.
 //!
 //! ```text
-//! PGKEEP_PASSPHRASE=... cargo run --release -p pgkeep-engine --example store_files -- REPO FILE...
+//! PGKEEP_PASSPHRASE_FILE=... cargo run --release -p pgkeep-engine --example store_files -- REPO FILE...
 //! ```
 //! The backup goes to cluster `$PGKEEP_CLUSTER` (default `main`) with kind `files`; run it
 //! twice on the same files and the second run stores no new chunk data.
@@ -20,8 +20,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if files.is_empty() {
         return Err("usage: store_files REPO FILE...".into());
     }
-    let passphrase = std::env::var("PGKEEP_PASSPHRASE").map_err(|_| "set PGKEEP_PASSPHRASE")?;
-    let cluster = ClusterName::new(&std::env::var("PGKEEP_CLUSTER").unwrap_or_else(|_| "main".into()))?;
+    let passphrase = match std::env::var("PGKEEP_PASSPHRASE") {
+        Ok(p) => p,
+        Err(_) => {
+            let file = std::env::var("PGKEEP_PASSPHRASE_FILE")
+                .map_err(|_| "set PGKEEP_PASSPHRASE or PGKEEP_PASSPHRASE_FILE")?;
+            let text = std::fs::read_to_string(file)?;
+            text.lines().next().unwrap_or_default().to_owned()
+        }
+    };
+    let cluster =
+        ClusterName::new(&std::env::var("PGKEEP_CLUSTER").unwrap_or_else(|_| "main".into()))?;
 
     let repo = Repository::open(Store::open(&location, &[], false)?, passphrase.as_bytes()).await?;
     let started = SystemTime::now();
@@ -32,7 +41,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path)?;
         let file = tokio::fs::File::open(path).await?;
-        let stored = session.store_stream(file, Chunking::from_config(repo.config())).await?;
+        let stored = session
+            .store_stream(file, Chunking::from_config(repo.config()))
+            .await?;
         entries.push(FileEntry {
             tablespace: 0,
             path: path.as_bytes().to_vec(),
@@ -83,20 +94,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Read everything back through a fresh handle and compare with the originals.
-    let fresh = Repository::open(Store::open(&location, &[], false)?, passphrase.as_bytes()).await?;
+    let fresh =
+        Repository::open(Store::open(&location, &[], false)?, passphrase.as_bytes()).await?;
     let back = fresh.read_manifest(&cluster, &manifest.backup_id).await?;
     for f in &back.files {
         let mut restored = Vec::with_capacity(f.size as usize);
         fresh.write_extents(&f.extents, &mut restored).await?;
         let original = std::fs::read(String::from_utf8_lossy(&f.path).as_ref())?;
         if restored != original {
-            return Err(format!("{}: restored content differs", String::from_utf8_lossy(&f.path)).into());
+            return Err(format!(
+                "{}: restored content differs",
+                String::from_utf8_lossy(&f.path)
+            )
+            .into());
         }
     }
-    println!("read back {} files: identical to the originals", back.files.len());
+    println!(
+        "read back {} files: identical to the originals",
+        back.files.len()
+    );
     Ok(())
 }
 
 fn micros(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }

@@ -77,6 +77,13 @@ pub struct StoredStream {
     pub extents: Vec<Extent>,
 }
 
+/// What the packer stored: the packs (for the index segment) and their total size.
+#[derive(Debug, Default)]
+struct PackerOutput {
+    packs: Vec<IndexedPack>,
+    bytes: u64,
+}
+
 struct Job {
     data: Bytes,
     reply: oneshot::Sender<Result<StoredChunk>>,
@@ -132,7 +139,7 @@ pub struct WriteSession {
     repo: Repository,
     jobs_tx: Option<flume::Sender<Job>>,
     workers: Vec<std::thread::JoinHandle<()>>,
-    packer: Option<tokio::task::JoinHandle<Result<(Vec<IndexedPack>, u64)>>>,
+    packer: Option<tokio::task::JoinHandle<Result<PackerOutput>>>,
     shared: Arc<Shared>,
     max_in_flight: usize,
 }
@@ -243,7 +250,7 @@ async fn packer(
     rx: flume::Receiver<Sealed>,
     max_uploads: usize,
     shared: Arc<Shared>,
-) -> Result<(Vec<IndexedPack>, u64)> {
+) -> Result<PackerOutput> {
     let result = run_packer(&repo, &rx, max_uploads).await;
     if let Err(e) = &result {
         *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
@@ -255,19 +262,18 @@ async fn run_packer(
     repo: &Repository,
     rx: &flume::Receiver<Sealed>,
     max_uploads: usize,
-) -> Result<(Vec<IndexedPack>, u64)> {
+) -> Result<PackerOutput> {
     let target = repo.config().pack_target_size as usize;
     let capacity = target + RepoConfig::MAX_CHUNK_SIZE as usize / 4;
     let new_pack = || PackWriter::new(repo.keys().key_id(), capacity);
     let mut current = new_pack();
     let mut uploads: JoinSet<Result<IndexedPack>> = JoinSet::new();
-    let mut stored = Vec::new();
-    let mut bytes = 0u64;
+    let mut out = PackerOutput::default();
     let mut reap =
         |r: std::result::Result<Result<IndexedPack>, tokio::task::JoinError>| -> Result<()> {
             let p = r.map_err(|e| Error::Pipeline(format!("an upload task failed: {e}")))??;
-            bytes += p.pack_size;
-            stored.push(p);
+            out.bytes += p.pack_size;
+            out.packs.push(p);
             Ok(())
         };
     loop {
@@ -298,7 +304,7 @@ async fn run_packer(
     while let Some(r) = uploads.join_next().await {
         reap(r)?;
     }
-    Ok((stored, bytes))
+    Ok(out)
 }
 
 async fn upload_pack(repo: Repository, pack: PackWriter) -> Result<IndexedPack> {
@@ -403,7 +409,10 @@ impl WriteSession {
             .packer
             .take()
             .ok_or_else(|| Error::Pipeline("the session is finished".into()))?;
-        let (packs, new_bytes) = packer
+        let PackerOutput {
+            packs,
+            bytes: new_bytes,
+        } = packer
             .await
             .map_err(|e| Error::Pipeline(format!("the packer task failed: {e}")))??;
         let n_packs = packs.len() as u64;

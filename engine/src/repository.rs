@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pgkeep_format::{
-    layout, open_object, seal_object, ClusterName, KdfParams, KeyFile, KeyFileId, Kind, Manifest,
-    MasterKey, RepoConfig, RepoId, RepoKeys,
+    layout, open_object, seal_object, ClusterName, KdfParams, KeyFile, KeyFileId, KeyFileMeta,
+    Kind, Manifest, MasterKey, RepoConfig, RepoId, RepoKeys,
 };
 use rand::RngCore;
 
@@ -44,11 +44,28 @@ impl Default for InitOptions {
 
 /// `user@host`, the default label for new keys.
 pub fn default_key_label() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(current_user_from_passwd)
+        .unwrap_or_else(|| "unknown".into());
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
     format!("{user}@{host}")
+}
+
+/// The name of the process's user from /etc/passwd (cron and archive_command often run
+/// without `$USER`).
+fn current_user_from_passwd() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    std::fs::read_to_string("/etc/passwd").ok()?.lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
 }
 
 /// One key file as `key list` shows it.
@@ -433,12 +450,14 @@ async fn make_key_file(
     let label = label.to_owned();
     blocking(move || {
         KeyFile::create(
-            KeyFileId(random_bytes()),
-            repo_id,
-            kdf,
-            random_bytes(),
-            now_unix(),
-            &label,
+            KeyFileMeta {
+                id: KeyFileId(random_bytes()),
+                repo_id,
+                kdf,
+                salt: random_bytes(),
+                created: now_unix(),
+                label,
+            },
             &pass,
             &master,
         )

@@ -122,10 +122,12 @@ impl Store {
                 let display = format!("{scheme}://{}/{}", url.host_str().unwrap_or(""), prefix);
                 // The cloud client already retries requests with backoff (`cloud_store`);
                 // one more attempt here covers failures while a response body streams.
-                Ok(Self::from_object_store(inner, &prefix, &display).with_retry(RetryPolicy {
-                    attempts: 2,
-                    ..RetryPolicy::default()
-                }))
+                Ok(
+                    Self::from_object_store(inner, &prefix, &display).with_retry(RetryPolicy {
+                        attempts: 2,
+                        ..RetryPolicy::default()
+                    }),
+                )
             }
             Some(other) => Err(invalid(format!(
                 "unsupported scheme {other}://; use a path, file://, s3://, gs:// or az://"
@@ -428,7 +430,9 @@ fn cloud_store(
         .with_timeout(Duration::from_secs(300));
     macro_rules! build {
         ($builder:ty, $env_prefix:literal) => {{
-            let mut b = <$builder>::new().with_retry(retry).with_client_options(client);
+            let mut b = <$builder>::new()
+                .with_retry(retry)
+                .with_client_options(client);
             for (k, v) in std::env::vars() {
                 if k.starts_with($env_prefix) {
                     if let Ok(key) = k.to_ascii_lowercase().parse() {

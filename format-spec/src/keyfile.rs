@@ -90,6 +90,19 @@ impl KdfParams {
     }
 }
 
+/// The public fields of a key file, chosen by whoever creates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFileMeta {
+    pub id: KeyFileId,
+    pub repo_id: RepoId,
+    pub kdf: KdfParams,
+    /// Fresh random bytes for each key file.
+    pub salt: [u8; 32],
+    /// Unix seconds.
+    pub created: i64,
+    pub label: String,
+}
+
 /// One decoded key file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyFile {
@@ -108,17 +121,20 @@ pub struct KeyFile {
 }
 
 impl KeyFile {
-    /// Wraps `master` under `passphrase`. `salt` must be fresh random bytes.
+    /// Wraps `master` under `passphrase`.
     pub fn create(
-        id: KeyFileId,
-        repo_id: RepoId,
-        kdf: KdfParams,
-        salt: [u8; 32],
-        created: i64,
-        label: &str,
+        meta: KeyFileMeta,
         passphrase: &[u8],
         master: &MasterKey,
     ) -> Result<Self, FormatError> {
+        let KeyFileMeta {
+            id,
+            repo_id,
+            kdf,
+            salt,
+            created,
+            label,
+        } = meta;
         if label.len() > MAX_LABEL_LEN {
             return Err(FormatError::Invalid {
                 what: "key file",
@@ -131,7 +147,7 @@ impl KeyFile {
             kdf,
             salt,
             created,
-            label: label.to_owned(),
+            label,
             minor: crate::envelope::FORMAT_MINOR,
             wrapped: [0u8; 32 + TAG_LEN],
         };
@@ -249,12 +265,14 @@ mod tests {
 
     fn sample() -> KeyFile {
         KeyFile::create(
-            KeyFileId([1; 8]),
-            RepoId([2; 16]),
-            FAST,
-            [3; 32],
-            1_700_000_000,
-            "ops@db1",
+            KeyFileMeta {
+                id: KeyFileId([1; 8]),
+                repo_id: RepoId([2; 16]),
+                kdf: FAST,
+                salt: [3; 32],
+                created: 1_700_000_000,
+                label: "ops@db1".into(),
+            },
             b"correct horse",
             &MasterKey::from_bytes([9; 32]),
         )

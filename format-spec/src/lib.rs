@@ -23,7 +23,7 @@ pub use envelope::{open_object, seal_object, Header, Kind, FORMAT_MAJOR, FORMAT_
 pub use error::FormatError;
 pub use ids::{ChunkId, IndexId, KeyFileId, LockId, MasterKeyId, PackId, RepoId};
 pub use index::{IndexSegment, IndexedPack};
-pub use keyfile::{KdfParams, KeyFile};
+pub use keyfile::{KdfParams, KeyFile, KeyFileMeta};
 pub use layout::ClusterName;
 pub use manifest::{
     Attachment, BackupKind, BackupStats, ChunkRef, Extent, FileEntry, FileType, Manifest, PgInfo,

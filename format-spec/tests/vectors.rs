@@ -12,8 +12,8 @@ use pgkeep_format::manifest::{
 };
 use pgkeep_format::{
     layout, open_object, pack, seal_object, ClusterBinding, ClusterName, IndexId, IndexSegment,
-    IndexedPack, KdfParams, KeyFile, KeyFileId, Kind, LockInfo, LockMode, MasterKey, PackWriter,
-    RepoConfig, RepoId, RepoKeys,
+    IndexedPack, KdfParams, KeyFile, KeyFileId, KeyFileMeta, Kind, LockInfo, LockMode, MasterKey,
+    PackWriter, RepoConfig, RepoId, RepoKeys,
 };
 use serde_json::{json, Value};
 
@@ -83,12 +83,14 @@ fn key_file() {
         parallelism: 1,
     };
     let kf = KeyFile::create(
-        KeyFileId([0xa1; 8]),
-        RepoId(REPO),
-        params,
-        [0x5a; 32],
-        1_795_000_000,
-        "vector key",
+        KeyFileMeta {
+            id: KeyFileId([0xa1; 8]),
+            repo_id: RepoId(REPO),
+            kdf: params,
+            salt: [0x5a; 32],
+            created: 1_795_000_000,
+            label: "vector key".into(),
+        },
         b"correct horse battery staple",
         &MasterKey::from_bytes(MASTER),
     )

@@ -19,7 +19,12 @@ struct Initialized {
 }
 
 pub(crate) async fn run(s: &Settings, a: &InitArgs, out: &Output) -> anyhow::Result<()> {
-    let pack_mib = pick(a.pack_size_mib, "PGKEEP_PACK_SIZE_MIB", s.file.pack_size_mib)?.unwrap_or(16);
+    let pack_mib = pick(
+        a.pack_size_mib,
+        "PGKEEP_PACK_SIZE_MIB",
+        s.file.pack_size_mib,
+    )?
+    .unwrap_or(16);
     if !(1..=256).contains(&pack_mib) {
         return Err(UsageError(format!("pack size {pack_mib} MiB is outside 1..=256")).into());
     }
@@ -27,7 +32,8 @@ pub(crate) async fn run(s: &Settings, a: &InitArgs, out: &Output) -> anyhow::Res
         kdf: s.kdf(&a.kdf)?,
         key_label: s.key_label(&a.kdf)?,
         pack_target_size: pack_mib << 20,
-        compression_level: pick(a.compression, "PGKEEP_COMPRESSION", s.file.compression)?.unwrap_or(3),
+        compression_level: pick(a.compression, "PGKEEP_COMPRESSION", s.file.compression)?
+            .unwrap_or(3),
     };
     let store = cmd::store(s, true)?;
     let pass = secret::repository(s, true)?;

@@ -53,7 +53,12 @@ pub(crate) async fn run(s: &Settings, c: &KeyCommand, out: &Output) -> anyhow::R
                         r.id.clone(),
                         if r.current { "*".into() } else { String::new() },
                         r.created.clone(),
-                        format!("argon2id m={}MiB t={} p={}", r.kdf_memory_kib / 1024, r.kdf_iterations, r.kdf_parallelism),
+                        format!(
+                            "argon2id m={}MiB t={} p={}",
+                            r.kdf_memory_kib / 1024,
+                            r.kdf_iterations,
+                            r.kdf_parallelism
+                        ),
                         r.label.clone(),
                     ]);
                 }
@@ -70,9 +75,11 @@ pub(crate) async fn run(s: &Settings, c: &KeyCommand, out: &Output) -> anyhow::R
             out.emit(&done, || format!("Added key {} ({label}).", done.key_id))
         }
         KeyCommand::Remove { id } => {
-            let parsed: KeyFileId = id
-                .parse()
-                .map_err(|_| UsageError(format!("{id:?} is not a key id (16 hex digits, see `pgkeep key list`)")))?;
+            let parsed: KeyFileId = id.parse().map_err(|_| {
+                UsageError(format!(
+                    "{id:?} is not a key id (16 hex digits, see `pgkeep key list`)"
+                ))
+            })?;
             repo.remove_key(&parsed).await?;
             let done = KeyChanged {
                 action: "removed",
@@ -88,7 +95,10 @@ pub(crate) async fn run(s: &Settings, c: &KeyCommand, out: &Output) -> anyhow::R
                 key_id: id.to_hex(),
             };
             out.emit(&done, || {
-                format!("Passphrase changed; the key is now {} (the old key file was removed).", done.key_id)
+                format!(
+                    "Passphrase changed; the key is now {} (the old key file was removed).",
+                    done.key_id
+                )
             })
         }
     }

@@ -3,9 +3,9 @@
 use pgkeep_engine::format::{BackupKind, Manifest};
 use serde::Serialize;
 
+use crate::cmd;
 use crate::output::{format_bytes, format_unix, Output, Table};
 use crate::settings::Settings;
-use crate::cmd;
 
 #[derive(Serialize)]
 struct BackupRow {
@@ -59,7 +59,9 @@ pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
         if rows.is_empty() {
             return format!("No backups of cluster {cluster} yet.");
         }
-        let mut t = Table::new(&["BACKUP", "KIND", "STARTED", "SECONDS", "SIZE", "STORED", "NEW", "LABEL"]);
+        let mut t = Table::new(&[
+            "BACKUP", "KIND", "STARTED", "SECONDS", "SIZE", "STORED", "NEW", "LABEL",
+        ]);
         for r in &rows {
             t.row(vec![
                 r.id.clone(),
