@@ -123,7 +123,17 @@ fn key_file() {
 #[test]
 fn config_object() {
     let k = keys();
-    let config = RepoConfig::new(RepoId(REPO), 1_795_000_000);
+    // Explicit values, so changing a default does not change the vector.
+    let config = RepoConfig {
+        repo_id: RepoId(REPO),
+        created: 1_795_000_000,
+        pack_target_size: 32 << 20,
+        compression_level: 3,
+        cdc_min: 256 << 10,
+        cdc_avg: 1 << 20,
+        cdc_max: 4 << 20,
+        page_chunk_size: 1 << 20,
+    };
     let obj = seal_object(
         &k,
         Kind::Config,
