@@ -61,11 +61,14 @@ pub fn default_key_label() -> String {
 fn current_user_from_passwd() -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let uid = std::fs::metadata("/proc/self").ok()?.uid();
-    std::fs::read_to_string("/etc/passwd").ok()?.lines().find_map(|line| {
-        let mut f = line.split(':');
-        let name = f.next()?;
-        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
-    })
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let mut f = line.split(':');
+            let name = f.next()?;
+            (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+        })
 }
 
 /// One key file as `key list` shows it.

@@ -24,6 +24,13 @@
 //! moto honours `If-None-Match: *` on PUT (412 if the key exists), so
 //! create-only writes (`object_store`'s `PutMode::Create`) behave as on AWS.
 
+//!
+//! # Faults
+//!
+//! [`faults::FaultyStore`] wraps any `ObjectStore` and fails chosen operations, for tests of
+//! retries and clean failure (in addition to the real backends, never instead of them).
+
+pub mod faults;
 mod http;
 mod s3;
 
