@@ -92,7 +92,7 @@ impl Repository {
                                 Error::Pipeline("read plan ended early".into())
                             })??);
                     }
-                    let data = &current.as_ref().map_or(&[][..], |c| &c.1[..]);
+                    let data: &[u8] = current.as_ref().map_or(&[], |c| &c.1);
                     let range = *offset as usize..(*offset + *len) as usize;
                     let slice = data.get(range).ok_or_else(|| {
                         Error::InvalidInput(format!(

@@ -389,9 +389,11 @@ fn object_parent(root: &FsPath, name: &str) -> PathBuf {
 }
 
 fn sync_dir(dir: &FsPath) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        // Deleting an object that never existed may name a directory that does not either.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e)),
+    }
 }
 
 /// Repository files hold only ciphertext, but their names and sizes are still nobody

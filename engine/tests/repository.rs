@@ -167,3 +167,11 @@ async fn local_repository_files_are_private() {
         assert_eq!(mode & 0o077, 0, "key file readable by others: {mode:o}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_missing_object_is_not_an_error() {
+    for b in backends() {
+        b.store.delete("nowhere/at/all").await.expect(b.name);
+        assert_eq!(b.store.head("nowhere/at/all").await.expect("head"), None);
+    }
+}
