@@ -63,6 +63,23 @@ pub enum Error {
     /// A caller-supplied value is invalid.
     #[error("{0}")]
     InvalidInput(String),
+    /// Talking to PostgreSQL failed (connection, authentication, server error, protocol).
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] crate::replication::PgError),
+    /// A base backup archive from the server could not be read.
+    #[error("base backup archive {archive}: {source}")]
+    Archive {
+        archive: String,
+        #[source]
+        source: crate::tar::TarError,
+    },
+    /// The repository's cluster is bound to another PostgreSQL system.
+    #[error("cluster {cluster} of this repository belongs to PostgreSQL system {bound}, but the server is system {found}: use another --cluster for this server")]
+    WrongSystem {
+        cluster: String,
+        bound: u64,
+        found: u64,
+    },
     /// The chunk pipeline stopped (a worker or upload failed); the cause follows.
     #[error("the chunk pipeline stopped: {0}")]
     Pipeline(String),

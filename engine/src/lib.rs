@@ -4,13 +4,17 @@
 //! Objects and their bytes are defined by `pgkeep-format` (see `format-spec/SPEC.md`); this
 //! crate adds I/O: storage access, concurrency and the operations built on them.
 
+pub mod backup;
 pub mod chunker;
+pub mod conninfo;
 pub mod error;
 pub mod index;
 pub mod pipeline;
 pub mod read;
+pub mod replication;
 pub mod repository;
 pub mod storage;
+pub mod tar;
 
 pub use chunker::{Chunker, Chunking};
 pub use error::{Error, Result};

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pgkeep_format::{
-    layout, open_object, seal_object, ClusterName, KdfParams, KeyFile, KeyFileId, KeyFileMeta,
-    Kind, Manifest, MasterKey, RepoConfig, RepoId, RepoKeys,
+    layout, open_object, seal_object, ClusterBinding, ClusterName, KdfParams, KeyFile, KeyFileId,
+    KeyFileMeta, Kind, Manifest, MasterKey, RepoConfig, RepoId, RepoKeys,
 };
 use rand::RngCore;
 
@@ -377,6 +377,53 @@ impl Repository {
         let new = self.add_key(new_passphrase, &label, kdf).await?;
         self.inner.store.delete(&layout::key_file(&old)).await?;
         Ok(new)
+    }
+
+    // ---- clusters ---------------------------------------------------------------------
+
+    /// Binds `cluster` to a PostgreSQL system on first use, and refuses another system
+    /// afterwards, so backups and WAL of two servers never mix under one name.
+    pub async fn bind_cluster(
+        &self,
+        cluster: &ClusterName,
+        system_id: u64,
+        pg_version_num: u32,
+    ) -> Result<ClusterBinding> {
+        let name = layout::cluster_binding(cluster);
+        let binding = match self.get_object(Kind::Cluster, &name, limits::CONFIG).await {
+            Ok(plain) => ClusterBinding::decode(&plain).map_err(|e| Error::corrupt(&name, e))?,
+            Err(Error::NotFound { .. }) => {
+                let new = ClusterBinding {
+                    name: cluster.to_string(),
+                    system_id,
+                    pg_version_num,
+                    created: now_unix(),
+                };
+                match self
+                    .put_new_object(Kind::Cluster, &name, new.encode(), 0)
+                    .await
+                {
+                    Ok(_) => new,
+                    // A concurrent first backup or WAL push bound it first: use theirs.
+                    Err(Error::AlreadyExists { .. }) => {
+                        let plain = self
+                            .get_object(Kind::Cluster, &name, limits::CONFIG)
+                            .await?;
+                        ClusterBinding::decode(&plain).map_err(|e| Error::corrupt(&name, e))?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if binding.system_id != system_id {
+            return Err(Error::WrongSystem {
+                cluster: cluster.to_string(),
+                bound: binding.system_id,
+                found: system_id,
+            });
+        }
+        Ok(binding)
     }
 
     // ---- manifests --------------------------------------------------------------------

@@ -12,9 +12,11 @@ use pgkeep_engine::format::layout;
 use pgkeep_engine::{Chunking, Error, Repository, RetryPolicy, Store, WriteOptions};
 use pgkeep_testkit::faults::{FaultyStore, Op};
 
+/// More attempts than the failures any test injects in total, so however concurrent
+/// operations share the injected failures, none can exhaust its attempts: "transient".
 fn fast_retries() -> RetryPolicy {
     RetryPolicy {
-        attempts: 4,
+        attempts: 10,
         initial_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(5),
     }

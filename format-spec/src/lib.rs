@@ -15,6 +15,7 @@ pub mod keyfile;
 pub mod layout;
 pub mod manifest;
 pub mod pack;
+pub mod pg;
 mod wire;
 
 pub use config::{ClusterBinding, LockInfo, LockMode, RepoConfig};
@@ -30,3 +31,4 @@ pub use manifest::{
     Tablespace,
 };
 pub use pack::{FinishedPack, PackEntry, PackWriter};
+pub use pg::{Lsn, SegmentName, TimelineId};

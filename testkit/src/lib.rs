@@ -32,6 +32,7 @@
 
 pub mod faults;
 mod http;
+pub mod pg;
 mod s3;
 
 pub use http::HttpResponse;

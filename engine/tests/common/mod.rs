@@ -102,3 +102,4 @@ pub async fn bytes_under(store: &Store, prefix: &str) -> u64 {
         .map(|o| o.size)
         .sum()
 }
+pub mod pg;
