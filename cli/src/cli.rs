@@ -11,7 +11,8 @@ Settings come from flags, then PGKEEP_* environment variables, then the config f
 from PGKEEP_PASSPHRASE, --passphrase-file, or a prompt; never from the command line.
 
 Exit codes: 0 success; 1 error; 2 bad usage or configuration; 3 wrong passphrase or key
-refused; 4 repository missing, or already initialized; 5 damaged data detected.
+refused; 4 repository missing, or already initialized; 5 damaged data detected;
+6 PostgreSQL unreachable, or it refused the connection or the command.
 
 Example:
   export PGKEEP_REPO=/var/lib/pgkeep/repo
@@ -78,6 +79,14 @@ pub(crate) enum Command {
     /// Manage the passphrases (key files) that unlock the repository.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Take a base backup over the replication protocol (incremental when a parent exists).
+    #[command(
+        after_help = "The server is given as a libpq connection string or URI (--pg, PGKEEP_PG, config key pg),\n\
+completed by libpq's variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE, ...) and ~/.pgpass.\n\
+The user needs the REPLICATION attribute and a `replication` line in pg_hba.conf.\n\n\
+Example:\n  pgkeep backup --pg 'host=db1 user=backup' --label nightly"
+    )]
+    Backup(BackupArgs),
     /// List the backups of the cluster (--cluster), oldest first.
     #[command(after_help = "Example:\n  pgkeep --cluster main list --json")]
     List,
@@ -113,6 +122,35 @@ pub(crate) struct InitArgs {
     /// config key: compression. [default: 3]
     #[arg(long, value_name = "LEVEL")]
     pub(crate) compression: Option<i8>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackupArgs {
+    /// PostgreSQL connection string or URI. Also PGKEEP_PG; config key: pg. [default: libpq's
+    /// PG* variables and defaults]
+    #[arg(long, value_name = "CONNINFO")]
+    pub(crate) pg: Option<String>,
+    /// Label for the backup (in backup_label and `pgkeep list`). [default: pgkeep <backup id>]
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) label: Option<String>,
+    /// Take a full backup even when an earlier backup could serve as parent.
+    #[arg(long)]
+    pub(crate) full: bool,
+    /// Checkpoint at the start: fast (immediate) or spread (throttled by the server). Also
+    /// PGKEEP_CHECKPOINT; config key: checkpoint. [default: fast]
+    #[arg(long, value_name = "MODE", value_parser = ["fast", "spread"])]
+    pub(crate) checkpoint: Option<String>,
+    /// Limit the server's sending rate, in kB/s (32 to 1048576). Also PGKEEP_MAX_RATE; config
+    /// key: max_rate.
+    #[arg(long, value_name = "KB_PER_S")]
+    pub(crate) max_rate: Option<u32>,
+    /// Do not ask the server to verify data checksums while sending.
+    #[arg(long)]
+    pub(crate) no_verify_checksums: bool,
+    /// Worker threads for hashing, compression and encryption. Also PGKEEP_JOBS; config
+    /// key: jobs. [default: one per core]
+    #[arg(long, value_name = "N")]
+    pub(crate) jobs: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

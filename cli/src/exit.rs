@@ -14,6 +14,8 @@ pub(crate) const KEY: u8 = 3;
 pub(crate) const REPOSITORY: u8 = 4;
 /// Damaged data detected.
 pub(crate) const CORRUPT: u8 = 5;
+/// PostgreSQL could not be reached, or refused the connection or the command.
+pub(crate) const POSTGRES: u8 = 6;
 
 /// An error of the CLI's own (settings, input) that maps to `USAGE`.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +33,10 @@ pub(crate) fn code_for(err: &anyhow::Error) -> u8 {
                 Error::WrongPassphrase { .. } | Error::KeyRefused(_) => KEY,
                 Error::NotInitialized { .. } | Error::AlreadyInitialized { .. } => REPOSITORY,
                 Error::Corrupt { .. } => CORRUPT,
-                Error::InvalidLocation { .. } | Error::InvalidInput(_) => USAGE,
+                Error::InvalidLocation { .. }
+                | Error::InvalidInput(_)
+                | Error::WrongSystem { .. } => USAGE,
+                Error::Postgres(_) => POSTGRES,
                 _ => FAILURE,
             };
         }

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             Command::Init(a) => cmd::init::run(&settings, a, &out).await,
             Command::Key(k) => cmd::key::run(&settings, k, &out).await,
             Command::List => cmd::list::run(&settings, &out).await,
+            Command::Backup(a) => cmd::backup::run(&settings, a, &out).await,
         }
     });
     match result {

@@ -27,6 +27,11 @@ pub(crate) struct ConfigFile {
     pub(crate) key_label: Option<String>,
     pub(crate) pack_size_mib: Option<u32>,
     pub(crate) compression: Option<i8>,
+    /// libpq connection string of the server to back up.
+    pub(crate) pg: Option<String>,
+    pub(crate) checkpoint: Option<String>,
+    pub(crate) max_rate: Option<u32>,
+    pub(crate) jobs: Option<usize>,
     /// `object_store` options for the repository's storage.
     #[serde(default)]
     pub(crate) storage: BTreeMap<String, String>,

@@ -22,7 +22,7 @@ pub use index::{ChunkIndex, ChunkLocation};
 pub use pipeline::{
     PendingChunk, SessionStats, StoredChunk, StoredStream, WriteOptions, WriteSession,
 };
-pub use repository::{default_key_label, InitOptions, KeyInfo, Repository};
+pub use repository::{default_key_label, os_user_name, InitOptions, KeyInfo, Repository};
 pub use storage::{Created, ObjectInfo, RetryPolicy, Store};
 
 /// The format crate, re-exported so library users need one dependency.

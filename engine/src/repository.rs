@@ -44,16 +44,21 @@ impl Default for InitOptions {
 
 /// `user@host`, the default label for new keys.
 pub fn default_key_label() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(current_user_from_passwd)
-        .unwrap_or_else(|| "unknown".into());
+    let user = os_user_name().unwrap_or_else(|| "unknown".into());
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
     format!("{user}@{host}")
+}
+
+/// The name of the user running this process: `$USER`, `$LOGNAME`, or /etc/passwd (libpq's
+/// default user name for connections too).
+pub fn os_user_name() -> Option<String> {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(current_user_from_passwd)
 }
 
 /// The name of the process's user from /etc/passwd (cron and archive_command often run

@@ -34,6 +34,7 @@ pub mod faults;
 mod http;
 pub mod pg;
 mod s3;
+pub mod walsender;
 
 pub use http::HttpResponse;
 pub use s3::{Error, S3Server, MOTO_SERVER_ENV, START_TIMEOUT_ENV};

@@ -1,6 +1,6 @@
 //! `pgkeep list`: the backups of one cluster.
 
-use pgkeep_engine::format::{BackupKind, Manifest};
+use pgkeep_engine::format::{BackupKind, Lsn, Manifest};
 use serde::Serialize;
 
 use crate::cmd;
@@ -20,6 +20,12 @@ struct BackupRow {
     stored_bytes: u64,
     new_bytes: u64,
     files: usize,
+    /// PostgreSQL facts (absent for non-PostgreSQL backups).
+    timeline: Option<u32>,
+    start_lsn: Option<String>,
+    stop_lsn: Option<String>,
+    pg_version: Option<String>,
+    system_id: Option<String>,
 }
 
 fn kind_name(k: BackupKind) -> &'static str {
@@ -44,6 +50,13 @@ impl From<&Manifest> for BackupRow {
             stored_bytes: m.stats.stored_bytes,
             new_bytes: m.stats.new_bytes,
             files: m.files.len(),
+            timeline: m.postgres.map(|p| p.timeline),
+            start_lsn: m.postgres.map(|p| Lsn(p.start_lsn).to_string()),
+            stop_lsn: m.postgres.map(|p| Lsn(p.stop_lsn).to_string()),
+            pg_version: m
+                .postgres
+                .map(|p| format!("{}.{}", p.version_num / 10000, p.version_num % 10000)),
+            system_id: m.postgres.map(|p| p.system_id.to_string()),
         }
     }
 }

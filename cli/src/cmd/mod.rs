@@ -1,5 +1,6 @@
 //! One module per command. Each takes resolved settings and prints through `output`.
 
+pub(crate) mod backup;
 pub(crate) mod init;
 pub(crate) mod key;
 pub(crate) mod list;
