@@ -148,8 +148,13 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
     let sum = summarize(&summary);
     out.emit(&sum, || {
         let of = sum.parent.map(|p| format!(" of {p}")).unwrap_or_default();
+        let reused = if sum.parent.is_some() {
+            format!(", {} of {} relation pages unchanged since the parent", sum.reused_pages, sum.relation_pages)
+        } else {
+            String::new()
+        };
         format!(
-            "backup {} ({}{of}): {} in {:.1} s ({}/s), LSN {}..{} on timeline {}; stored {}, new {}, dedup {:.1}x, {} of {} pages from the parent",
+            "backup {} ({}{of}): {} in {:.1} s ({}/s), LSN {}..{} on timeline {}; stored {}, new {} ({:.1}x smaller by dedup and compression){reused}",
             sum.backup_id,
             sum.kind,
             format_bytes(sum.logical_bytes),
@@ -161,8 +166,6 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
             format_bytes(sum.stored_bytes),
             format_bytes(sum.new_bytes),
             sum.dedup_ratio,
-            sum.reused_pages,
-            sum.relation_pages
         )
     })
 }

@@ -73,14 +73,30 @@ pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
             return format!("No backups of cluster {cluster} yet.");
         }
         let mut t = Table::new(&[
-            "BACKUP", "KIND", "STARTED", "SECONDS", "SIZE", "STORED", "NEW", "LABEL",
+            "BACKUP",
+            "KIND",
+            "STARTED",
+            "SECONDS",
+            "PG",
+            "TLI",
+            "START LSN",
+            "STOP LSN",
+            "SIZE",
+            "STORED",
+            "NEW",
+            "LABEL",
         ]);
+        let dash = || "-".to_owned();
         for r in &rows {
             t.row(vec![
                 r.id.clone(),
                 r.kind.into(),
                 r.start_time.clone(),
                 format!("{:.1}", r.duration_seconds),
+                r.pg_version.clone().unwrap_or_else(dash),
+                r.timeline.map_or_else(dash, |t| t.to_string()),
+                r.start_lsn.clone().unwrap_or_else(dash),
+                r.stop_lsn.clone().unwrap_or_else(dash),
                 format_bytes(r.logical_bytes),
                 format_bytes(r.stored_bytes),
                 format_bytes(r.new_bytes),

@@ -1,0 +1,207 @@
+//! `pgkeep backup` and `pgkeep list` against a real PostgreSQL server, run as a user would,
+//! including SIGKILL at several points of a backup.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pgkeep_testkit::pg::{Auth, PgCluster, PgVersion};
+
+struct Env {
+    dir: tempfile::TempDir,
+    vars: Vec<(String, String)>,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("empty.toml"), "").expect("config");
+        let repo = dir.path().join("repo").display().to_string();
+        let config = dir.path().join("empty.toml").display().to_string();
+        let vars = [
+            ("PGKEEP_CONFIG", config.as_str()),
+            ("PGKEEP_REPO", repo.as_str()),
+            ("PGKEEP_PASSPHRASE", "backup test"),
+            ("PGKEEP_KDF_MEMORY_MIB", "1"),
+            ("PGKEEP_KDF_ITERATIONS", "1"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        Self { dir, vars }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pgkeep"));
+        c.env_clear().env("HOME", self.dir.path()).args(args);
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("pgkeep runs")
+    }
+
+    fn expect(&self, args: &[&str], code: i32) -> (String, String) {
+        let out = self.run(args);
+        let (so, se) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "pgkeep {args:?}\nstdout: {so}\nstderr: {se}"
+        );
+        (so, se)
+    }
+
+    fn list(&self) -> Vec<serde_json::Value> {
+        let (out, _) = self.expect(&["--json", "list"], 0);
+        serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("list --json")
+    }
+}
+
+#[test]
+fn backup_list_incremental_and_failures_through_the_cli() {
+    let pg = PgCluster::builder(PgVersion::V15)
+        .auth(Auth::Scram)
+        .start()
+        .expect("cluster");
+    pg.pgbench_init(2).expect("pgbench -i");
+    let e = Env::new();
+    e.expect(&["init"], 0);
+    let conn = pg.connstring();
+
+    let (out, _) = e.expect(&["--json", "backup", "--pg", &conn, "--label", "first"], 0);
+    let first: serde_json::Value = serde_json::from_str(&out).expect("summary JSON");
+    assert_eq!(first["kind"], "full");
+    assert!(first["logical_bytes"].as_u64().expect("bytes") > 20 << 20);
+
+    pg.psql("UPDATE pgbench_accounts SET abalance = 7 WHERE aid < 50")
+        .expect("update");
+    let (out, _) = e.expect(&["backup", "--pg", &conn], 0);
+    assert!(
+        out.contains("incremental of") && out.contains("pages from the parent"),
+        "{out}"
+    );
+
+    let list = e.list();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["label"], "first");
+    assert_eq!(list[1]["kind"], "incremental");
+    assert_eq!(list[1]["parent"], list[0]["id"]);
+    assert_eq!(list[1]["timeline"], 1);
+    assert!(list[1]["start_lsn"].as_str().expect("lsn").contains('/'));
+    let (table, _) = e.expect(&["list"], 0);
+    assert!(
+        table.contains("START LSN") && table.contains("15."),
+        "{table}"
+    );
+
+    // --full forces a full backup.
+    let (out, _) = e.expect(&["--json", "backup", "--pg", &conn, "--full"], 0);
+    assert!(out.contains("\"kind\": \"full\""), "{out}");
+
+    // PostgreSQL refusing the password: exit 6, the server's message, no password shown.
+    let bad = format!("{conn} password=wrong-password");
+    let (_, err) = e.expect(&["backup", "--pg", &bad], 6);
+    assert!(
+        err.contains("28P01") && !err.contains("wrong-password"),
+        "{err}"
+    );
+    let (_, err) = e.expect(
+        &["backup", "--pg", "host=127.0.0.1 port=1 sslmode=disable"],
+        6,
+    );
+    assert!(err.contains("cannot connect"), "{err}");
+    let (_, err) = e.expect(&["backup", "--pg", "host=x nosuchoption=1"], 2);
+    assert!(err.contains("nosuchoption"), "{err}");
+
+    // Another server into the same cluster is refused; another cluster name works.
+    let other = PgCluster::builder(PgVersion::V15)
+        .start()
+        .expect("second cluster");
+    let (_, err) = e.expect(&["backup", "--pg", &other.connstring()], 2);
+    assert!(err.contains("belongs to PostgreSQL system"), "{err}");
+    e.expect(
+        &["--cluster", "other", "backup", "--pg", &other.connstring()],
+        0,
+    );
+    assert_eq!(e.list().len(), 3, "the refused backup left nothing behind");
+}
+
+/// Kills `pgkeep backup` with SIGKILL at several points: no killed backup is ever listed,
+/// and the next backup succeeds.
+#[test]
+fn a_killed_backup_is_never_listed_and_the_next_one_succeeds() {
+    let pg = PgCluster::builder(PgVersion::V15).start().expect("cluster");
+    pg.pgbench_init(10).expect("pgbench -i");
+    let e = Env::new();
+    e.expect(&["init"], 0);
+    let conn = pg.connstring();
+
+    // How long a whole backup takes here, to spread the kill points over it.
+    let t = Instant::now();
+    e.expect(&["backup", "--pg", &conn, "--full"], 0);
+    let full = t.elapsed();
+    let mut listed = e.list().len();
+    assert_eq!(listed, 1);
+
+    let mut killed = 0;
+    for fraction in [0.05, 0.25, 0.5, 0.75, 0.95] {
+        pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 997 = 0")
+            .expect("change");
+        let mut child = e
+            .command(&["backup", "--pg", &conn, "--full"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(full.mul_f64(fraction));
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        if status.code().is_some() {
+            // It finished before the kill: a complete backup, legitimately listed.
+            assert!(status.success(), "backup failed on its own: {status}");
+            listed += 1;
+        } else {
+            killed += 1;
+        }
+        assert_eq!(
+            e.list().len(),
+            listed,
+            "a killed backup appeared in the list (at {fraction})"
+        );
+    }
+    assert!(
+        killed >= 3,
+        "only {killed} of 5 backups were killed mid-way; the test proves little"
+    );
+    // The repository is consistent: a new backup succeeds and is listed.
+    e.expect(&["backup", "--pg", &conn], 0);
+    assert_eq!(e.list().len(), listed + 1);
+    println!("killed {killed} backups at different points; full backup took {full:?}");
+}
+
+#[test]
+fn list_of_an_empty_cluster_and_help() {
+    let e = Env::new();
+    e.expect(&["init"], 0);
+    let (out, _) = e.expect(&["list"], 0);
+    assert!(out.contains("No backups"), "{out}");
+    let (out, _) = e.expect(&["backup", "--help"], 0);
+    for needle in [
+        "--pg",
+        "PGKEEP_PG",
+        "--full",
+        "--checkpoint",
+        "--max-rate",
+        "PGHOST",
+        "Example",
+    ] {
+        assert!(out.contains(needle), "backup --help lacks {needle}");
+    }
+    let _ = Duration::from_secs(0);
+}
