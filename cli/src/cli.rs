@@ -144,6 +144,11 @@ pub(crate) struct BackupArgs {
     /// key: max_rate.
     #[arg(long, value_name = "KB_PER_S")]
     pub(crate) max_rate: Option<u32>,
+    /// Fail when the server sends nothing for this many seconds once the backup data flows
+    /// (0: wait forever). The initial checkpoint is not timed. Also PGKEEP_TIMEOUT; config
+    /// key: timeout. [default: 300]
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) timeout: Option<u64>,
     /// Do not ask the server to verify data checksums while sending.
     #[arg(long)]
     pub(crate) no_verify_checksums: bool,

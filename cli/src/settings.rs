@@ -31,6 +31,7 @@ pub(crate) struct ConfigFile {
     pub(crate) pg: Option<String>,
     pub(crate) checkpoint: Option<String>,
     pub(crate) max_rate: Option<u32>,
+    pub(crate) timeout: Option<u64>,
     pub(crate) jobs: Option<usize>,
     /// `object_store` options for the repository's storage.
     #[serde(default)]

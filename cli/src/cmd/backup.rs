@@ -132,6 +132,10 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
         full: a.full,
         max_rate_kb: max_rate,
         verify_checksums: !a.no_verify_checksums,
+        read_timeout: match pick(a.timeout, "PGKEEP_TIMEOUT", s.file.timeout)?.unwrap_or(300) {
+            0 => None,
+            secs => Some(std::time::Duration::from_secs(secs)),
+        },
         write: WriteOptions {
             jobs: pick(a.jobs, "PGKEEP_JOBS", s.file.jobs)?.unwrap_or(0),
             ..WriteOptions::default()

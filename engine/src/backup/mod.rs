@@ -37,6 +37,9 @@ pub struct BackupOptions {
     /// Throttle the server's sending, in kB/s.
     pub max_rate_kb: Option<u32>,
     pub verify_checksums: bool,
+    /// Fail when the server sends nothing for this long once the backup data flows (not
+    /// during the initial checkpoint, which may legitimately take long when spread).
+    pub read_timeout: Option<std::time::Duration>,
     pub write: WriteOptions,
 }
 
@@ -48,6 +51,7 @@ impl Default for BackupOptions {
             full: false,
             max_rate_kb: None,
             verify_checksums: true,
+            read_timeout: Some(std::time::Duration::from_secs(300)),
             write: WriteOptions::default(),
         }
     }
@@ -83,17 +87,26 @@ pub struct BackupSummary {
 #[derive(Debug, Clone, Copy)]
 struct Server {
     system_id: u64,
+    timeline: TimelineId,
+    /// The server's WAL flush position when the backup began.
+    position: Lsn,
     version_num: u32,
     wal_segment_size: u32,
 }
 
 async fn identify(conn: &mut PgConnection) -> Result<Server> {
     let row = conn.query_row("IDENTIFY_SYSTEM").await?;
-    let system_id = row
-        .first()
-        .and_then(|c| c.as_deref())
+    let column = |i: usize| row.get(i).and_then(|c| c.as_deref());
+    let system_id = column(0)
         .and_then(|s| s.parse::<u64>().ok())
         .ok_or_else(|| PgError::Protocol("IDENTIFY_SYSTEM: no system identifier".into()))?;
+    let timeline = column(1)
+        .and_then(|s| s.parse::<u32>().ok())
+        .map(TimelineId)
+        .ok_or_else(|| PgError::Protocol("IDENTIFY_SYSTEM: no timeline".into()))?;
+    let position = column(2)
+        .and_then(|s| s.parse::<Lsn>().ok())
+        .ok_or_else(|| PgError::Protocol("IDENTIFY_SYSTEM: no WAL position".into()))?;
     let version_num = conn
         .server_version_num()
         .ok_or_else(|| PgError::Protocol("the server did not report server_version".into()))?;
@@ -115,25 +128,38 @@ async fn identify(conn: &mut PgConnection) -> Result<Server> {
     }
     Ok(Server {
         system_id,
+        timeline,
+        position,
         version_num,
         wal_segment_size,
     })
 }
 
-/// The newest backup of `cluster` that can serve as parent: same system and timeline, and
-/// not taken after a timeline switch (LSNs on another timeline say nothing about pages).
+/// The newest backup of `cluster` that can serve as parent for page-level reuse: same
+/// system, same timeline, and started at or before the server's current position. After a
+/// point-in-time recovery or a promotion the server is on another timeline, where LSNs may
+/// be lower than the parent's yet name newer page versions; reusing pages by LSN there
+/// would store wrong data, so such a backup is full.
 async fn find_parent(
     repo: &Repository,
     cluster: &ClusterName,
     system_id: u64,
+    timeline: TimelineId,
+    position: Lsn,
 ) -> Result<Option<Manifest>> {
     let ids = repo.list_backups(cluster).await?;
     for id in ids.iter().rev() {
         let m = repo.read_manifest(cluster, id).await?;
-        if matches!(m.kind, BackupKind::Full | BackupKind::Incremental)
-            && m.postgres.is_some_and(|p| p.system_id == system_id)
-        {
+        let usable = matches!(m.kind, BackupKind::Full | BackupKind::Incremental)
+            && m.postgres.is_some_and(|p| {
+                p.system_id == system_id && p.timeline == timeline.0 && Lsn(p.start_lsn) <= position
+            });
+        if usable {
             return Ok(Some(m));
+        }
+        if m.postgres.is_some_and(|p| p.system_id == system_id) {
+            tracing::info!(backup = %m.backup_id, "newest backup is on another timeline or ahead of the server: taking a full backup");
+            return Ok(None);
         }
     }
     Ok(None)
@@ -187,7 +213,14 @@ pub async fn take_backup(
     let parent = if opts.full {
         None
     } else {
-        find_parent(repo, cluster, server.system_id).await?
+        find_parent(
+            repo,
+            cluster,
+            server.system_id,
+            server.timeline,
+            server.position,
+        )
+        .await?
     };
 
     let session = repo.write_session(opts.write).await?;
@@ -214,10 +247,16 @@ pub async fn take_backup(
         verify_checksums: opts.verify_checksums,
         incremental: false,
     };
+    let expected_parent = parent
+        .as_ref()
+        .and_then(|p| p.postgres)
+        .map(|p| (TimelineId(p.timeline), Lsn(p.start_lsn)));
     let stream = run_base_backup(
         &mut conn,
         &request,
         server.version_num,
+        opts.read_timeout,
+        expected_parent,
         &mut ingest,
         &session,
         progress,
@@ -225,10 +264,15 @@ pub async fn take_backup(
     .await?;
     let (files, pages) = ingest.finish().await?;
     let (session_stats, _) = session.finish().await?;
-    // The server's own files, kept for restore's checks and for planning.
+    // Recovery starts at the checkpoint named in backup_label: without it the backup is not
+    // restorable, so it is refused rather than guessed.
     let checkpoint_lsn = label_field(&stream.backup_label, "CHECKPOINT LOCATION")
         .and_then(|v| v.parse::<Lsn>().ok())
-        .unwrap_or(stream.start.0);
+        .ok_or_else(|| {
+            PgError::Protocol(
+                "the data directory archive has no backup_label with a CHECKPOINT LOCATION".into(),
+            )
+        })?;
     let _ = conn.close().await;
 
     let (kind, parent_id, references) = match &parent {
@@ -329,10 +373,13 @@ impl Archive {
 }
 
 /// Runs `BASE_BACKUP` and feeds every archive into `ingest`.
+#[allow(clippy::too_many_arguments)]
 async fn run_base_backup(
     conn: &mut PgConnection,
     request: &BaseBackupRequest,
     version_num: u32,
+    read_timeout: Option<std::time::Duration>,
+    parent: Option<(TimelineId, Lsn)>,
     ingest: &mut Ingest<'_>,
     session: &WriteSession,
     progress: &dyn Progress,
@@ -364,6 +411,16 @@ async fn run_base_backup(
         .first()
         .ok_or_else(|| PgError::Protocol("BASE_BACKUP sent no start position".into()))?;
     let start = parse_position(start_row, "BASE_BACKUP start")?;
+    // The checkpoint is done; from here on the server sends continuously.
+    conn.set_read_timeout(read_timeout);
+    if let Some((tli, parent_start)) = parent {
+        if start.1 != tli || start.0 < parent_start {
+            return Err(Error::InvalidInput(format!(
+                "the server switched to timeline {} (at {}) while the backup started; run the backup again",
+                start.1, start.0
+            )));
+        }
+    }
     let tablespaces: Vec<TablespaceRow> = sets[1]
         .iter()
         .map(|r| parse_tablespace(r))
@@ -389,8 +446,18 @@ async fn run_base_backup(
                 if !modern {
                     // 13/14: one COPY per tablespace in row order, then one for the manifest.
                     finish_archive(archive.take(), ingest).await?;
+                    if manifest_chunker.is_some() {
+                        return Err(
+                            PgError::Protocol("a COPY after the backup manifest".into()).into()
+                        );
+                    }
                     match tablespaces.get(legacy_next) {
                         Some(t) => {
+                            if t.oid == Some(0) {
+                                return Err(
+                                    PgError::Protocol("a tablespace with OID 0".into()).into()
+                                );
+                            }
                             let tablespace = t.oid.unwrap_or(0);
                             let name = t
                                 .oid
@@ -432,6 +499,9 @@ async fn run_base_backup(
                         archive = Some(Archive::new(name, tablespace, termination));
                     }
                     BackupCopyData::Manifest => {
+                        if manifest_chunker.is_some() {
+                            return Err(PgError::Protocol("a second backup manifest".into()).into());
+                        }
                         finish_archive(archive.take(), ingest).await?;
                         manifest_chunker = Some((
                             Chunker::new(Chunking::ContentDefined {
