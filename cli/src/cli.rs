@@ -136,6 +136,11 @@ pub(crate) struct BackupArgs {
     /// Take a full backup even when an earlier backup could serve as parent.
     #[arg(long)]
     pub(crate) full: bool,
+    /// How an incremental backup finds unchanged pages: auto (the server's own incremental
+    /// backup on PostgreSQL 17+ with summarize_wal=on, else page LSNs), page-lsn, or server.
+    /// Also PGKEEP_INCREMENTAL_METHOD; config key: incremental_method. [default: auto]
+    #[arg(long, value_name = "METHOD", value_parser = ["auto", "page-lsn", "server"])]
+    pub(crate) incremental_method: Option<String>,
     /// Checkpoint at the start: fast (immediate) or spread (throttled by the server). Also
     /// PGKEEP_CHECKPOINT; config key: checkpoint. [default: fast]
     #[arg(long, value_name = "MODE", value_parser = ["fast", "spread"])]

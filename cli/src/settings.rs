@@ -30,6 +30,7 @@ pub(crate) struct ConfigFile {
     /// libpq connection string of the server to back up.
     pub(crate) pg: Option<String>,
     pub(crate) checkpoint: Option<String>,
+    pub(crate) incremental_method: Option<String>,
     pub(crate) max_rate: Option<u32>,
     pub(crate) timeout: Option<u64>,
     pub(crate) jobs: Option<usize>,

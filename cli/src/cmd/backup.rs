@@ -3,7 +3,9 @@
 use std::io::IsTerminal;
 
 use anyhow::Context;
-use pgkeep_engine::backup::{take_backup, BackupOptions, BackupSummary, Progress};
+use pgkeep_engine::backup::{
+    take_backup, BackupOptions, BackupSummary, IncrementalMethod, Progress,
+};
 use pgkeep_engine::conninfo;
 use pgkeep_engine::WriteOptions;
 use serde::Serialize;
@@ -120,6 +122,23 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
     if checkpoint != "fast" && checkpoint != "spread" {
         return Err(UsageError(format!("checkpoint {checkpoint:?} must be fast or spread")).into());
     }
+    let incremental_method = match pick(
+        a.incremental_method.clone(),
+        "PGKEEP_INCREMENTAL_METHOD",
+        s.file.incremental_method.clone(),
+    )?
+    .as_deref()
+    {
+        None | Some("auto") => IncrementalMethod::Auto,
+        Some("page-lsn") => IncrementalMethod::PageLsn,
+        Some("server") => IncrementalMethod::Server,
+        Some(other) => {
+            return Err(UsageError(format!(
+                "incremental method {other:?} must be auto, page-lsn or server"
+            ))
+            .into())
+        }
+    };
     let max_rate = pick(a.max_rate, "PGKEEP_MAX_RATE", s.file.max_rate)?;
     if let Some(r) = max_rate {
         if !(32..=1_048_576).contains(&r) {
@@ -130,6 +149,7 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
         label: a.label.clone(),
         fast_checkpoint: checkpoint == "fast",
         full: a.full,
+        incremental_method,
         max_rate_kb: max_rate,
         verify_checksums: !a.no_verify_checksums,
         read_timeout: match pick(a.timeout, "PGKEEP_TIMEOUT", s.file.timeout)?.unwrap_or(300) {

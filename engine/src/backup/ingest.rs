@@ -134,8 +134,106 @@ enum Piece {
     },
 }
 
+/// A server-side incremental file (`INCREMENTAL.<name>`, PostgreSQL 17+) being turned back
+/// into the whole file: listed blocks come from the stream, other blocks below the
+/// truncation length from the parent backup, the rest are zeros.
+struct IncrementalFile {
+    header: BytesMut,
+    /// Parsed header: sorted block numbers and the truncation length, once complete.
+    blocks: Option<(Vec<u32>, u32)>,
+    /// Index into `blocks` of the next block the stream will carry.
+    next: usize,
+    /// The next block number of the reconstructed file to emit.
+    cursor: u32,
+}
+
+/// Magic number of PostgreSQL's incremental files (native byte order).
+const INCREMENTAL_MAGIC: u32 = 0xd3ae_1f0d;
+/// Blocks in a 1 GiB relation segment of 8 KiB pages: no incremental file lists more.
+const MAX_SEGMENT_BLOCKS: u32 = 131_072;
+
+impl IncrementalFile {
+    fn new() -> Self {
+        Self {
+            header: BytesMut::new(),
+            blocks: None,
+            next: 0,
+            cursor: 0,
+        }
+    }
+
+    /// Bytes the header occupies once `n` (the block count) is known: 12 bytes, the block
+    /// numbers, then padding to a whole page when the file carries blocks.
+    fn header_len(n: u32) -> usize {
+        let len = 12 + 4 * n as usize;
+        if n > 0 && len % PAGE != 0 {
+            len + PAGE - len % PAGE
+        } else {
+            len
+        }
+    }
+
+    /// Feeds header bytes from `data`; returns true once the header is complete. The
+    /// header's length is known after its first 12 bytes (magic, block count, truncation
+    /// length); a file listing no blocks has only those.
+    fn take_header(&mut self, data: &mut Bytes, path: &str) -> Result<bool> {
+        let bad = |why: String| Error::InvalidInput(format!("incremental file {path}: {why}"));
+        let word = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        loop {
+            if self.blocks.is_some() {
+                return Ok(true);
+            }
+            let want = if self.header.len() < 12 {
+                12
+            } else {
+                if word(&self.header, 0) != INCREMENTAL_MAGIC {
+                    return Err(bad("bad magic number".into()));
+                }
+                let n = word(&self.header, 4);
+                if n > MAX_SEGMENT_BLOCKS {
+                    return Err(bad(format!("lists {n} blocks, more than a segment holds")));
+                }
+                Self::header_len(n)
+            };
+            if self.header.len() >= 12 && self.header.len() == want {
+                let n = word(&self.header, 4) as usize;
+                let truncation = word(&self.header, 8);
+                let blocks: Vec<u32> = (0..n).map(|i| word(&self.header, 12 + 4 * i)).collect();
+                if blocks.windows(2).any(|w| w[0] >= w[1])
+                    || blocks.last().is_some_and(|b| *b >= MAX_SEGMENT_BLOCKS)
+                {
+                    return Err(bad(
+                        "block numbers are not ascending within a segment".into()
+                    ));
+                }
+                if truncation > MAX_SEGMENT_BLOCKS {
+                    return Err(bad(format!(
+                        "truncation length {truncation} exceeds a segment"
+                    )));
+                }
+                self.blocks = Some((blocks, truncation));
+                continue;
+            }
+            if data.is_empty() {
+                return Ok(false);
+            }
+            let take = (want - self.header.len()).min(data.len());
+            self.header.extend_from_slice(&data.split_to(take));
+        }
+    }
+
+    /// Blocks of the reconstructed file.
+    fn length(&self) -> u32 {
+        self.blocks
+            .as_ref()
+            .map_or(0, |(b, t)| (*t).max(b.last().map_or(0, |l| l + 1)))
+    }
+}
+
 struct Current {
     file: usize,
+    /// Set for `INCREMENTAL.*` files.
+    incremental: Option<IncrementalFile>,
     key: (u32, Vec<u8>),
     /// Whether pages may be taken from the parent by their LSN (main forks only).
     lsn_reuse: bool,
@@ -220,6 +318,14 @@ impl<'s> Ingest<'s> {
             }
         };
         let idx = self.files.len();
+        let mut e = e;
+        let incremental = file_type == FileType::Regular && strip_incremental(&mut e.path);
+        if incremental && self.parent.is_none() {
+            return Err(Error::InvalidInput(format!(
+                "the server sent an incremental file ({}) but this backup has no parent",
+                String::from_utf8_lossy(&e.path)
+            )));
+        }
         let relation = file_type == FileType::Regular && is_relation_file(tablespace, &e.path);
         self.files.push(FileEntry {
             tablespace,
@@ -240,6 +346,7 @@ impl<'s> Ingest<'s> {
             let run_id = self.new_run_id();
             self.current = Some(Current {
                 file: idx,
+                incremental: incremental.then(IncrementalFile::new),
                 lsn_reuse: has_reliable_page_lsn(&e.path),
                 key: (tablespace, e.path),
                 page_buf: BytesMut::new(),
@@ -267,6 +374,9 @@ impl<'s> Ingest<'s> {
                 }
                 return Ok(());
             }
+            if cur.incremental.is_some() {
+                return self.incremental_data(&mut cur, data).await;
+            }
             // Relation file: whole pages, straight from the message when aligned.
             while !data.is_empty() {
                 if cur.page_buf.is_empty() && data.len() >= PAGE {
@@ -289,9 +399,108 @@ impl<'s> Ingest<'s> {
         result
     }
 
+    /// Content of an `INCREMENTAL.*` file: the header, then the listed blocks in order.
+    async fn incremental_data(&mut self, cur: &mut Current, mut data: Bytes) -> Result<()> {
+        let path = String::from_utf8_lossy(&cur.key.1).into_owned();
+        while !data.is_empty() {
+            let inc = cur
+                .incremental
+                .as_mut()
+                .ok_or_else(|| Error::Pipeline("not an incremental file".into()))?;
+            if !inc.take_header(&mut data, &path)? {
+                return Ok(());
+            }
+            let want = PAGE - cur.page_buf.len();
+            let take = want.min(data.len());
+            cur.page_buf.extend_from_slice(&data.split_to(take));
+            if cur.page_buf.len() < PAGE {
+                return Ok(());
+            }
+            let page = cur.page_buf.split().freeze();
+            let block = {
+                let (blocks, _) = inc
+                    .blocks
+                    .as_ref()
+                    .ok_or_else(|| Error::Pipeline("header".into()))?;
+                *blocks.get(inc.next).ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "incremental file {path}: more block data than listed blocks"
+                    ))
+                })?
+            };
+            self.fill_until(cur, block).await?;
+            if let Some(inc) = cur.incremental.as_mut() {
+                inc.next += 1;
+                inc.cursor = block + 1;
+            }
+            self.new_page(cur, page).await?;
+        }
+        Ok(())
+    }
+
+    /// Emits the blocks of a reconstructed file before `until` that the incremental file
+    /// does not carry: the parent's below the truncation length, zeros above it.
+    async fn fill_until(&mut self, cur: &mut Current, until: u32) -> Result<()> {
+        let Some(inc) = cur.incremental.as_ref() else {
+            return Ok(());
+        };
+        let truncation = inc.blocks.as_ref().map_or(0, |b| b.1);
+        for block in inc.cursor..until {
+            cur.offset = u64::from(block) * PAGE as u64;
+            self.stats.relation_pages += 1;
+            if block < truncation {
+                let mut slice = Vec::new();
+                let found = self
+                    .parent
+                    .as_ref()
+                    .is_some_and(|p| p.slice(&cur.key, cur.offset, PAGE as u64, &mut slice));
+                if !found {
+                    return Err(Error::InvalidInput(format!(
+                        "{}: block {block} is neither in the incremental file nor in the parent backup",
+                        String::from_utf8_lossy(&cur.key.1)
+                    )));
+                }
+                self.interrupt_run(cur).await?;
+                self.stats.reused_pages += 1;
+                for e in slice {
+                    self.push_done(cur.file, e);
+                }
+            } else {
+                self.interrupt_run(cur).await?;
+                self.stats.zero_pages += 1;
+                self.push_done(cur.file, Extent::Zeros { len: PAGE as u64 });
+            }
+        }
+        cur.offset = u64::from(until) * PAGE as u64;
+        Ok(())
+    }
+
+    /// A page of a relation file sent whole: taken from the parent when its LSN shows it
+    /// unchanged, stored otherwise.
     async fn page(&mut self, cur: &mut Current, page: Bytes) -> Result<()> {
+        if let Some(parent) = self.parent.as_ref().filter(|_| cur.lsn_reuse) {
+            let zero = page.iter().all(|b| *b == 0);
+            let mut slice = Vec::new();
+            if !zero
+                && page_lsn(&page) < parent.start_lsn
+                && parent.slice(&cur.key, cur.offset, PAGE as u64, &mut slice)
+            {
+                self.stats.relation_pages += 1;
+                cur.offset += PAGE as u64;
+                self.interrupt_run(cur).await?;
+                self.stats.reused_pages += 1;
+                for e in slice {
+                    self.push_done(cur.file, e);
+                }
+                return Ok(());
+            }
+        }
+        self.new_page(cur, page).await
+    }
+
+    /// A page whose content is stored: all-zero pages become zero runs.
+    async fn new_page(&mut self, cur: &mut Current, page: Bytes) -> Result<()> {
         self.stats.relation_pages += 1;
-        let offset = cur.offset;
         cur.offset += PAGE as u64;
         if page.iter().all(|b| *b == 0) {
             self.interrupt_run(cur).await?;
@@ -299,19 +508,10 @@ impl<'s> Ingest<'s> {
             self.push_done(cur.file, Extent::Zeros { len: PAGE as u64 });
             return Ok(());
         }
-        if let Some(parent) = self.parent.as_ref().filter(|_| cur.lsn_reuse) {
-            if page_lsn(&page) < parent.start_lsn {
-                let mut slice = Vec::new();
-                if parent.slice(&cur.key, offset, PAGE as u64, &mut slice) {
-                    self.interrupt_run(cur).await?;
-                    self.stats.reused_pages += 1;
-                    for e in slice {
-                        self.push_done(cur.file, e);
-                    }
-                    return Ok(());
-                }
-            }
-        }
+        self.append_to_run(cur, page).await
+    }
+
+    async fn append_to_run(&mut self, cur: &mut Current, page: Bytes) -> Result<()> {
         let piece = Piece::Slice {
             run: cur.run_id,
             offset: cur.run.len() as u32,
@@ -398,6 +598,28 @@ impl<'s> Ingest<'s> {
         let Some(mut cur) = self.current.take() else {
             return Ok(());
         };
+        if let Some(inc) = cur.incremental.as_ref() {
+            let path = String::from_utf8_lossy(&cur.key.1).into_owned();
+            let (listed, done, length) = match &inc.blocks {
+                Some((b, _)) => (b.len(), inc.next, inc.length()),
+                None => {
+                    return Err(Error::InvalidInput(format!(
+                        "incremental file {path}: truncated header"
+                    )))
+                }
+            };
+            if done != listed || !cur.page_buf.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "incremental file {path}: {done} of {listed} listed blocks received"
+                )));
+            }
+            self.fill_until(&mut cur, length).await?;
+            self.flush_run(&mut cur).await?;
+            if let Some(f) = self.files.get_mut(cur.file) {
+                f.size = u64::from(length) * PAGE as u64;
+            }
+            return Ok(());
+        }
         if let Some(mut chunker) = cur.chunker.take() {
             while let Some(c) = chunker.finish() {
                 self.submit_whole(cur.file, c).await?;
@@ -451,6 +673,18 @@ impl<'s> Ingest<'s> {
     }
 }
 
+/// Turns `dir/INCREMENTAL.name` into `dir/name`; returns whether it was one.
+fn strip_incremental(path: &mut Vec<u8>) -> bool {
+    const PREFIX: &[u8] = b"INCREMENTAL.";
+    let start = path.iter().rposition(|b| *b == b'/').map_or(0, |i| i + 1);
+    if path[start..].starts_with(PREFIX) {
+        path.drain(start..start + PREFIX.len());
+        true
+    } else {
+        false
+    }
+}
+
 /// Appends `e`, merging it with the previous extent when they are contiguous (adjacent
 /// slices of one chunk, or two zero runs).
 fn merge_push(extents: &mut Vec<Extent>, e: Extent) {
@@ -465,5 +699,85 @@ fn merge_push(extents: &mut Vec<Extent>, e: Extent) {
             },
         ) if chunk.id == next.id && *offset + *len == next_off => *len += next_len,
         _ => extents.push(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(blocks: &[u32], truncation: u32) -> Vec<u8> {
+        let mut h = Vec::new();
+        for w in [INCREMENTAL_MAGIC, blocks.len() as u32, truncation] {
+            h.extend_from_slice(&w.to_le_bytes());
+        }
+        for b in blocks {
+            h.extend_from_slice(&b.to_le_bytes());
+        }
+        h.resize(IncrementalFile::header_len(blocks.len() as u32), 0);
+        h
+    }
+
+    fn parse_in_pieces(bytes: &[u8], step: usize) -> Result<(IncrementalFile, Vec<u8>)> {
+        let mut inc = IncrementalFile::new();
+        let mut rest = Vec::new();
+        for piece in bytes.chunks(step) {
+            let mut b = Bytes::copy_from_slice(piece);
+            if inc.take_header(&mut b, "t")? {
+                rest.extend_from_slice(&b);
+            }
+        }
+        Ok((inc, rest))
+    }
+
+    #[test]
+    fn incremental_headers_parse_for_any_split() {
+        for (blocks, truncation) in [(vec![], 7u32), (vec![0, 5, 9], 8), (vec![3], 0)] {
+            let mut bytes = header(&blocks, truncation);
+            bytes.extend_from_slice(b"first block data");
+            for step in [1, 5, 12, 13, 4096, 100_000] {
+                let (inc, rest) = parse_in_pieces(&bytes, step).expect("parses");
+                assert_eq!(
+                    inc.blocks,
+                    Some((blocks.clone(), truncation)),
+                    "step {step}"
+                );
+                assert_eq!(rest, b"first block data", "step {step}");
+            }
+        }
+        // Length: the larger of the truncation length and the highest listed block + 1.
+        let (inc, _) = parse_in_pieces(&header(&[0, 5, 9], 8), 64).expect("parses");
+        assert_eq!(inc.length(), 10);
+        let (inc, _) = parse_in_pieces(&header(&[], 7), 64).expect("parses");
+        assert_eq!(inc.length(), 7);
+    }
+
+    #[test]
+    fn hostile_incremental_headers_are_refused() {
+        let mut wrong_magic = header(&[1], 2);
+        wrong_magic[0] ^= 1;
+        let mut too_many = header(&[], 0);
+        too_many[4..8].copy_from_slice(&(MAX_SEGMENT_BLOCKS + 1).to_le_bytes());
+        for bad in [
+            wrong_magic,
+            too_many,
+            header(&[5, 3], 9),
+            header(&[MAX_SEGMENT_BLOCKS], 0),
+            header(&[], MAX_SEGMENT_BLOCKS + 1),
+        ] {
+            assert!(parse_in_pieces(&bad, 3).is_err());
+        }
+    }
+
+    #[test]
+    fn incremental_names_are_recognized() {
+        let mut p = b"base/5/INCREMENTAL.16384.1".to_vec();
+        assert!(strip_incremental(&mut p));
+        assert_eq!(p, b"base/5/16384.1");
+        let mut q = b"base/5/16384".to_vec();
+        assert!(!strip_incremental(&mut q));
+        let mut top = b"INCREMENTAL.x".to_vec();
+        assert!(strip_incremental(&mut top));
+        assert_eq!(top, b"x");
     }
 }

@@ -26,6 +26,20 @@ use crate::replication::{Event, PgConnection, PgError, ReplicationMode};
 use crate::repository::Repository;
 use crate::tar::{TarEvent, TarReader, Termination};
 
+/// How an incremental backup finds unchanged pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IncrementalMethod {
+    /// The server's own incremental backup (PostgreSQL 17+ with `summarize_wal = on`) when
+    /// available, else page LSNs.
+    #[default]
+    Auto,
+    /// Compare each page's header LSN with the parent's start (every version).
+    PageLsn,
+    /// `UPLOAD_MANIFEST` + `BASE_BACKUP ( INCREMENTAL )`: the server sends only changed
+    /// blocks, known from its WAL summaries; an error where unavailable.
+    Server,
+}
+
 /// What `take_backup` should do.
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -34,6 +48,7 @@ pub struct BackupOptions {
     pub fast_checkpoint: bool,
     /// Force a full backup even when a parent is available.
     pub full: bool,
+    pub incremental_method: IncrementalMethod,
     /// Throttle the server's sending, in kB/s.
     pub max_rate_kb: Option<u32>,
     pub verify_checksums: bool,
@@ -49,6 +64,7 @@ impl Default for BackupOptions {
             label: None,
             fast_checkpoint: true,
             full: false,
+            incremental_method: IncrementalMethod::Auto,
             max_rate_kb: None,
             verify_checksums: true,
             read_timeout: Some(std::time::Duration::from_secs(300)),
@@ -165,6 +181,80 @@ async fn find_parent(
     Ok(None)
 }
 
+/// Whether to ask the server for an incremental backup: PostgreSQL 17+, WAL summaries on,
+/// and the parent's backup_manifest stored (the server needs it, `UPLOAD_MANIFEST`).
+async fn use_server_incremental(
+    conn: &mut PgConnection,
+    version_num: u32,
+    parent: &Manifest,
+    method: IncrementalMethod,
+) -> Result<bool> {
+    if method == IncrementalMethod::PageLsn {
+        return Ok(false);
+    }
+    let why_not = if version_num < 170_000 {
+        Some("it needs PostgreSQL 17 or later".to_owned())
+    } else if parent.attachment("backup_manifest").is_none() {
+        Some(format!(
+            "backup {} has no stored backup_manifest",
+            parent.backup_id
+        ))
+    } else {
+        let row = conn.query_row("SHOW summarize_wal").await?;
+        match row.first().and_then(|c| c.as_deref()) {
+            Some("on") => None,
+            _ => Some("the server has summarize_wal = off".to_owned()),
+        }
+    };
+    match (why_not, method) {
+        (None, _) => Ok(true),
+        (Some(why), IncrementalMethod::Server) => Err(Error::InvalidInput(format!(
+            "a server-side incremental backup is not possible: {why}"
+        ))),
+        (Some(why), _) => {
+            tracing::info!("using page LSNs for the incremental backup: {why}");
+            Ok(false)
+        }
+    }
+}
+
+/// Sends the parent's backup_manifest with `UPLOAD_MANIFEST`, so the next `BASE_BACKUP`
+/// can be incremental relative to it.
+async fn upload_manifest(
+    repo: &Repository,
+    conn: &mut PgConnection,
+    parent: &Manifest,
+) -> Result<()> {
+    let att = parent
+        .attachment("backup_manifest")
+        .ok_or_else(|| Error::InvalidInput("the parent has no backup_manifest".into()))?;
+    let mut bytes = Vec::with_capacity(att.size as usize);
+    repo.write_extents(&att.extents, &mut bytes).await?;
+    conn.send_query("UPLOAD_MANIFEST").await?;
+    match conn.next_event().await? {
+        Event::CopyIn => {}
+        other => {
+            return Err(PgError::Protocol(format!("UPLOAD_MANIFEST answered {other:?}")).into())
+        }
+    }
+    for piece in bytes.chunks(64 << 10) {
+        conn.send_copy_data(piece).await?;
+    }
+    conn.send_copy_done().await?;
+    loop {
+        match conn.next_event().await? {
+            Event::ReadyForQuery => return Ok(()),
+            Event::CommandComplete(_) | Event::RowDescription(_) | Event::DataRow(_) => {}
+            other => {
+                return Err(PgError::Protocol(format!(
+                    "unexpected {other:?} after UPLOAD_MANIFEST"
+                ))
+                .into())
+            }
+        }
+    }
+}
+
 fn micros(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
@@ -223,6 +313,16 @@ pub async fn take_backup(
         .await?
     };
 
+    let server_side = match &parent {
+        Some(p) => {
+            use_server_incremental(&mut conn, server.version_num, p, opts.incremental_method)
+                .await?
+        }
+        None => false,
+    };
+    if let (true, Some(p)) = (server_side, &parent) {
+        upload_manifest(repo, &mut conn, p).await?;
+    }
     let session = repo.write_session(opts.write).await?;
     let config = repo.config();
     let parent_pages = parent.as_ref().and_then(|p| {
@@ -245,7 +345,7 @@ pub async fn take_backup(
         fast_checkpoint: opts.fast_checkpoint,
         max_rate: opts.max_rate_kb,
         verify_checksums: opts.verify_checksums,
-        incremental: false,
+        incremental: server_side,
     };
     let expected_parent = parent
         .as_ref()
@@ -316,6 +416,15 @@ pub async fn take_backup(
         files,
         properties: vec![
             ("pgkeep_version".into(), env!("CARGO_PKG_VERSION").into()),
+            (
+                "incremental_method".into(),
+                match (&parent, server_side) {
+                    (None, _) => "none",
+                    (Some(_), true) => "server",
+                    (Some(_), false) => "page-lsn",
+                }
+                .into(),
+            ),
             (
                 "server_version".into(),
                 conn_version_text(server.version_num),
