@@ -1,72 +1,11 @@
 //! The `pgkeep` binary, run as a user would: settings sources, passphrase handling, exit
 //! codes, and `init`/`key` on a local directory and on a real S3 server.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-/// A hermetic environment: no inherited PGKEEP_*/AWS_* variables, an empty config file.
-struct Env {
-    dir: tempfile::TempDir,
-    vars: Vec<(String, String)>,
-}
+use std::path::Path;
 
-impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tmp");
-        std::fs::write(dir.path().join("empty.toml"), "").expect("config");
-        let mut e = Self {
-            dir,
-            vars: Vec::new(),
-        };
-        e.set("PGKEEP_CONFIG", &e.path("empty.toml").display().to_string());
-        e.set("PGKEEP_KDF_MEMORY_MIB", "1");
-        e.set("PGKEEP_KDF_ITERATIONS", "1");
-        e
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn repo(&self) -> String {
-        self.path("repo").display().to_string()
-    }
-
-    fn set(&mut self, k: &str, v: &str) -> &mut Self {
-        self.vars.retain(|(key, _)| key != k);
-        self.vars.push((k.into(), v.into()));
-        self
-    }
-
-    fn unset(&mut self, k: &str) -> &mut Self {
-        self.vars.retain(|(key, _)| key != k);
-        self
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pgkeep"));
-        c.env_clear().env("HOME", self.dir.path()).args(args);
-        for (k, v) in &self.vars {
-            c.env(k, v);
-        }
-        c.output().expect("pgkeep runs")
-    }
-
-    /// Runs and asserts the exit code; returns stdout and stderr.
-    fn expect(&self, args: &[&str], code: i32) -> (String, String) {
-        let out = self.run(args);
-        let (so, se) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "pgkeep {args:?}\nstdout: {so}\nstderr: {se}"
-        );
-        (so, se)
-    }
-}
+use common::Env;
 
 fn private_file(path: &Path, content: &str) {
     use std::os::unix::fs::PermissionsExt;

@@ -574,17 +574,7 @@ async fn run_base_backup(
                             archive = Some(Archive::new(name, tablespace, termination));
                             legacy_next += 1;
                         }
-                        None => {
-                            manifest_chunker = Some((
-                                Chunker::new(Chunking::ContentDefined {
-                                    min: 64 << 10,
-                                    avg: 256 << 10,
-                                    max: 1 << 20,
-                                }),
-                                Vec::new(),
-                                0,
-                            ))
-                        }
+                        None => manifest_chunker = Some((manifest_chunker_new(), Vec::new(), 0)),
                     }
                 }
             }
@@ -612,15 +602,7 @@ async fn run_base_backup(
                             return Err(PgError::Protocol("a second backup manifest".into()).into());
                         }
                         finish_archive(archive.take(), ingest).await?;
-                        manifest_chunker = Some((
-                            Chunker::new(Chunking::ContentDefined {
-                                min: 64 << 10,
-                                avg: 256 << 10,
-                                max: 1 << 20,
-                            }),
-                            Vec::new(),
-                            0,
-                        ));
+                        manifest_chunker = Some((manifest_chunker_new(), Vec::new(), 0));
                     }
                     BackupCopyData::Progress(done) => progress.sent(done),
                     BackupCopyData::Data(bytes) => {
@@ -696,6 +678,16 @@ async fn run_base_backup(
         tablespaces,
         manifest,
         backup_label,
+    })
+}
+
+/// The chunker for PostgreSQL's backup_manifest: JSON of a few hundred bytes per file, so
+/// smaller content-defined chunks than for data let consecutive manifests share most chunks.
+fn manifest_chunker_new() -> Chunker {
+    Chunker::new(Chunking::ContentDefined {
+        min: 64 << 10,
+        avg: 256 << 10,
+        max: 1 << 20,
     })
 }
 
