@@ -310,7 +310,9 @@ impl Manifest {
                 extents,
             });
         }
-        let n = r.count(41)?;
+        // Smallest file entry: tablespace 4, empty path 4, type 1, mode 4, size 8, mtime 8,
+        // empty link target 4, empty extent list 4.
+        let n = r.count(37)?;
         let mut files = Vec::with_capacity(n);
         for _ in 0..n {
             let tablespace = r.u32()?;

@@ -167,3 +167,36 @@ fn forged_list_counts_do_not_allocate() {
     let err = IndexSegment::decode(&u32::MAX.to_le_bytes()).expect_err("refused");
     assert!(err.to_string().contains("claims"), "{err}");
 }
+
+/// Found by the `manifest` fuzz target: the smallest file entries (37 bytes) were checked
+/// against a 41-byte minimum, so a valid manifest of small entries failed to decode.
+#[test]
+fn manifests_of_minimal_file_entries_round_trip() {
+    let empty_file = pgkeep_format::FileEntry {
+        tablespace: 0,
+        path: Vec::new(),
+        file_type: pgkeep_format::FileType::Regular,
+        mode: 0,
+        size: 0,
+        mtime: 0,
+        link_target: Vec::new(),
+        extents: Vec::new(),
+    };
+    let m = Manifest {
+        backup_id: String::new(),
+        cluster: String::new(),
+        kind: pgkeep_format::BackupKind::Files,
+        parent: None,
+        references: vec![],
+        label: String::new(),
+        start_time_us: 0,
+        stop_time_us: 0,
+        postgres: None,
+        tablespaces: vec![],
+        attachments: vec![],
+        stats: Default::default(),
+        files: vec![empty_file.clone(), empty_file],
+        properties: vec![],
+    };
+    assert_eq!(Manifest::decode(&m.encode()).expect("decodes"), m);
+}

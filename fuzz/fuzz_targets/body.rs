@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(out) = body::decode(data.to_vec(), LIMIT, "fuzz") {
         let (_, level, raw_len) = body::peek(data).expect("a decoded body has a header");
         assert!(out.len() as u64 <= LIMIT, "decoded past the limit");
-        assert_eq!(out.len() as u64, raw_len, "decoded length differs from declared");
+        assert_eq!(
+            out.len() as u64,
+            raw_len,
+            "decoded length differs from declared"
+        );
         let again = body::decode(body::encode(&out, level), LIMIT, "fuzz");
         assert_eq!(again.as_deref(), Ok(&out[..]), "body round trip");
     }

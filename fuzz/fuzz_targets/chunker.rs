@@ -18,7 +18,11 @@ fn cut(chunking: Chunking, data: &[u8], piecewise: bool) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < data.len() {
-        let len = if piecewise { 1 + 5 * usize::from(data[pos]) } else { data.len() };
+        let len = if piecewise {
+            1 + 5 * usize::from(data[pos])
+        } else {
+            data.len()
+        };
         let end = (pos + len).min(data.len());
         c.push(&data[pos..end]);
         pos = end;
@@ -36,20 +40,44 @@ fn cut(chunking: Chunking, data: &[u8], piecewise: bool) -> Vec<Vec<u8>> {
 fn check(chunking: Chunking, data: &[u8], min_but_last: usize) {
     let max = chunking.max_chunk().max(1);
     let chunks = cut(chunking, data, true);
-    assert_eq!(chunks.concat(), data, "{chunking:?}: chunks do not concatenate to the input");
+    assert_eq!(
+        chunks.concat(),
+        data,
+        "{chunking:?}: chunks do not concatenate to the input"
+    );
     for (i, ch) in chunks.iter().enumerate() {
         assert!(!ch.is_empty(), "{chunking:?}: empty chunk #{i}");
-        assert!(ch.len() <= max, "{chunking:?}: chunk #{i} of {} > max {max}", ch.len());
+        assert!(
+            ch.len() <= max,
+            "{chunking:?}: chunk #{i} of {} > max {max}",
+            ch.len()
+        );
         if i + 1 < chunks.len() {
-            assert!(ch.len() >= min_but_last, "{chunking:?}: chunk #{i} of {} < {min_but_last}", ch.len());
+            assert!(
+                ch.len() >= min_but_last,
+                "{chunking:?}: chunk #{i} of {} < {min_but_last}",
+                ch.len()
+            );
         }
     }
-    assert_eq!(chunks, cut(chunking, data, false), "{chunking:?}: cut points depend on push sizes");
+    assert_eq!(
+        chunks,
+        cut(chunking, data, false),
+        "{chunking:?}: cut points depend on push sizes"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
     let Some(&first) = data.first() else { return };
     let size = usize::from(first) * 8;
     check(Chunking::Fixed { size }, data, size.max(1));
-    check(Chunking::ContentDefined { min: 64, avg: 256, max: 1024 }, data, 64);
+    check(
+        Chunking::ContentDefined {
+            min: 64,
+            avg: 256,
+            max: 1024,
+        },
+        data,
+        64,
+    );
 });

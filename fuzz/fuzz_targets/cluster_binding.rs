@@ -9,6 +9,10 @@ use pgkeep_format::ClusterBinding;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(b) = ClusterBinding::decode(data) {
-        assert_eq!(ClusterBinding::decode(&b.encode()), Ok(b), "binding round trip");
+        assert_eq!(
+            ClusterBinding::decode(&b.encode()),
+            Ok(b),
+            "binding round trip"
+        );
     }
 });

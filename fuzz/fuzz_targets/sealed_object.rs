@@ -44,11 +44,20 @@ fuzz_target!(|data: &[u8]| {
     );
     if !plain.is_empty() {
         let below = plain.len() as u64 - 1;
-        assert!(open_object(k, kind, NAME, &object, below).is_err(), "limit ignored");
+        assert!(
+            open_object(k, kind, NAME, &object, below).is_err(),
+            "limit ignored"
+        );
     }
-    assert!(open_object(k, kind, "fuzz/other", &object, LIMIT).is_err(), "name not bound");
+    assert!(
+        open_object(k, kind, "fuzz/other", &object, LIMIT).is_err(),
+        "name not bound"
+    );
     let other = Kind::from_u8(1 + (kind as u8) % 12).expect("kinds 1..=12 exist");
-    assert!(open_object(k, other, NAME, &object, LIMIT).is_err(), "kind not bound");
+    assert!(
+        open_object(k, other, NAME, &object, LIMIT).is_err(),
+        "kind not bound"
+    );
 
     let mut damaged = object;
     let i = flip_at % damaged.len();
