@@ -50,6 +50,11 @@ fn backup_list_incremental_and_failures_through_the_cli() {
     assert_eq!(list[1]["parent"], list[0]["id"]);
     assert_eq!(list[1]["timeline"], 1);
     assert!(list[1]["start_lsn"].as_str().expect("lsn").contains('/'));
+    let start_wal = list[1]["start_wal"].as_str().expect("start_wal");
+    assert!(
+        start_wal.len() == 24 && start_wal.starts_with("00000001"),
+        "{start_wal}"
+    );
     let (table, _) = e.expect(&["list"], 0);
     assert!(
         table.contains("START LSN") && table.contains("15."),

@@ -1,6 +1,6 @@
 //! `pgkeep list`: the backups of one cluster.
 
-use pgkeep_engine::format::{BackupKind, Lsn, Manifest};
+use pgkeep_engine::format::{BackupKind, Lsn, Manifest, SegmentName, TimelineId};
 use serde::Serialize;
 
 use crate::cmd;
@@ -26,6 +26,10 @@ struct BackupRow {
     stop_lsn: Option<String>,
     pg_version: Option<String>,
     system_id: Option<String>,
+    /// The WAL segments a restore of this backup needs at least: from the one holding the
+    /// start LSN to the one holding the stop LSN.
+    start_wal: Option<String>,
+    stop_wal: Option<String>,
 }
 
 fn kind_name(k: BackupKind) -> &'static str {
@@ -57,8 +61,18 @@ impl From<&Manifest> for BackupRow {
                 .postgres
                 .map(|p| format!("{}.{}", p.version_num / 10000, p.version_num % 10000)),
             system_id: m.postgres.map(|p| p.system_id.to_string()),
+            start_wal: m
+                .postgres
+                .map(|p| segment(p.timeline, p.start_lsn, p.wal_segment_size)),
+            stop_wal: m
+                .postgres
+                .map(|p| segment(p.timeline, p.stop_lsn, p.wal_segment_size)),
         }
     }
+}
+
+fn segment(timeline: u32, lsn: u64, segment_size: u32) -> String {
+    SegmentName::containing(TimelineId(timeline), Lsn(lsn), segment_size).to_string()
 }
 
 pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
