@@ -292,11 +292,17 @@ impl Manifest {
         };
         let n = r.count(36)?;
         let mut table = Vec::with_capacity(n);
+        let mut seen = std::collections::HashSet::with_capacity(n);
         for _ in 0..n {
-            table.push(ChunkRef {
+            let c = ChunkRef {
                 id: ChunkId(r.array()?),
                 raw_len: r.u32()?,
-            });
+            };
+            // An id names one content, hence one length: a repeated id is a forgery.
+            if !seen.insert(c.id) {
+                return Err(r.invalid(format!("the chunk table lists chunk {} twice", c.id)));
+            }
+            table.push(c);
         }
         let n = r.count(16)?;
         let mut attachments = Vec::with_capacity(n);

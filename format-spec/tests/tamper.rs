@@ -200,3 +200,59 @@ fn manifests_of_minimal_file_entries_round_trip() {
     };
     assert_eq!(Manifest::decode(&m.encode()).expect("decodes"), m);
 }
+
+/// Found by the `manifest` fuzz target: a chunk table naming one id twice (with two
+/// lengths) decoded but could not round-trip. An id names one content: refused.
+#[test]
+fn a_chunk_table_with_a_repeated_id_is_refused() {
+    let k = keys();
+    let id = k.chunk_id(b"x");
+    let a = pgkeep_format::ChunkRef { id, raw_len: 10 };
+    let b = pgkeep_format::ChunkRef {
+        id: k.chunk_id(b"y"),
+        raw_len: 20,
+    };
+    let file = |c| pgkeep_format::FileEntry {
+        tablespace: 0,
+        path: b"f".to_vec(),
+        file_type: pgkeep_format::FileType::Regular,
+        mode: 0,
+        size: 10,
+        mtime: 0,
+        link_target: Vec::new(),
+        extents: vec![pgkeep_format::Extent::Chunk {
+            chunk: c,
+            offset: 0,
+            len: 10,
+        }],
+    };
+    let m = Manifest {
+        backup_id: "b".into(),
+        cluster: "c".into(),
+        kind: pgkeep_format::BackupKind::Files,
+        parent: None,
+        references: vec![],
+        label: String::new(),
+        start_time_us: 0,
+        stop_time_us: 0,
+        postgres: None,
+        tablespaces: vec![],
+        attachments: vec![],
+        stats: Default::default(),
+        files: vec![file(a), file(b)],
+        properties: vec![],
+    };
+    let mut bytes = m.encode();
+    // Overwrite the second table entry's id with the first's.
+    let first = bytes
+        .windows(32)
+        .position(|w| w == id.as_bytes())
+        .expect("first id");
+    let second = bytes
+        .windows(32)
+        .position(|w| w == b.id.as_bytes())
+        .expect("second id");
+    bytes.copy_within(first..first + 32, second);
+    let err = Manifest::decode(&bytes).expect_err("repeated id");
+    assert!(err.to_string().contains("twice"), "{err}");
+}
