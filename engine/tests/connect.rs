@@ -37,18 +37,77 @@ async fn auth_methods(version: PgVersion) {
             c.server_version_num().map(|v| v / 10000),
             Some(version.major())
         );
+
+        // Over the Unix socket too (a host that is a directory, as PGHOST=/dir).
+        let socket = with(&pg, &format!("host={}", pg.socket_dir().display()));
+        let (c, _) = identify(&socket)
+            .await
+            .unwrap_or_else(|e| panic!("{auth:?} socket: {e}"));
+        assert!(c.target().contains(".s.PGSQL."), "{}", c.target());
+
+        // A whole backup with pgbench data and a second tablespace under this method,
+        // checked against PostgreSQL's backup_manifest.
+        pg.pgbench_init(1).expect("pgbench -i");
+        pg.create_tablespace("ts_auth").expect("tablespace");
+        pg.psql("CREATE TABLE t_ts TABLESPACE ts_auth AS SELECT g FROM generate_series(1, 1000) g")
+            .expect("table in tablespace");
+        let b = local();
+        let repo = init(&b).await;
+        let cluster = ClusterName::new("main").expect("name");
+        let s = take_backup(
+            &repo,
+            &cluster,
+            &conn(&pg),
+            &BackupOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{auth:?} backup: {e}"));
+        assert_eq!(s.manifest.tablespaces.len(), 1);
+        let out = tempfile::tempdir().expect("tmp");
+        extract(&repo, &s.manifest, out.path()).await;
+        verify_against_backup_manifest(&repo, &s.manifest, out.path()).await;
+
         if auth != Auth::Trust {
             let err = identify(&with(&pg, "password=wrong"))
                 .await
                 .expect_err("wrong password");
             assert_eq!(err.sqlstate(), Some("28P01"), "{auth:?}: {err}");
-            let no_password = {
-                let mut cfg = conn(&pg);
-                cfg.password = None;
-                cfg
-            };
+            let mut no_password = conn(&pg);
+            no_password.password = None;
             let err = identify(&no_password).await.expect_err("no password");
             assert!(err.to_string().contains("PGPASSWORD"), "{err}");
+
+            // The password from ~/.pgpass when none is given (matched on host, port, the
+            // `replication` database of a physical replication connection, and user).
+            let home = tempfile::tempdir().expect("home");
+            let pgpass = home.path().join(".pgpass");
+            let escaped = pg
+                .password()
+                .expect("password")
+                .replace('\\', "\\\\")
+                .replace(':', "\\:");
+            std::fs::write(
+                &pgpass,
+                format!("127.0.0.1:{}:replication:postgres:{escaped}\n", pg.port()),
+            )
+            .expect("write .pgpass");
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+            }
+            let without = conninfo::parse(&format!(
+                "host=127.0.0.1 port={} user=postgres sslmode=disable",
+                pg.port()
+            ))
+            .expect("parses");
+            let cfg = conninfo::resolve(&without, &|_| None, "postgres", Some(home.path()))
+                .expect("resolves");
+            assert!(cfg.password.is_none());
+            identify(&cfg)
+                .await
+                .unwrap_or_else(|e| panic!("{auth:?} via .pgpass: {e}"));
         }
     }
 }

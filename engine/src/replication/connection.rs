@@ -94,11 +94,19 @@ impl PgConnection {
                 None
             }
         };
+        // `.pgpass` lines name the database `replication` for physical replication sessions
+        // (as pg_basebackup users write them); the session's mode decides, not the string.
+        let mut for_pgpass = cfg.clone();
+        for_pgpass.replication = match mode {
+            ReplicationMode::None => None,
+            ReplicationMode::Physical => Some("true".into()),
+            ReplicationMode::Logical => Some("database".into()),
+        };
         let mut last = None;
         for (host, port) in &cfg.hosts {
             let login = Login {
                 cfg,
-                password: cfg
+                password: for_pgpass
                     .password_for(host, *port, pgpass.as_deref())
                     .map(zeroize::Zeroizing::new),
                 mode,
