@@ -517,9 +517,7 @@ impl<'s> Ingest<'s> {
             offset: cur.run.len() as u32,
             len: PAGE as u32,
         };
-        if let Some(p) = self.pieces.get_mut(cur.file) {
-            p.push(piece);
-        }
+        self.push_piece(cur.file, piece);
         cur.run.extend_from_slice(&page);
         let cut = if self.parent.is_some() {
             cur.run.len() >= self.chunk_size
@@ -558,21 +556,45 @@ impl<'s> Ingest<'s> {
     }
 
     fn push_done(&mut self, file: usize, e: Extent) {
-        if let Some(p) = self.pieces.get_mut(file) {
-            p.push(Piece::Done(e));
+        self.push_piece(file, Piece::Done(e));
+    }
+
+    /// Appends a piece to a file, merged into the previous one when contiguous (the next
+    /// page of the same run, adjacent slices of one parent chunk, zero runs), so memory
+    /// grows with the number of extents, not of pages.
+    fn push_piece(&mut self, file: usize, piece: Piece) {
+        let Some(pieces) = self.pieces.get_mut(file) else {
+            return;
+        };
+        match (pieces.last_mut(), piece) {
+            (
+                Some(Piece::Slice { run, offset, len }),
+                Piece::Slice {
+                    run: next_run,
+                    offset: next_offset,
+                    len: next_len,
+                },
+            ) if *run == next_run && *offset + *len == next_offset => *len += next_len,
+            (Some(Piece::Done(last)), Piece::Done(e)) => {
+                if !try_merge(last, e) {
+                    pieces.push(Piece::Done(e));
+                }
+            }
+            (_, piece) => pieces.push(piece),
         }
     }
 
     /// Submits `data` as one chunk that becomes the next piece of `file` in full.
     async fn submit_whole(&mut self, file: usize, data: Bytes) -> Result<()> {
         let run = self.new_run_id();
-        if let Some(p) = self.pieces.get_mut(file) {
-            p.push(Piece::Slice {
+        self.push_piece(
+            file,
+            Piece::Slice {
                 run,
                 offset: 0,
                 len: data.len() as u32,
-            });
-        }
+            },
+        );
         self.submit_run(run, data).await
     }
 
@@ -685,20 +707,33 @@ fn strip_incremental(path: &mut Vec<u8>) -> bool {
     }
 }
 
-/// Appends `e`, merging it with the previous extent when they are contiguous (adjacent
-/// slices of one chunk, or two zero runs).
+/// Appends `e`, merging it with the previous extent when they are contiguous.
 fn merge_push(extents: &mut Vec<Extent>, e: Extent) {
-    match (extents.last_mut(), e) {
-        (Some(Extent::Zeros { len }), Extent::Zeros { len: more }) => *len += more,
+    if !extents.last_mut().is_some_and(|last| try_merge(last, e)) {
+        extents.push(e);
+    }
+}
+
+/// Extends `last` by `e` if they are contiguous (adjacent slices of one chunk, or two zero
+/// runs); returns whether it did.
+fn try_merge(last: &mut Extent, e: Extent) -> bool {
+    match (last, e) {
+        (Extent::Zeros { len }, Extent::Zeros { len: more }) => {
+            *len += more;
+            true
+        }
         (
-            Some(Extent::Chunk { chunk, offset, len }),
+            Extent::Chunk { chunk, offset, len },
             Extent::Chunk {
                 chunk: next,
                 offset: next_off,
                 len: next_len,
             },
-        ) if chunk.id == next.id && *offset + *len == next_off => *len += next_len,
-        _ => extents.push(e),
+        ) if chunk.id == next.id && *offset + *len == next_off => {
+            *len += next_len;
+            true
+        }
+        _ => false,
     }
 }
 
