@@ -61,7 +61,7 @@ fn pipeline(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("pipeline");
     group
-        .throughput(Throughput::Bytes(STREAM_LEN as u64))
+        .throughput(Throughput::BytesDecimal(STREAM_LEN as u64))
         // Each iteration takes a fraction of a second: few, equal-sized samples.
         .sampling_mode(SamplingMode::Flat)
         .sample_size(10)

@@ -8,10 +8,17 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use aes_gcm::aead::generic_array::GenericArray;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
+use aes_gcm::aes::cipher::{Block, BlockEncrypt};
+use aes_gcm::aes::Aes256;
+use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pgkeep_benches::{bench_keys, compression_ratio, heap_pages, MIB};
+
+/// Samples for operations of several milliseconds (zstd compression): criterion's default
+/// linear sampling needs `n(n+1)/2` iterations, and 50 samples of those overrun 3 s.
+const SLOW_SAMPLES: usize = 30;
 
 /// A fixed salt: salts only select the subkey, and a constant one keeps runs identical.
 const SALT: [u8; 24] = [9; 24];
@@ -24,7 +31,7 @@ fn chunk_id(c: &mut Criterion) {
     let data = heap_pages(MIB, 1);
     let mut group = c.benchmark_group("chunk_id");
     for (name, len) in [("1MiB", MIB), ("64KiB", 64 << 10)] {
-        group.throughput(Throughput::Bytes(len as u64));
+        group.throughput(Throughput::BytesDecimal(len as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), &data[..len], |b, d| {
             b.iter(|| keys.chunk_id(black_box(d)));
         });
@@ -38,7 +45,9 @@ fn chunk_id(c: &mut Criterion) {
 fn zstd(c: &mut Criterion) {
     let data = heap_pages(MIB, 2);
     let mut group = c.benchmark_group("zstd");
-    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.throughput(Throughput::BytesDecimal(data.len() as u64));
+    // Compressing takes several milliseconds: fewer samples fit the 3 s budget.
+    group.sample_size(SLOW_SAMPLES);
     for level in [1, 3] {
         eprintln!(
             "zstd level {level}: heap pages compress {:.2}x",
@@ -71,13 +80,15 @@ fn zstd(c: &mut Criterion) {
 /// Sealing and opening a 1 MiB chunk stored raw (level 0), so the cost is the format's own:
 /// subkey derivation (one short BLAKE3), AES-256-GCM, and buffer copies. Opening also
 /// re-hashes the plaintext to check it against the chunk id, so it includes one `chunk_id`.
-/// `raw_encrypt_in_place` is the `aes-gcm` crate alone, the floor `seal_chunk` builds on.
+/// `raw_encrypt_in_place` is the `aes-gcm` crate alone, the floor `seal_chunk` builds on;
+/// `raw_ghash_only` and `raw_aes256_blocks` split that floor into GCM's two passes (aes-gcm
+/// 0.10 runs them one after the other, not interleaved), to show which one limits it.
 fn aes_gcm(c: &mut Criterion) {
     let keys = bench_keys();
     let data = heap_pages(MIB, 3);
     let id = keys.chunk_id(&data);
     let mut group = c.benchmark_group("aes_gcm");
-    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.throughput(Throughput::BytesDecimal(data.len() as u64));
     group.bench_function("seal_chunk_level0", |b| {
         b.iter(|| keys.seal_chunk(&id, SALT, black_box(&data), 0));
     });
@@ -98,6 +109,23 @@ fn aes_gcm(c: &mut Criterion) {
                 .expect("AES-GCM encrypts 1 MiB")
         });
     });
+    // aes-gcm 0.10 computes the tag over the ciphertext before decrypting anything, and
+    // stops there when it does not match: a wrong tag leaves exactly the GHASH pass.
+    let wrong_tag = Tag::default();
+    group.bench_function("raw_ghash_only", |b| {
+        b.iter(|| {
+            cipher
+                .decrypt_in_place_detached(nonce, b"", black_box(&mut buf[..]), &wrong_tag)
+                .expect_err("the tag is wrong")
+        });
+    });
+    // The other pass: the AES-256 block function over 1 MiB, which is what CTR mode costs
+    // minus the counter increments and the XOR.
+    let aes = Aes256::new(&GenericArray::from([1; 32]));
+    let mut blocks = vec![Block::<Aes256>::default(); data.len() / 16];
+    group.bench_function("raw_aes256_blocks", |b| {
+        b.iter(|| aes.encrypt_blocks(black_box(&mut blocks[..])));
+    });
     group.finish();
 }
 
@@ -107,7 +135,8 @@ fn worker(c: &mut Criterion) {
     let keys = bench_keys();
     let data = heap_pages(MIB, 4);
     let mut group = c.benchmark_group("worker");
-    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.throughput(Throughput::BytesDecimal(data.len() as u64));
+    group.sample_size(SLOW_SAMPLES);
     group.bench_function("new_chunk_level3", |b| {
         b.iter(|| {
             let id = keys.chunk_id(black_box(&data));
