@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::pg::{conn, extract, verify_against_backup_manifest};
-use common::*;
+use common::pg::{conn, extract, fresh_repo, verify_against_backup_manifest};
 use pgkeep_engine::backup::{take_backup, BackupOptions, NoProgress};
-use pgkeep_engine::format::{BackupKind, ClusterName};
+use pgkeep_engine::format::BackupKind;
 use pgkeep_testkit::pg::{Auth, PgCluster, PgVersion};
 
 async fn full_then_incremental(version: PgVersion) {
@@ -19,9 +18,7 @@ async fn full_then_incremental(version: PgVersion) {
     pg.psql("CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
         .expect("table in tablespace");
 
-    let b = local();
-    let repo = init(&b).await;
-    let cluster = ClusterName::new("main").expect("name");
+    let (_repo_dir, repo, cluster) = fresh_repo().await;
     let cfg = conn(&pg);
 
     let full = take_backup(
@@ -130,9 +127,7 @@ async fn pg18_server_side_incremental_reconstructs_whole_files() {
         .start()
         .expect("cluster");
     pg.pgbench_init(5).expect("pgbench -i");
-    let b = local();
-    let repo = init(&b).await;
-    let cluster = ClusterName::new("main").expect("name");
+    let (_repo_dir, repo, cluster) = fresh_repo().await;
     let cfg = conn(&pg);
     let full = take_backup(
         &repo,
@@ -221,9 +216,7 @@ async fn pg18_server_side_incremental_reconstructs_whole_files() {
 async fn server_side_incremental_is_refused_where_unavailable() {
     use pgkeep_engine::backup::IncrementalMethod;
     let pg = PgCluster::builder(PgVersion::V15).start().expect("cluster");
-    let b = local();
-    let repo = init(&b).await;
-    let cluster = ClusterName::new("main").expect("name");
+    let (_repo_dir, repo, cluster) = fresh_repo().await;
     let cfg = conn(&pg);
     take_backup(
         &repo,

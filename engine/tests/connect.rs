@@ -3,11 +3,9 @@
 
 mod common;
 
-use common::pg::{conn, extract, verify_against_backup_manifest};
-use common::*;
+use common::pg::{conn, extract, fresh_repo, verify_against_backup_manifest};
 use pgkeep_engine::backup::{take_backup, BackupOptions, NoProgress};
 use pgkeep_engine::conninfo::{self, ConnConfig};
-use pgkeep_engine::format::ClusterName;
 use pgkeep_engine::replication::{PgConnection, PgError, ReplicationMode};
 use pgkeep_testkit::pg::{Auth, PgCluster, PgVersion};
 
@@ -51,9 +49,7 @@ async fn auth_methods(version: PgVersion) {
         pg.create_tablespace("ts_auth").expect("tablespace");
         pg.psql("CREATE TABLE t_ts TABLESPACE ts_auth AS SELECT g FROM generate_series(1, 1000) g")
             .expect("table in tablespace");
-        let b = local();
-        let repo = init(&b).await;
-        let cluster = ClusterName::new("main").expect("name");
+        let (_repo_dir, repo, cluster) = fresh_repo().await;
         let s = take_backup(
             &repo,
             &cluster,
@@ -173,9 +169,7 @@ async fn tls(version: PgVersion) {
     assert!(matches!(err, PgError::Tls { .. }), "{err}");
 
     // A whole backup over TLS with SCRAM, checked against backup_manifest.
-    let b = local();
-    let repo = init(&b).await;
-    let cluster = ClusterName::new("main").expect("name");
+    let (_repo_dir, repo, cluster) = fresh_repo().await;
     let s = take_backup(
         &repo,
         &cluster,

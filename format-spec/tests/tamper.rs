@@ -182,22 +182,7 @@ fn manifests_of_minimal_file_entries_round_trip() {
         link_target: Vec::new(),
         extents: Vec::new(),
     };
-    let m = Manifest {
-        backup_id: String::new(),
-        cluster: String::new(),
-        kind: pgkeep_format::BackupKind::Files,
-        parent: None,
-        references: vec![],
-        label: String::new(),
-        start_time_us: 0,
-        stop_time_us: 0,
-        postgres: None,
-        tablespaces: vec![],
-        attachments: vec![],
-        stats: Default::default(),
-        files: vec![empty_file.clone(), empty_file],
-        properties: vec![],
-    };
+    let m = manifest_of(vec![empty_file.clone(), empty_file]);
     assert_eq!(Manifest::decode(&m.encode()).expect("decodes"), m);
 }
 
@@ -226,22 +211,7 @@ fn a_chunk_table_with_a_repeated_id_is_refused() {
             len: 10,
         }],
     };
-    let m = Manifest {
-        backup_id: "b".into(),
-        cluster: "c".into(),
-        kind: pgkeep_format::BackupKind::Files,
-        parent: None,
-        references: vec![],
-        label: String::new(),
-        start_time_us: 0,
-        stop_time_us: 0,
-        postgres: None,
-        tablespaces: vec![],
-        attachments: vec![],
-        stats: Default::default(),
-        files: vec![file(a), file(b)],
-        properties: vec![],
-    };
+    let m = manifest_of(vec![file(a), file(b)]);
     let mut bytes = m.encode();
     // Overwrite the second table entry's id with the first's.
     let first = bytes
@@ -255,4 +225,24 @@ fn a_chunk_table_with_a_repeated_id_is_refused() {
     bytes.copy_within(first..first + 32, second);
     let err = Manifest::decode(&bytes).expect_err("repeated id");
     assert!(err.to_string().contains("twice"), "{err}");
+}
+
+/// A `files` backup manifest holding `files`, every other field empty.
+fn manifest_of(files: Vec<pgkeep_format::FileEntry>) -> Manifest {
+    Manifest {
+        backup_id: String::new(),
+        cluster: String::new(),
+        kind: pgkeep_format::BackupKind::Files,
+        parent: None,
+        references: vec![],
+        label: String::new(),
+        start_time_us: 0,
+        stop_time_us: 0,
+        postgres: None,
+        tablespaces: vec![],
+        attachments: vec![],
+        stats: Default::default(),
+        files,
+        properties: vec![],
+    }
 }

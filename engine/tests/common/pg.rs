@@ -4,10 +4,18 @@
 use std::path::Path;
 
 use pgkeep_engine::conninfo::{self, ConnConfig};
-use pgkeep_engine::format::{FileType, Manifest};
+use pgkeep_engine::format::{ClusterName, FileType, Manifest};
 use pgkeep_engine::Repository;
 use pgkeep_testkit::pg::PgCluster;
 use sha2::Digest;
+
+/// A new repository in a temporary directory (kept alive by the returned backend) and the
+/// `main` cluster name.
+pub async fn fresh_repo() -> (super::Backend, Repository, ClusterName) {
+    let b = super::local();
+    let repo = super::init(&b).await;
+    (b, repo, ClusterName::new("main").expect("cluster name"))
+}
 
 /// Connection settings for a test cluster, resolved as a user's would be, without the
 /// process environment (tests run in parallel).
