@@ -362,10 +362,8 @@ pub async fn take_backup(
         progress,
     )
     .await?;
-    let (files, pages) = ingest.finish().await?;
-    let (session_stats, _) = session.finish().await?;
     // Recovery starts at the checkpoint named in backup_label: without it the backup is not
-    // restorable, so it is refused rather than guessed.
+    // restorable, so it is refused rather than guessed, before anything is committed.
     let checkpoint_lsn = label_field(&stream.backup_label, "CHECKPOINT LOCATION")
         .and_then(|v| v.parse::<Lsn>().ok())
         .ok_or_else(|| {
@@ -373,6 +371,8 @@ pub async fn take_backup(
                 "the data directory archive has no backup_label with a CHECKPOINT LOCATION".into(),
             )
         })?;
+    let (files, pages) = ingest.finish().await?;
+    let (session_stats, _) = session.finish().await?;
     let _ = conn.close().await;
 
     let (kind, parent_id, references) = match &parent {
