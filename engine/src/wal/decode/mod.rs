@@ -1,0 +1,1 @@
+//! Sans-IO WAL decoder (placeholder; being written).
