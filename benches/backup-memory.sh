@@ -5,6 +5,7 @@
 #
 #   benches/backup-memory.sh              # scales 65 and 200
 #   SCALES="20 65" benches/backup-memory.sh
+#   WRAP="heaptrack -o /tmp/ht" benches/backup-memory.sh   # heap profile of each backup
 #
 # Needs root (the cluster runs as the postgres OS user). Installs what it needs through
 # scripts/install-test-deps.sh and builds pgkeep in release mode. Takes about 10 minutes.
@@ -47,7 +48,8 @@ for scale in $SCALES; do
     repo="$WORK/repo-$scale"
     "$PGKEEP" --repo "$repo" init >/dev/null
     start=$(date +%s.%N)
-    /usr/bin/time -f '%M' -o "$WORK/rss" "$PGKEEP" --repo "$repo" backup --full \
+    # shellcheck disable=SC2086 # $WRAP is a command prefix, split on purpose
+    /usr/bin/time -f '%M' -o "$WORK/rss" $WRAP "$PGKEEP" --repo "$repo" backup --full \
         --pg "host=127.0.0.1 port=$PORT user=postgres sslmode=disable" >/dev/null
     end=$(date +%s.%N)
     rss_kib=$(tail -1 "$WORK/rss")

@@ -265,7 +265,11 @@ async fn run_packer(
 ) -> Result<PackerOutput> {
     let target = repo.config().pack_target_size as usize;
     let capacity = target + RepoConfig::MAX_CHUNK_SIZE as usize / 4;
-    let new_pack = || PackWriter::new(repo.keys().key_id(), capacity);
+    let pool = BufferPool::default();
+    let new_pack = || match pool.take() {
+        Some(buf) => PackWriter::reusing(repo.keys().key_id(), buf),
+        None => PackWriter::new(repo.keys().key_id(), capacity),
+    };
     let mut current = new_pack();
     let mut uploads: JoinSet<Result<IndexedPack>> = JoinSet::new();
     let mut out = PackerOutput::default();
@@ -292,7 +296,7 @@ async fn run_packer(
                 }
             }
             let full = std::mem::replace(&mut current, new_pack());
-            uploads.spawn(upload_pack(repo.clone(), full));
+            uploads.spawn(upload_pack(repo.clone(), full, pool.clone()));
         }
         while let Some(r) = uploads.try_join_next() {
             reap(r)?;
@@ -307,16 +311,39 @@ async fn run_packer(
     Ok(out)
 }
 
-async fn upload_pack(repo: Repository, pack: PackWriter) -> Result<IndexedPack> {
+/// Pack buffers whose upload finished, for the next packs to fill. At most `max_uploads + 1`
+/// buffers exist at once, so the pool needs no bound of its own.
+#[derive(Debug, Clone, Default)]
+struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    fn take(&self) -> Option<Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Takes back an uploaded pack's bytes if the store kept no reference to them.
+    fn give_back(&self, bytes: Bytes) {
+        if let Ok(buf) = bytes.try_into_mut() {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(buf.into());
+        }
+    }
+}
+
+async fn upload_pack(repo: Repository, pack: PackWriter, pool: BufferPool) -> Result<IndexedPack> {
     let keys_repo = repo.clone();
     let finished =
         tokio::task::spawn_blocking(move || pack.finish(keys_repo.keys(), random_bytes()))
             .await
             .map_err(|e| Error::Pipeline(format!("finishing a pack failed: {e}")))?;
     let size = finished.bytes.len() as u64;
+    let bytes = Bytes::from(finished.bytes);
     repo.store()
-        .put(&layout::pack(&finished.id), Bytes::from(finished.bytes))
+        .put(&layout::pack(&finished.id), bytes.clone())
         .await?;
+    pool.give_back(bytes);
     Ok(IndexedPack {
         pack_id: finished.id,
         pack_size: size,

@@ -10,7 +10,7 @@ pub const MAGIC: [u8; 4] = *b"PGKP";
 /// The format's major version: a reader refuses any other.
 pub const FORMAT_MAJOR: u8 = 1;
 /// The format's minor version: a reader accepts any (see SPEC.md, "Compatibility").
-pub const FORMAT_MINOR: u8 = 0;
+pub const FORMAT_MINOR: u8 = 1;
 /// Bytes of the header.
 pub const HEADER_LEN: usize = 16;
 
@@ -30,11 +30,11 @@ pub enum Kind {
     Manifest = 7,
     Lock = 8,
     Cluster = 9,
-    /// Reserved for WAL segments (specified with WAL archiving).
+    /// An archived WAL segment or `.partial` segment (format 1.1).
     WalSegment = 10,
-    /// Reserved for timeline history files.
+    /// An archived timeline history file (format 1.1).
     WalHistory = 11,
-    /// Reserved for backup history files.
+    /// An archived backup history file (format 1.1).
     WalBackupHistory = 12,
 }
 

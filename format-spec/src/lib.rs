@@ -16,6 +16,7 @@ pub mod layout;
 pub mod manifest;
 pub mod pack;
 pub mod pg;
+pub mod wal;
 mod wire;
 
 pub use config::{ClusterBinding, LockInfo, LockMode, RepoConfig};
@@ -32,3 +33,4 @@ pub use manifest::{
 };
 pub use pack::{FinishedPack, PackEntry, PackWriter};
 pub use pg::{Lsn, SegmentName, TimelineId};
+pub use wal::{RelFile, WalEvent, WalEventKind, WalFileKind, WalFileName, WalMeta, WalSummary};

@@ -67,7 +67,14 @@ pub struct FinishedPack {
 
 impl PackWriter {
     pub fn new(key_id: MasterKeyId, capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(capacity);
+        Self::reusing(key_id, Vec::with_capacity(capacity))
+    }
+
+    /// Starts a pack in a buffer from an earlier pack, keeping its capacity: a writer that
+    /// recycles its buffers allocates its packs once, instead of handing the allocator a
+    /// stream of pack-sized blocks to fragment its heap with.
+    pub fn reusing(key_id: MasterKeyId, mut buf: Vec<u8>) -> Self {
+        buf.clear();
         buf.extend_from_slice(&Header::new(Kind::Pack, key_id.0).encode());
         Self {
             buf,

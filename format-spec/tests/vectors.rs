@@ -164,6 +164,17 @@ fn config_object() {
     assert_eq!(RepoConfig::decode(&plain).expect("decodes"), config);
 }
 
+/// Objects written by format 1.0 (minor version 0 in the header) stay readable: minor versions
+/// only add. This vector is frozen; it is never re-blessed.
+#[test]
+fn format_1_0_objects_open() {
+    let v = committed("config-object-v1.0");
+    let bytes = hex_field(&v, "object");
+    assert_eq!(bytes[5], 0, "the frozen vector is a 1.0 object");
+    let plain = open_object(&keys(), Kind::Config, layout::CONFIG, &bytes, 1 << 20).expect("opens");
+    assert_eq!(plain, hex_field(&v, "plaintext"));
+}
+
 #[test]
 fn chunk_units() {
     let k = keys();
@@ -430,4 +441,81 @@ fn lock_and_cluster_objects() {
     )
     .expect("opens");
     assert_eq!(LockInfo::decode(&plain).expect("decodes"), lock);
+}
+
+#[test]
+fn wal_objects() {
+    use pgkeep_format::wal::{open_wal_object, seal_wal_object};
+    use pgkeep_format::{Lsn, RelFile, WalEvent, WalEventKind, WalFileName, WalMeta, WalSummary};
+    let k = keys();
+    let cluster = ClusterName::new("main").expect("valid");
+    let name = WalFileName::parse("000000010000000000000003").expect("segment name");
+    let object = name.object_name(&cluster);
+    // A tiny stand-in for a segment: the format does not interpret the file's bytes.
+    let file: Vec<u8> = (0..4096u32).map(|i| (i % 7) as u8).collect();
+    let meta = WalMeta {
+        size: file.len() as u64,
+        sha256: [0x5a; 32],
+        system_id: Some(7_300_000_000_000_000_001),
+        summary: Some(WalSummary {
+            records: 3,
+            end: Lsn(0x0300_0ff8),
+            head_unknown: false,
+            events: vec![
+                WalEvent {
+                    kind: WalEventKind::Commit,
+                    lsn: Lsn(0x0300_0028),
+                    end: Lsn(0x0300_0100),
+                    time_us: 1_795_000_000_123_456,
+                    xid: 740,
+                    name: String::new(),
+                    dropped: vec![RelFile {
+                        tablespace: 1663,
+                        database: 5,
+                        relation: 16384,
+                    }],
+                },
+                WalEvent {
+                    kind: WalEventKind::RestorePoint,
+                    lsn: Lsn(0x0300_0100),
+                    end: Lsn(0x0300_0160),
+                    time_us: 1_795_000_001_000_000,
+                    xid: 0,
+                    name: "before_drop".into(),
+                    dropped: vec![],
+                },
+            ],
+            tail: Some((Lsn(0x0300_0ff8), vec![1, 2, 3, 4])),
+        }),
+    };
+    let sealed = seal_wal_object(
+        &k,
+        Kind::WalSegment,
+        &object,
+        &meta,
+        (salt(11), salt(12)),
+        &file,
+        3,
+    );
+    check(
+        "wal-object",
+        json!({
+            "description": "a WAL segment object: meta unit (salt 0b..) with a summary, data unit (salt 0c..) at zstd 3",
+            "name": object,
+            "file": hex::encode(&file),
+            "object": hex::encode(&sealed),
+        }),
+    );
+    let v = committed("wal-object");
+    let (m, f) =
+        open_wal_object(&k, Kind::WalSegment, &object, &hex_field(&v, "object")).expect("opens");
+    assert_eq!((m, f), (meta, file));
+    // The two units are bound to their roles: a wrong name fails authentication.
+    assert!(open_wal_object(
+        &k,
+        Kind::WalSegment,
+        "clusters/main/wal/00000001/000000010000000000000004",
+        &sealed
+    )
+    .is_err());
 }

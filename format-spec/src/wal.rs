@@ -1,0 +1,491 @@
+//! WAL archive objects (format 1.1): the names PostgreSQL gives archived files, and the stored
+//! object that carries one file with its metadata and time-index summary.
+//!
+//! ```text
+//! object = header[16] || meta unit length (u32) || meta unit || data unit
+//! ```
+//! The meta unit comes first and is small, so "is the stored copy identical?" (asked on every
+//! re-push after a crash) and the time index are answered with one ranged read, without
+//! downloading and decrypting the segment itself.
+
+use crate::crypto::{RepoKeys, SALT_LEN, SEAL_OVERHEAD};
+use crate::envelope::{Header, Kind, HEADER_LEN};
+use crate::error::FormatError;
+use crate::ids::MasterKeyId;
+use crate::layout::{self, ClusterName};
+use crate::pg::{Lsn, TimelineId};
+use crate::wire::{Reader, Writer};
+
+/// Largest WAL file pgkeep accepts (PostgreSQL's largest segment size is 1 GiB).
+pub const MAX_WAL_FILE: u64 = 1 << 30;
+/// Largest decoded meta unit a reader accepts.
+pub const MAX_META: u64 = 256 << 20;
+/// Bytes a reader fetches first to find the meta unit: enough for most summaries.
+pub const META_PROBE: usize = 256 << 10;
+/// Longest record prefix a summary carries over to the next segment (see [`WalSummary::tail`]).
+pub const MAX_TAIL: usize = 4 << 20;
+
+/// What an archived file is, from its name (PostgreSQL's `IsXLogFileName` and friends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WalFileKind {
+    /// `TTTTTTTTXXXXXXXXYYYYYYYY`
+    Segment,
+    /// `TTTTTTTTXXXXXXXXYYYYYYYY.partial`: the last, incomplete segment of a timeline (archived
+    /// at promotion) or a segment still being received by `wal-stream`.
+    Partial,
+    /// `TTTTTTTT.history`
+    History,
+    /// `TTTTTTTTXXXXXXXXYYYYYYYY.OOOOOOOO.backup`
+    BackupHistory,
+}
+
+/// A validated archived file name. Only the exact forms PostgreSQL writes are accepted
+/// (uppercase hex), so a name maps to exactly one object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WalFileName {
+    name: String,
+}
+
+fn is_upper_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+}
+
+impl WalFileName {
+    pub fn parse(name: &str) -> Result<Self, FormatError> {
+        let segment_like = |s: &str| s.len() == 24 && is_upper_hex(s) && &s[..8] != "00000000";
+        let ok = if let Some(seg) = name.strip_suffix(".partial") {
+            segment_like(seg)
+        } else if let Some(tli) = name.strip_suffix(".history") {
+            tli.len() == 8 && is_upper_hex(tli) && tli != "00000000"
+        } else if let Some(rest) = name.strip_suffix(".backup") {
+            rest.len() == 33
+                && rest.as_bytes()[24] == b'.'
+                && segment_like(&rest[..24])
+                && is_upper_hex(&rest[25..])
+        } else {
+            segment_like(name)
+        };
+        if !ok {
+            return Err(FormatError::Invalid {
+                what: "WAL file name",
+                reason: format!(
+                    "{name:?} is not a segment (24 uppercase hex digits), a .partial segment, \
+                     a TTTTTTTT.history file or a backup history file"
+                ),
+            });
+        }
+        Ok(Self { name: name.into() })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> WalFileKind {
+        if self.name.ends_with(".partial") {
+            WalFileKind::Partial
+        } else if self.name.ends_with(".history") {
+            WalFileKind::History
+        } else if self.name.ends_with(".backup") {
+            WalFileKind::BackupHistory
+        } else {
+            WalFileKind::Segment
+        }
+    }
+
+    /// The timeline: the first eight hex digits of every form.
+    pub fn timeline(&self) -> TimelineId {
+        TimelineId(u32::from_str_radix(&self.name[..8], 16).unwrap_or(0))
+    }
+
+    /// For segments and partial segments: the 24-digit segment part.
+    pub fn segment_part(&self) -> Option<&str> {
+        matches!(self.kind(), WalFileKind::Segment | WalFileKind::Partial).then(|| &self.name[..24])
+    }
+
+    /// The object kind this file is stored as.
+    pub fn object_kind(&self) -> Kind {
+        match self.kind() {
+            WalFileKind::Segment | WalFileKind::Partial => Kind::WalSegment,
+            WalFileKind::History => Kind::WalHistory,
+            WalFileKind::BackupHistory => Kind::WalBackupHistory,
+        }
+    }
+
+    /// The object's name in the repository.
+    pub fn object_name(&self, cluster: &ClusterName) -> String {
+        format!(
+            "{}{}",
+            layout::wal_dir(cluster, self.timeline().0),
+            self.name
+        )
+    }
+}
+
+impl std::fmt::Display for WalFileName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// What happened in the WAL that a user may want to find: transaction ends and restore points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WalEventKind {
+    Commit = 0,
+    Abort = 1,
+    CommitPrepared = 2,
+    AbortPrepared = 3,
+    RestorePoint = 4,
+}
+
+impl WalEventKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Commit,
+            1 => Self::Abort,
+            2 => Self::CommitPrepared,
+            3 => Self::AbortPrepared,
+            4 => Self::RestorePoint,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Commit => "commit",
+            Self::Abort => "abort",
+            Self::CommitPrepared => "commit prepared",
+            Self::AbortPrepared => "abort prepared",
+            Self::RestorePoint => "restore point",
+        }
+    }
+}
+
+/// A relation file a committed transaction dropped (`DROP TABLE`, `TRUNCATE`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelFile {
+    pub tablespace: u32,
+    pub database: u32,
+    pub relation: u32,
+}
+
+/// One event of the time index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalEvent {
+    pub kind: WalEventKind,
+    /// Start of the record.
+    pub lsn: Lsn,
+    /// End of the record (where replay stands once it is applied).
+    pub end: Lsn,
+    /// The record's time, unix microseconds.
+    pub time_us: i64,
+    /// The transaction id (0 for restore points).
+    pub xid: u32,
+    /// The restore point's name (empty for other kinds).
+    pub name: String,
+    /// Relation files the transaction dropped.
+    pub dropped: Vec<RelFile>,
+}
+
+/// The time-index summary of one archived segment: what recovery planning and `events` read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WalSummary {
+    /// Records that end in this segment and were decoded.
+    pub records: u64,
+    /// End of the last complete record decoded (where replay of this file alone can reach).
+    pub end: Lsn,
+    /// True when the segment starts in the middle of a record whose beginning was not
+    /// available (previous segment not archived yet): that one record is not in `events`.
+    pub head_unknown: bool,
+    /// Transaction ends and restore points, in LSN order.
+    pub events: Vec<WalEvent>,
+    /// A record that begins here and ends in the next segment: its start and the bytes read so
+    /// far (page headers removed), so the next segment's summary can decode it. Absent when
+    /// longer than [`MAX_TAIL`] (such records are full-page images, never events).
+    pub tail: Option<(Lsn, Vec<u8>)>,
+}
+
+impl WalSummary {
+    /// First and last transaction end (commit or abort) time, unix microseconds.
+    pub fn xact_time_range(&self) -> Option<(i64, i64)> {
+        let mut times = self
+            .events
+            .iter()
+            .filter(|e| e.kind != WalEventKind::RestorePoint)
+            .map(|e| e.time_us);
+        let first = times.next()?;
+        Some(times.fold((first, first), |(lo, hi), t| (lo.min(t), hi.max(t))))
+    }
+
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.records)
+            .u64(self.end.0)
+            .u8(u8::from(self.head_unknown))
+            .count(self.events.len());
+        for e in &self.events {
+            w.u8(e.kind as u8)
+                .u64(e.lsn.0)
+                .u64(e.end.0)
+                .i64(e.time_us)
+                .u32(e.xid)
+                .str(&e.name)
+                .count(e.dropped.len());
+            for r in &e.dropped {
+                w.u32(r.tablespace).u32(r.database).u32(r.relation);
+            }
+        }
+        w.option(self.tail.as_ref(), |w, (lsn, bytes)| {
+            w.u64(lsn.0).bytes(bytes);
+        });
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, FormatError> {
+        let records = r.u64()?;
+        let end = Lsn(r.u64()?);
+        let head_unknown = match r.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(r.invalid(format!("head flag {other}"))),
+        };
+        let n = r.count(37)?;
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            let tag = r.u8()?;
+            let kind =
+                WalEventKind::from_u8(tag).ok_or_else(|| r.invalid(format!("event kind {tag}")))?;
+            let (lsn, end, time_us, xid, name) = (
+                Lsn(r.u64()?),
+                Lsn(r.u64()?),
+                r.i64()?,
+                r.u32()?,
+                r.string()?,
+            );
+            let m = r.count(12)?;
+            let mut dropped = Vec::with_capacity(m);
+            for _ in 0..m {
+                dropped.push(RelFile {
+                    tablespace: r.u32()?,
+                    database: r.u32()?,
+                    relation: r.u32()?,
+                });
+            }
+            events.push(WalEvent {
+                kind,
+                lsn,
+                end,
+                time_us,
+                xid,
+                name,
+                dropped,
+            });
+        }
+        let tail = r.option(|r| Ok((Lsn(r.u64()?), r.bytes()?.to_vec())))?;
+        if tail.as_ref().is_some_and(|(_, b)| b.len() > MAX_TAIL) {
+            return Err(r.invalid("carried-over record prefix is longer than 4 MiB"));
+        }
+        Ok(Self {
+            records,
+            end,
+            head_unknown,
+            events,
+            tail,
+        })
+    }
+}
+
+/// The meta unit of a WAL object: the file's size and SHA-256, and for segments the summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalMeta {
+    pub size: u64,
+    /// SHA-256 of the file as PostgreSQL wrote it: what `sha256sum` prints for it, so an
+    /// operator can compare by hand.
+    pub sha256: [u8; 32],
+    /// For segments: the system identifier from the long page header.
+    pub system_id: Option<u64>,
+    pub summary: Option<WalSummary>,
+}
+
+impl WalMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u64(self.size)
+            .raw(&self.sha256)
+            .option(self.system_id, |w, s| {
+                w.u64(s);
+            })
+            .option(self.summary.as_ref(), |w, s| s.encode(w));
+        w.into_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader::new(bytes, "WAL object meta");
+        let size = r.u64()?;
+        if size > MAX_WAL_FILE {
+            return Err(r.invalid(format!("file size {size} is above 1 GiB")));
+        }
+        Ok(Self {
+            size,
+            sha256: r.array()?,
+            system_id: r.option(|r| r.u64())?,
+            summary: r.option(WalSummary::decode)?,
+        })
+    }
+}
+
+/// The associated-data name of the data unit: the object name plus `#data`, so the two units of
+/// one object cannot be swapped.
+fn data_unit_name(object: &str) -> String {
+    format!("{object}#data")
+}
+
+/// Seals a WAL object: meta unit (zstd level 3) then the file (at `level`).
+pub fn seal_wal_object(
+    keys: &RepoKeys,
+    kind: Kind,
+    object: &str,
+    meta: &WalMeta,
+    salts: ([u8; SALT_LEN], [u8; SALT_LEN]),
+    file: &[u8],
+    level: i8,
+) -> Vec<u8> {
+    let header = Header::new(kind, keys.key_id().0);
+    let meta_unit = keys.seal(&header, object.as_bytes(), salts.0, &meta.encode(), 3);
+    let data_unit = keys.seal(
+        &header,
+        data_unit_name(object).as_bytes(),
+        salts.1,
+        file,
+        level,
+    );
+    let mut out = Vec::with_capacity(HEADER_LEN + 4 + meta_unit.len() + data_unit.len());
+    out.extend_from_slice(&header.encode());
+    let len = u32::try_from(meta_unit.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&meta_unit);
+    out.extend_from_slice(&data_unit);
+    out
+}
+
+/// The parsed frame of a WAL object: header and where the meta unit ends.
+#[derive(Debug, Clone, Copy)]
+pub struct WalFrame {
+    pub header: Header,
+    /// Offset of the first byte after the meta unit (the data unit's start).
+    pub meta_end: usize,
+}
+
+/// Reads the frame from the first bytes of an object (at least 20). `kind` is the kind the
+/// name implies.
+pub fn wal_frame(keys: &RepoKeys, kind: Kind, prefix: &[u8]) -> Result<WalFrame, FormatError> {
+    let header = Header::decode(prefix)?;
+    header.expect_kind(kind)?;
+    if header.key_id != keys.key_id().0 {
+        return Err(FormatError::WrongKey {
+            what: kind.name(),
+            expected: keys.key_id().to_hex(),
+            found: MasterKeyId(header.key_id).to_hex(),
+        });
+    }
+    let len = prefix
+        .get(HEADER_LEN..HEADER_LEN + 4)
+        .ok_or(FormatError::Truncated { what: kind.name() })?;
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if len < SEAL_OVERHEAD {
+        return Err(FormatError::Truncated { what: kind.name() });
+    }
+    Ok(WalFrame {
+        header,
+        meta_end: HEADER_LEN + 4 + len,
+    })
+}
+
+/// Opens the meta unit; `bytes` must hold at least `frame.meta_end` bytes of the object.
+pub fn open_wal_meta(
+    keys: &RepoKeys,
+    frame: &WalFrame,
+    object: &str,
+    bytes: &[u8],
+) -> Result<WalMeta, FormatError> {
+    let what = frame.header.kind.name();
+    let unit = bytes
+        .get(HEADER_LEN + 4..frame.meta_end)
+        .ok_or(FormatError::Truncated { what })?;
+    let plain = keys.open(&frame.header, object.as_bytes(), unit, MAX_META, what)?;
+    WalMeta::decode(&plain)
+}
+
+/// Opens a whole WAL object: meta, then the file, checked against the meta's size and
+/// SHA-256 by the caller (this crate does not hash with SHA-256; see [`WalMeta::sha256`]).
+pub fn open_wal_object(
+    keys: &RepoKeys,
+    kind: Kind,
+    object: &str,
+    bytes: &[u8],
+) -> Result<(WalMeta, Vec<u8>), FormatError> {
+    let frame = wal_frame(keys, kind, bytes)?;
+    let meta = open_wal_meta(keys, &frame, object, bytes)?;
+    let what = kind.name();
+    let unit = bytes
+        .get(frame.meta_end..)
+        .ok_or(FormatError::Truncated { what })?;
+    let file = keys.open(
+        &frame.header,
+        data_unit_name(object).as_bytes(),
+        unit,
+        meta.size,
+        what,
+    )?;
+    if file.len() as u64 != meta.size {
+        return Err(FormatError::Invalid {
+            what,
+            reason: format!("file is {} bytes, its meta says {}", file.len(), meta.size),
+        });
+    }
+    Ok((meta, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for (name, kind, tli) in [
+            ("000000010000000000000001", WalFileKind::Segment, 1),
+            ("0000000200000001000000FF.partial", WalFileKind::Partial, 2),
+            ("0000000A.history", WalFileKind::History, 10),
+            (
+                "000000010000000000000002.00000028.backup",
+                WalFileKind::BackupHistory,
+                1,
+            ),
+        ] {
+            let n = WalFileName::parse(name).expect(name);
+            assert_eq!(n.kind(), kind, "{name}");
+            assert_eq!(n.timeline(), TimelineId(tli), "{name}");
+            assert_eq!(n.to_string(), name);
+        }
+        let c = ClusterName::new("main").expect("name");
+        assert_eq!(
+            WalFileName::parse("0000000A.history")
+                .expect("history")
+                .object_name(&c),
+            "clusters/main/wal/0000000A/0000000A.history"
+        );
+        for bad in [
+            "",
+            "00000001000000000000000",
+            "000000010000000000000001.ready",
+            "00000001000000000000000a",
+            "000000000000000000000001",
+            "00000000.history",
+            "../0000001.history",
+            "000000010000000000000002.0000002.backup",
+            "000000010000000000000002X00000028.backup",
+            "RECOVERYXLOG",
+        ] {
+            assert!(WalFileName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
