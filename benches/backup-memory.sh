@@ -49,7 +49,7 @@ for scale in $SCALES; do
     "$PGKEEP" --repo "$repo" init >/dev/null
     start=$(date +%s.%N)
     # shellcheck disable=SC2086 # $WRAP is a command prefix, split on purpose
-    /usr/bin/time -f '%M' -o "$WORK/rss" $WRAP "$PGKEEP" --repo "$repo" backup --full \
+    /usr/bin/time -f '%M' -o "$WORK/rss" ${WRAP:-} "$PGKEEP" --repo "$repo" backup --full \
         --pg "host=127.0.0.1 port=$PORT user=postgres sslmode=disable" >/dev/null
     end=$(date +%s.%N)
     rss_kib=$(tail -1 "$WORK/rss")

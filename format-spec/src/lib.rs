@@ -33,4 +33,6 @@ pub use manifest::{
 };
 pub use pack::{FinishedPack, PackEntry, PackWriter};
 pub use pg::{Lsn, SegmentName, TimelineId};
-pub use wal::{RelFile, WalEvent, WalEventKind, WalFileKind, WalFileName, WalMeta, WalSummary};
+pub use wal::{
+    RelFile, SegmentFacts, WalEvent, WalEventKind, WalFileKind, WalFileName, WalMeta, WalSummary,
+};

@@ -204,6 +204,10 @@ pub struct WalSummary {
     /// far (page headers removed), so the next segment's summary can decode it. Absent when
     /// longer than [`MAX_TAIL`] (such records are full-page images, never events).
     pub tail: Option<(Lsn, Vec<u8>)>,
+    /// Why decoding stopped before the end of the file, if it did for another reason than
+    /// the end of the WAL: the summary then covers records up to `end` only. (The file is
+    /// archived regardless: refusing PostgreSQL's own WAL would stall archiving.)
+    pub stopped: Option<String>,
 }
 
 impl WalSummary {
@@ -237,6 +241,9 @@ impl WalSummary {
         }
         w.option(self.tail.as_ref(), |w, (lsn, bytes)| {
             w.u64(lsn.0).bytes(bytes);
+        })
+        .option(self.stopped.as_deref(), |w, why| {
+            w.str(why);
         });
     }
 
@@ -284,12 +291,14 @@ impl WalSummary {
         if tail.as_ref().is_some_and(|(_, b)| b.len() > MAX_TAIL) {
             return Err(r.invalid("carried-over record prefix is longer than 4 MiB"));
         }
+        let stopped = r.option(|r| r.string())?;
         Ok(Self {
             records,
             end,
             head_unknown,
             events,
             tail,
+            stopped,
         })
     }
 }
@@ -301,9 +310,18 @@ pub struct WalMeta {
     /// SHA-256 of the file as PostgreSQL wrote it: what `sha256sum` prints for it, so an
     /// operator can compare by hand.
     pub sha256: [u8; 32],
-    /// For segments: the system identifier from the long page header.
-    pub system_id: Option<u64>,
+    /// For segments: what their long page header says.
+    pub segment: Option<SegmentFacts>,
     pub summary: Option<WalSummary>,
+}
+
+/// Facts from a segment's long page header, kept so listing and planning need no segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentFacts {
+    pub system_id: u64,
+    pub segment_size: u32,
+    /// The server's major version, from the page magic (0 if unknown).
+    pub pg_major: u32,
 }
 
 impl WalMeta {
@@ -311,8 +329,8 @@ impl WalMeta {
         let mut w = Writer::new();
         w.u64(self.size)
             .raw(&self.sha256)
-            .option(self.system_id, |w, s| {
-                w.u64(s);
+            .option(self.segment, |w, f| {
+                w.u64(f.system_id).u32(f.segment_size).u32(f.pg_major);
             })
             .option(self.summary.as_ref(), |w, s| s.encode(w));
         w.into_vec()
@@ -327,7 +345,13 @@ impl WalMeta {
         Ok(Self {
             size,
             sha256: r.array()?,
-            system_id: r.option(|r| r.u64())?,
+            segment: r.option(|r| {
+                Ok(SegmentFacts {
+                    system_id: r.u64()?,
+                    segment_size: r.u32()?,
+                    pg_major: r.u32()?,
+                })
+            })?,
             summary: r.option(WalSummary::decode)?,
         })
     }

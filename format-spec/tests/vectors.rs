@@ -456,7 +456,11 @@ fn wal_objects() {
     let meta = WalMeta {
         size: file.len() as u64,
         sha256: [0x5a; 32],
-        system_id: Some(7_300_000_000_000_000_001),
+        segment: Some(pgkeep_format::SegmentFacts {
+            system_id: 7_300_000_000_000_000_001,
+            segment_size: 16 << 20,
+            pg_major: 18,
+        }),
         summary: Some(WalSummary {
             records: 3,
             end: Lsn(0x0300_0ff8),
@@ -486,6 +490,7 @@ fn wal_objects() {
                 },
             ],
             tail: Some((Lsn(0x0300_0ff8), vec![1, 2, 3, 4])),
+            stopped: None,
         }),
     };
     let sealed = seal_wal_object(
