@@ -80,6 +80,21 @@ pub enum Error {
         bound: u64,
         found: u64,
     },
+    /// A WAL file of this name is archived with other content. PostgreSQL never writes two
+    /// different files under one name on one timeline, so this means two servers archive
+    /// into one cluster, or the stored copy is from before a restore that reused the name.
+    #[error("{file}: the archive already holds a different file of this name (stored: {stored_size} bytes, SHA-256 {stored_sha256}; this one: {new_size} bytes, SHA-256 {new_sha256}); refusing to overwrite archived WAL")]
+    WalConflict {
+        file: String,
+        stored_sha256: String,
+        stored_size: u64,
+        new_sha256: String,
+        new_size: u64,
+    },
+    /// A WAL file that does not belong in this archive: another system, or its header
+    /// contradicts its name.
+    #[error("{file}: {reason}")]
+    WalRefused { file: String, reason: String },
     /// The chunk pipeline stopped (a worker or upload failed); the cause follows.
     #[error("the chunk pipeline stopped: {0}")]
     Pipeline(String),

@@ -15,6 +15,7 @@ pub mod replication;
 pub mod repository;
 pub mod storage;
 pub mod tar;
+pub mod timestamp;
 pub mod wal;
 
 pub use chunker::{Chunker, Chunking};

@@ -290,6 +290,7 @@ pub struct PgClusterBuilder {
     auth: Auth,
     tls: bool,
     data_checksums: bool,
+    wal_segment_mib: Option<u32>,
     settings: Vec<(String, String)>,
 }
 
@@ -315,6 +316,13 @@ impl PgClusterBuilder {
     /// verified against them).
     pub fn data_checksums(mut self, on: bool) -> Self {
         self.data_checksums = on;
+        self
+    }
+
+    /// `initdb --wal-segsize`: WAL segment size in MiB (a power of two, 1 to 1024; default
+    /// the server's 16). Small segments let WAL archiving tests produce many segments fast.
+    pub fn wal_segment_mib(mut self, mib: u32) -> Self {
+        self.wal_segment_mib = Some(mib);
         self
     }
 
@@ -373,6 +381,7 @@ impl PgCluster {
             auth: Auth::Trust,
             tls: false,
             data_checksums: true,
+            wal_segment_mib: None,
             settings: Vec::new(),
         }
     }
@@ -453,7 +462,7 @@ impl PgCluster {
             watchdog: Some(watchdog),
             base,
         };
-        cluster.initdb(opts.data_checksums)?;
+        cluster.initdb(opts.data_checksums, opts.wal_segment_mib)?;
         if cluster.tls {
             cluster.make_certificates()?;
         }
@@ -730,7 +739,7 @@ impl PgCluster {
         owner_command(&self.owner, program, self.base.path())
     }
 
-    fn initdb(&self, data_checksums: bool) -> Result<(), Error> {
+    fn initdb(&self, data_checksums: bool, wal_segment_mib: Option<u32>) -> Result<(), Error> {
         let mut cmd = self.owner_command(&self.bin("initdb"));
         cmd.arg("-D")
             .arg(&self.data_dir)
@@ -742,6 +751,9 @@ impl PgCluster {
         } else if self.version.major() >= 18 {
             // Checksums became initdb's default in 18.
             cmd.arg("--no-data-checksums");
+        }
+        if let Some(mib) = wal_segment_mib {
+            cmd.arg(format!("--wal-segsize={mib}"));
         }
         let pwfile = self.base.path().join("pwfile");
         if self.auth != Auth::Trust {
@@ -835,6 +847,34 @@ impl PgCluster {
             lines.push(format!("{key} = {}", quote_conf_value(value)));
         }
         lines.join("\n") + "\n"
+    }
+
+    /// A new private directory (0700) in the cluster's own temporary directory, owned by the
+    /// cluster's OS user: for files the server's own commands (`archive_command`) use.
+    pub fn owned_dir(&self, name: &str) -> Result<PathBuf, Error> {
+        let dir = self.base.path().join(sanitize_file_name(name));
+        make_private_dir(&self.owner, &dir)?;
+        Ok(dir)
+    }
+
+    /// Writes a file owned by the cluster's OS user, with `mode`.
+    pub fn write_owned(&self, path: &Path, text: &str, mode: u32) -> Result<(), Error> {
+        self.write_owned_file(path, text, mode)
+    }
+
+    /// Gives `path` and everything under it to the cluster's OS user (no-op when that is us).
+    pub fn give_tree_to_owner(&self, path: &Path) -> Result<(), Error> {
+        give_to(&self.owner, path)?;
+        if path.is_dir() {
+            let entries = fs::read_dir(path)
+                .map_err(|e| Error::new(format!("listing {}: {e}", path.display())))?;
+            for entry in entries {
+                let entry =
+                    entry.map_err(|e| Error::new(format!("listing {}: {e}", path.display())))?;
+                self.give_tree_to_owner(&entry.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes `text` to `path` (created or truncated) with `mode`, owned by

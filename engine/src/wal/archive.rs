@@ -1,0 +1,235 @@
+//! The WAL archive of one cluster: storing, comparing, listing and fetching archived files.
+//!
+//! Every archived file is one immutable object (format-spec §7). Storing is create-if-absent,
+//! and a name that is already stored is compared by its SHA-256 (read from the small meta unit
+//! at the front of the object): identical is success, different is refused. That is exactly
+//! what PostgreSQL asks of `archive_command`, and it makes `wal-push` and `wal-stream` safe to
+//! run side by side on the same repository.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use pgkeep_format::wal::{self, open_wal_meta, open_wal_object, seal_wal_object, wal_frame};
+use pgkeep_format::{ClusterName, TimelineId, WalFileKind, WalFileName, WalMeta};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::repository::{blocking, random_bytes, Repository};
+use crate::storage::Created;
+
+/// A file ready to store: its bytes and the meta computed from them.
+#[derive(Debug)]
+pub struct PreparedWal {
+    pub name: WalFileName,
+    pub meta: WalMeta,
+    pub file: Vec<u8>,
+}
+
+/// What storing a file did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The file was stored now.
+    Stored,
+    /// An identical copy was already stored (a re-push after a crash, or `wal-stream` and
+    /// `archive_command` both archiving it).
+    AlreadyStored,
+}
+
+/// One archived file, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedFile {
+    pub name: WalFileName,
+    /// Size of the stored object (compressed and encrypted).
+    pub stored_size: u64,
+}
+
+/// SHA-256 of a file, as `sha256sum` prints it.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// The WAL archive of one cluster of a repository.
+#[derive(Debug, Clone)]
+pub struct WalArchive {
+    repo: Repository,
+    cluster: ClusterName,
+}
+
+impl WalArchive {
+    pub fn new(repo: Repository, cluster: ClusterName) -> Self {
+        Self { repo, cluster }
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    pub fn cluster(&self) -> &ClusterName {
+        &self.cluster
+    }
+
+    /// The object name of an archived file.
+    pub fn object_name(&self, name: &WalFileName) -> String {
+        name.object_name(&self.cluster)
+    }
+
+    /// Reads the meta unit of a stored file (one or two ranged reads, never the file itself);
+    /// `None` when the archive does not have it.
+    pub async fn meta(&self, name: &WalFileName) -> Result<Option<WalMeta>> {
+        let object = self.object_name(name);
+        let store = self.repo.store();
+        let Some(size) = store.head(&object).await? else {
+            return Ok(None);
+        };
+        let probe = size.min(wal::META_PROBE as u64);
+        let mut bytes = store.get_range(&object, 0..probe).await?.to_vec();
+        let kind = name.object_kind();
+        let frame =
+            wal_frame(self.repo.keys(), kind, &bytes).map_err(|e| Error::corrupt(&object, e))?;
+        if frame.meta_end as u64 > size {
+            return Err(Error::corrupt(
+                &object,
+                pgkeep_format::FormatError::Truncated { what: kind.name() },
+            ));
+        }
+        if frame.meta_end > bytes.len() {
+            let rest = store
+                .get_range(&object, bytes.len() as u64..frame.meta_end as u64)
+                .await?;
+            bytes.extend_from_slice(&rest);
+        }
+        let repo = self.repo.clone();
+        let owned = object.clone();
+        blocking(move || open_wal_meta(repo.keys(), &frame, &owned, &bytes))
+            .await?
+            .map(Some)
+            .map_err(|e| Error::corrupt(&object, e))
+    }
+
+    /// Stores a prepared file, create-if-absent. A stored file of the same name is compared by
+    /// size and SHA-256: identical is success, anything else is [`Error::WalConflict`].
+    pub async fn store(&self, prepared: PreparedWal, level: i8) -> Result<PushOutcome> {
+        let object = self.object_name(&prepared.name);
+        if let Some(stored) = self.meta(&prepared.name).await? {
+            return compare(&prepared.name, &stored, &prepared.meta);
+        }
+        let PreparedWal { name, meta, file } = prepared;
+        let repo = self.repo.clone();
+        let (owned, meta_copy, kind) = (object.clone(), meta.clone(), name.object_kind());
+        let sealed = blocking(move || {
+            seal_wal_object(
+                repo.keys(),
+                kind,
+                &owned,
+                &meta_copy,
+                (random_bytes(), random_bytes()),
+                &file,
+                level,
+            )
+        })
+        .await?;
+        match self
+            .repo
+            .store()
+            .put_new(&object, Bytes::from(sealed))
+            .await
+        {
+            Ok(Created::New | Created::Identical) => Ok(PushOutcome::Stored),
+            // Someone else stored it between our check and our write: compare with theirs.
+            Err(Error::AlreadyExists { .. }) => match self.meta(&name).await? {
+                Some(stored) => compare(&name, &stored, &meta),
+                None => Err(Error::NotFound { object }),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches and checks a stored file: authenticated decryption, then size and SHA-256
+    /// against its meta. `None` when the archive does not have it.
+    pub async fn fetch(&self, name: &WalFileName) -> Result<Option<(WalMeta, Vec<u8>)>> {
+        let object = self.object_name(name);
+        let bytes = match self.repo.store().get(&object).await {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let repo = self.repo.clone();
+        let kind = name.object_kind();
+        let owned = object.clone();
+        let opened = blocking(move || {
+            let (meta, file) = open_wal_object(repo.keys(), kind, &owned, &bytes)?;
+            let actual = sha256(&file);
+            if actual != meta.sha256 {
+                return Err(pgkeep_format::FormatError::Invalid {
+                    what: kind.name(),
+                    reason: format!(
+                        "content has SHA-256 {}, its meta says {}",
+                        hex::encode(actual),
+                        hex::encode(meta.sha256)
+                    ),
+                });
+            }
+            Ok((meta, file))
+        })
+        .await?
+        .map_err(|e| Error::corrupt(&object, e))?;
+        Ok(Some(opened))
+    }
+
+    /// Every archived file of the cluster, by timeline then name.
+    pub async fn list(&self) -> Result<BTreeMap<TimelineId, Vec<ArchivedFile>>> {
+        let dir = format!("{}wal/", pgkeep_format::layout::cluster_dir(&self.cluster));
+        let mut out: BTreeMap<TimelineId, Vec<ArchivedFile>> = BTreeMap::new();
+        for info in self.repo.store().list(&dir).await? {
+            let Some(file) = info.name.rsplit('/').next() else {
+                continue;
+            };
+            // Anything else under wal/ (a temporary file of a local store, say) is not ours.
+            let Ok(name) = WalFileName::parse(file) else {
+                continue;
+            };
+            if info.name != self.object_name(&name) {
+                continue;
+            }
+            out.entry(name.timeline()).or_default().push(ArchivedFile {
+                name,
+                stored_size: info.size,
+            });
+        }
+        for files in out.values_mut() {
+            files.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        Ok(out)
+    }
+
+    /// The stored segments (not partial) of one timeline, in order.
+    pub async fn segments(&self, timeline: TimelineId) -> Result<Vec<WalFileName>> {
+        let dir = pgkeep_format::layout::wal_dir(&self.cluster, timeline.0);
+        let mut out: Vec<WalFileName> = self
+            .repo
+            .store()
+            .list(&dir)
+            .await?
+            .into_iter()
+            .filter_map(|i| WalFileName::parse(i.name.rsplit('/').next()?).ok())
+            .filter(|n| n.kind() == WalFileKind::Segment && n.timeline() == timeline)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Same name, same bytes: success. Same name, other bytes: refused, naming both checksums.
+pub(crate) fn compare(name: &WalFileName, stored: &WalMeta, new: &WalMeta) -> Result<PushOutcome> {
+    if stored.size == new.size && stored.sha256 == new.sha256 {
+        Ok(PushOutcome::AlreadyStored)
+    } else {
+        Err(Error::WalConflict {
+            file: name.to_string(),
+            stored_sha256: hex::encode(stored.sha256),
+            stored_size: stored.size,
+            new_sha256: hex::encode(new.sha256),
+            new_size: new.size,
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! `restore_command`: bring one archived file back, and prefetch the next segments.
+//!
+//! Recovery asks for one segment at a time and waits for each, so one storage round trip per
+//! segment would bound replay speed. When asked for a segment, `wal-fetch` also downloads the
+//! next ones in parallel into a spool directory beside the destination (`pg_wal/pgkeep-spool`
+//! by default); the following calls find their segment there and return after a rename. Every
+//! spooled file was authenticated and checked against its SHA-256 when it was fetched, and is
+//! written under a temporary name and renamed, so a spooled file is always complete. The spool
+//! holds at most `prefetch` files: segments before the one asked for are deleted.
+
+use std::path::{Path, PathBuf};
+
+use futures::future::join_all;
+use pgkeep_format::pg::check_segment_size;
+use pgkeep_format::{SegmentName, WalFileKind, WalFileName};
+
+use crate::error::{Error, Result};
+use crate::wal::archive::WalArchive;
+
+/// Tuning of `wal-fetch`.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// Segments to download ahead of the one asked for (0: none).
+    pub prefetch: usize,
+    /// Where prefetched segments wait; default `<destination's directory>/pgkeep-spool`.
+    pub spool: Option<PathBuf>,
+}
+
+/// What `wal-fetch` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// The file is in place; `from_spool` when an earlier call had prefetched it.
+    Restored { from_spool: bool },
+    /// The archive does not have the file (normal: recovery probes for files).
+    NotFound,
+}
+
+/// Puts the archived file `name` at `dest`, then prefetches what recovery will ask for next.
+pub async fn fetch_file(
+    archive: &WalArchive,
+    name: &WalFileName,
+    dest: &Path,
+    opts: &FetchOptions,
+) -> Result<FetchOutcome> {
+    let spool = opts.spool.clone().unwrap_or_else(|| {
+        dest.parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("pgkeep-spool")
+    });
+    let spooled = spool.join(name.as_str());
+    let (from_spool, head) = if tokio::fs::try_exists(&spooled).await.unwrap_or(false) {
+        let head = read_head(&spooled).await;
+        move_into_place(&spooled, dest).await?;
+        (true, head)
+    } else {
+        let Some((_, file)) = archive.fetch(name).await? else {
+            return Ok(FetchOutcome::NotFound);
+        };
+        let head = file.get(..40).map(<[u8]>::to_vec);
+        write_atomically(dest, &file).await?;
+        (false, head)
+    };
+    if opts.prefetch > 0 && name.kind() == WalFileKind::Segment {
+        if let Some(size) = head.as_deref().and_then(segment_size_from_header) {
+            prefetch(archive, name, size, &spool, opts.prefetch).await;
+        }
+    }
+    Ok(FetchOutcome::Restored { from_spool })
+}
+
+/// The segment size a segment's long page header declares (bytes 32..36).
+fn segment_size_from_header(head: &[u8]) -> Option<u32> {
+    let bytes: [u8; 4] = head.get(32..36)?.try_into().ok()?;
+    check_segment_size(u64::from(u32::from_le_bytes(bytes))).ok()
+}
+
+async fn read_head(path: &Path) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path).await.ok()?;
+    let mut head = vec![0u8; 40];
+    f.read_exact(&mut head).await.ok()?;
+    Some(head)
+}
+
+/// Downloads the `count` segments after `name` that are not spooled yet, in parallel, and
+/// removes spooled segments recovery has moved past. Failures only cost the prefetch: the
+/// next call fetches its segment itself.
+async fn prefetch(archive: &WalArchive, name: &WalFileName, size: u32, spool: &Path, count: usize) {
+    let Some(current) = name
+        .segment_part()
+        .and_then(|s| SegmentName::parse(s, size).ok())
+    else {
+        return;
+    };
+    if let Err(e) = tokio::fs::create_dir_all(spool).await {
+        tracing::debug!(error = %e, spool = %spool.display(), "no spool directory; no prefetch");
+        return;
+    }
+    let wanted: Vec<WalFileName> = (1..=count as u64)
+        .filter_map(|i| {
+            let next = SegmentName::new(current.timeline, current.segment + i, size);
+            WalFileName::parse(&next.to_string()).ok()
+        })
+        .collect();
+    trim_spool(spool, name, wanted.last()).await;
+    let jobs = wanted.into_iter().map(|next| async move {
+        let path = spool.join(next.as_str());
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return;
+        }
+        match archive.fetch(&next).await {
+            Ok(Some((_, file))) => {
+                if let Err(e) = write_atomically(&path, &file).await {
+                    tracing::debug!(segment = %next, error = %e, "prefetch not spooled");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(segment = %next, error = %e, "prefetch failed"),
+        }
+    });
+    join_all(jobs).await;
+}
+
+/// Deletes spooled files outside `(current, last]`: recovery has consumed them or moved to
+/// another timeline, and the spool stays bounded.
+async fn trim_spool(spool: &Path, current: &WalFileName, last: Option<&WalFileName>) {
+    let Ok(mut entries) = tokio::fs::read_dir(spool).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let keep = entry
+            .file_name()
+            .to_str()
+            .and_then(|f| WalFileName::parse(f).ok())
+            .is_some_and(|n| n > *current && last.is_some_and(|l| n <= *l));
+        if !keep {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
+    }
+}
+
+/// Writes `data` to a temporary name beside `dest`, then renames: whoever sees `dest` sees
+/// all of it.
+async fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
+    let tmp = temp_path(dest);
+    tokio::fs::write(&tmp, data)
+        .await
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    tokio::fs::rename(&tmp, dest).await.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(
+            format!("renaming {} to {}", tmp.display(), dest.display()),
+            e,
+        )
+    })
+}
+
+/// Moves a spooled file into place: a rename on the same file system, else copy then rename.
+async fn move_into_place(spooled: &Path, dest: &Path) -> Result<()> {
+    if tokio::fs::rename(spooled, dest).await.is_ok() {
+        return Ok(());
+    }
+    let data = tokio::fs::read(spooled)
+        .await
+        .map_err(|e| Error::io(format!("reading {}", spooled.display()), e))?;
+    write_atomically(dest, &data).await?;
+    let _ = tokio::fs::remove_file(spooled).await;
+    Ok(())
+}
+
+fn temp_path(dest: &Path) -> PathBuf {
+    let mut name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".pgkeep-tmp.{}", std::process::id()));
+    dest.with_file_name(name)
+}
