@@ -1,0 +1,306 @@
+//! The WAL archive's storage semantics on real backends (local files and the loopback S3
+//! server): create-if-absent with checksum comparison, authenticated fetch, damage detection,
+//! storage faults, and wal-fetch's prefetch spool.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pgkeep_engine::format::{ClusterName, SegmentFacts, WalFileName, WalMeta};
+use pgkeep_engine::wal::archive::sha256;
+use pgkeep_engine::wal::{
+    fetch_file, FetchOptions, FetchOutcome, PreparedWal, PushOutcome, WalArchive,
+};
+use pgkeep_engine::{Error, Repository, RetryPolicy, Store};
+use pgkeep_testkit::faults::{FaultyStore, Op};
+
+const SEGMENT: u32 = 1 << 20;
+
+fn cluster() -> ClusterName {
+    ClusterName::new("main").expect("name")
+}
+
+fn prepared(name: &str, file: Vec<u8>) -> PreparedWal {
+    let name = WalFileName::parse(name).expect("name");
+    let segment = name.segment_part().map(|_| SegmentFacts {
+        system_id: 7,
+        segment_size: SEGMENT,
+        pg_major: 18,
+    });
+    PreparedWal {
+        meta: WalMeta {
+            size: file.len() as u64,
+            sha256: sha256(&file),
+            segment,
+            summary: None,
+        },
+        name,
+        file,
+    }
+}
+
+/// A stand-in segment: the archive layer does not interpret content, except that prefetch
+/// reads the segment size from the long page header (bytes 32..36).
+fn segment_bytes(seed: u64) -> Vec<u8> {
+    let mut d = data(SEGMENT as usize, seed, true);
+    d[32..36].copy_from_slice(&SEGMENT.to_le_bytes());
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_compare_fetch_and_list_on_every_backend() {
+    for b in backends() {
+        let repo = init(&b).await;
+        let archive = WalArchive::new(repo, cluster());
+        let history = b"1\t0/3000000\tno recovery target specified\n".to_vec();
+        let name = WalFileName::parse("00000002.history").expect("name");
+        assert_eq!(
+            archive
+                .store(prepared("00000002.history", history.clone()), 3)
+                .await
+                .expect("store"),
+            PushOutcome::Stored,
+            "{}",
+            b.name
+        );
+        // PostgreSQL re-archiving the same file after a crash: success, nothing rewritten.
+        assert_eq!(
+            archive
+                .store(prepared("00000002.history", history.clone()), 3)
+                .await
+                .expect("re-push"),
+            PushOutcome::AlreadyStored
+        );
+        // Another file under the same name: refused with both checksums.
+        let other = b"1\t0/4000000\tother\n".to_vec();
+        match archive
+            .store(prepared("00000002.history", other.clone()), 3)
+            .await
+        {
+            Err(Error::WalConflict {
+                file,
+                stored_sha256,
+                new_sha256,
+                ..
+            }) => {
+                assert_eq!(file, "00000002.history");
+                assert_eq!(stored_sha256, hex::encode(sha256(&history)));
+                assert_eq!(new_sha256, hex::encode(sha256(&other)));
+            }
+            other => panic!("{}: expected a conflict, got {other:?}", b.name),
+        }
+        let (meta, file) = archive.fetch(&name).await.expect("fetch").expect("present");
+        assert_eq!(file, history);
+        assert_eq!(meta.sha256, sha256(&history));
+        let missing = WalFileName::parse("00000003.history").expect("name");
+        assert!(archive.fetch(&missing).await.expect("fetch").is_none());
+        assert!(archive.meta(&missing).await.expect("meta").is_none());
+
+        for n in 1..=3u64 {
+            let seg = format!("0000000200000000{n:08X}");
+            archive
+                .store(prepared(&seg, segment_bytes(n)), 1)
+                .await
+                .expect("segment");
+        }
+        let listing = archive.list().await.expect("list");
+        let names: Vec<String> = listing
+            .values()
+            .flatten()
+            .map(|f| f.name.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "00000002.history",
+                "000000020000000000000001",
+                "000000020000000000000002",
+                "000000020000000000000003"
+            ],
+            "{}",
+            b.name
+        );
+        let meta = archive
+            .meta(&WalFileName::parse("000000020000000000000002").expect("name"))
+            .await
+            .expect("meta")
+            .expect("present");
+        assert_eq!(meta.segment.map(|f| f.segment_size), Some(SEGMENT));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_is_reported_as_damage_not_as_missing() {
+    let b = local();
+    let repo = init(&b).await;
+    let archive = WalArchive::new(repo.clone(), cluster());
+    let name = "000000010000000000000005";
+    archive
+        .store(prepared(name, segment_bytes(5)), 3)
+        .await
+        .expect("store");
+    let wal = WalFileName::parse(name).expect("name");
+    let object = archive.object_name(&wal);
+    let original = b.store.get(&object).await.expect("object");
+
+    // A flipped byte in the data unit: the meta still opens, the fetch fails as corrupt.
+    let mut damaged = original.to_vec();
+    let last = damaged.len() - 20;
+    damaged[last] ^= 1;
+    b.store.put(&object, damaged.into()).await.expect("damage");
+    assert!(archive.meta(&wal).await.expect("meta").is_some());
+    let err = archive.fetch(&wal).await.expect_err("damaged");
+    assert!(err.is_corruption(), "{err}");
+    assert!(err.to_string().contains(name), "{err}");
+
+    // A flipped byte in the meta unit: a re-push cannot compare, and says why.
+    let mut damaged = original.to_vec();
+    damaged[40] ^= 1;
+    b.store.put(&object, damaged.into()).await.expect("damage");
+    let err = archive
+        .store(prepared(name, segment_bytes(5)), 3)
+        .await
+        .expect_err("damaged meta");
+    assert!(err.is_corruption(), "{err}");
+
+    // Truncated: corrupt, not missing.
+    b.store
+        .put(&object, original.slice(..original.len() / 2))
+        .await
+        .expect("truncate");
+    assert!(archive
+        .fetch(&wal)
+        .await
+        .expect_err("truncated")
+        .is_corruption());
+
+    // Another segment's object under this name (swapped): authentication fails.
+    archive
+        .store(prepared("000000010000000000000006", segment_bytes(6)), 3)
+        .await
+        .expect("store");
+    let six = b
+        .store
+        .get("clusters/main/wal/00000001/000000010000000000000006")
+        .await
+        .expect("six");
+    b.store.put(&object, six).await.expect("swap");
+    assert!(archive
+        .fetch(&wal)
+        .await
+        .expect_err("swapped")
+        .is_corruption());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_faults_are_retried_or_fail_cleanly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("fs");
+    let faulty = FaultyStore::new(Arc::new(fs));
+    let store = Store::from_object_store(faulty.clone(), "", "faulty").with_retry(RetryPolicy {
+        attempts: 5,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    });
+    let repo = Repository::init(store.clone(), PASS, init_options())
+        .await
+        .expect("init");
+    let archive = WalArchive::new(repo, cluster());
+    // Transient: two failed PUTs, then success.
+    faulty.fail(Op::Put, "/wal/", 2);
+    archive
+        .store(prepared("000000010000000000000001", segment_bytes(1)), 3)
+        .await
+        .expect("stored despite transient failures");
+    // Persistent: an error naming the object, and nothing visible afterwards.
+    faulty.fail(Op::Put, "/wal/", usize::MAX);
+    let err = archive
+        .store(prepared("000000010000000000000002", segment_bytes(2)), 3)
+        .await
+        .expect_err("persistent failure");
+    assert!(
+        err.to_string().contains("000000010000000000000002"),
+        "{err}"
+    );
+    faulty.heal();
+    let two = WalFileName::parse("000000010000000000000002").expect("name");
+    assert!(archive.meta(&two).await.expect("meta").is_none());
+    // The next attempt (PostgreSQL retries archive_command) succeeds.
+    archive
+        .store(prepared("000000010000000000000002", segment_bytes(2)), 3)
+        .await
+        .expect("retry");
+    let (_, file) = archive.fetch(&two).await.expect("fetch").expect("present");
+    assert!(file == segment_bytes(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_prefetches_into_a_bounded_spool() {
+    let b = local();
+    let repo = init(&b).await;
+    let archive = WalArchive::new(repo, cluster());
+    for n in 1..=6u64 {
+        archive
+            .store(
+                prepared(&format!("0000000100000000{n:08X}"), segment_bytes(n)),
+                1,
+            )
+            .await
+            .expect("store");
+    }
+    let pg_wal = tempfile::tempdir().expect("pg_wal");
+    let dest = pg_wal.path().join("RECOVERYXLOG");
+    let opts = FetchOptions {
+        prefetch: 3,
+        spool: None,
+    };
+    let name = |n: u64| WalFileName::parse(&format!("0000000100000000{n:08X}")).expect("name");
+    let spooled = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(pg_wal.path().join("pgkeep-spool"))
+            .expect("spool")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let outcome = fetch_file(&archive, &name(1), &dest, &opts)
+        .await
+        .expect("fetch");
+    assert_eq!(outcome, FetchOutcome::Restored { from_spool: false });
+    assert!(std::fs::read(&dest).expect("dest") == segment_bytes(1));
+    assert_eq!(
+        spooled(),
+        [
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004"
+        ]
+    );
+    let outcome = fetch_file(&archive, &name(2), &dest, &opts)
+        .await
+        .expect("fetch");
+    assert_eq!(outcome, FetchOutcome::Restored { from_spool: true });
+    assert!(std::fs::read(&dest).expect("dest") == segment_bytes(2));
+    // The spool moved on: 3..=5, never more than --prefetch files.
+    assert_eq!(
+        spooled(),
+        [
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005"
+        ]
+    );
+    // Recovery jumps (another timeline, a later start): stale spool entries go.
+    let outcome = fetch_file(&archive, &name(6), &dest, &opts)
+        .await
+        .expect("fetch");
+    assert_eq!(outcome, FetchOutcome::Restored { from_spool: false });
+    assert!(spooled().is_empty(), "{:?}", spooled());
+    // The end of the archive: not found, no error.
+    let outcome = fetch_file(&archive, &name(7), &dest, &opts)
+        .await
+        .expect("fetch");
+    assert_eq!(outcome, FetchOutcome::NotFound);
+}
