@@ -90,6 +90,114 @@ Example:\n  pgkeep backup --pg 'host=db1 user=backup' --label nightly"
     /// List the backups of the cluster (--cluster), oldest first.
     #[command(after_help = "Example:\n  pgkeep --cluster main list --json")]
     List,
+    /// Archive one WAL file: use as PostgreSQL's archive_command.
+    #[command(
+        name = "wal-push",
+        after_help = "Exit 0 only once the file is durably stored; an identical file already stored is \
+success, a different one under the same name is refused. While more segments wait in \
+pg_wal/archive_status, the call stores the next ones too (--lookahead), in parallel.\n\n\
+Example (postgresql.conf):\n  archive_mode = on\n  archive_command = 'pgkeep --config /etc/pgkeep/pgkeep.toml wal-push %p'"
+    )]
+    WalPush(WalPushArgs),
+    /// Restore one archived WAL file: use as PostgreSQL's restore_command.
+    #[command(
+        name = "wal-fetch",
+        after_help = "Exit 0 with the file in place; 1 when the archive does not have it (PostgreSQL then \
+looks elsewhere or ends recovery). When the file exists but cannot be read (damaged, wrong key, \
+storage failing after retries), the exit status is 200: PostgreSQL treats any status above 125 \
+as fatal and stops recovery, instead of ending it early at the wrong point.\n\n\
+Example (postgresql.conf):\n  restore_command = 'pgkeep --config /etc/pgkeep/pgkeep.toml wal-fetch %f %p'"
+    )]
+    WalFetch(WalFetchArgs),
+    /// Receive WAL continuously over a physical replication slot (near-zero data loss).
+    #[command(
+        name = "wal-stream",
+        after_help = "Runs until SIGTERM or SIGINT. Streams from the slot (created if absent), stores every \
+complete segment, uploads the segment being filled as .partial every --partial-interval, and \
+reports to the server as flushed only what is stored, so the slot keeps all WAL not yet \
+archived. Reconnects with backoff. Can run beside archive_command on the same repository.\n\n\
+Example:\n  pgkeep wal-stream --pg 'host=db1 user=replicator' --slot pgkeep --metrics-addr 127.0.0.1:9187"
+    )]
+    WalStream(WalStreamArgs),
+    /// List transaction ends and restore points found in the archived WAL.
+    #[command(
+        after_help = "By default only notable events: restore points, aborts, and commits that dropped or \
+truncated relations. --all lists every commit.\n\n\
+Example:\n  pgkeep events --since '2026-11-21 08:00:00' --until '2026-11-21 09:00:00Z'"
+    )]
+    Events(EventsArgs),
+    /// Show the cluster's backups and WAL archive: timelines, ranges, gaps, time covered.
+    #[command(after_help = "Example:\n  pgkeep info --json")]
+    Info,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WalPushArgs {
+    /// The file to archive (archive_command's %p).
+    pub(crate) path: PathBuf,
+    /// Further ready segments to store in the same call (0 to disable). Also
+    /// PGKEEP_LOOKAHEAD; config key: lookahead. [default: 4]
+    #[arg(long, value_name = "N")]
+    pub(crate) lookahead: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WalFetchArgs {
+    /// The file PostgreSQL asks for (restore_command's %f).
+    pub(crate) name: String,
+    /// Where to put it (restore_command's %p).
+    pub(crate) path: PathBuf,
+    /// Segments to download ahead into the spool (0 to disable). Also PGKEEP_PREFETCH;
+    /// config key: prefetch. [default: 8]
+    #[arg(long, value_name = "N")]
+    pub(crate) prefetch: Option<usize>,
+    /// Directory for prefetched segments (at most --prefetch files). Also PGKEEP_SPOOL;
+    /// config key: spool. [default: pgkeep-spool beside the destination, i.e. in pg_wal]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) spool: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WalStreamArgs {
+    /// PostgreSQL connection string or URI (a role with REPLICATION). Also PGKEEP_PG; config
+    /// key: pg.
+    #[arg(long, value_name = "CONNINFO")]
+    pub(crate) pg: Option<String>,
+    /// Physical replication slot. Also PGKEEP_SLOT; config key: slot. [default: pgkeep]
+    #[arg(long, value_name = "NAME")]
+    pub(crate) slot: Option<String>,
+    /// Fail instead of creating the slot when it does not exist.
+    #[arg(long)]
+    pub(crate) no_create_slot: bool,
+    /// Seconds between uploads of the segment being filled (.partial): the data-loss window.
+    /// Also PGKEEP_PARTIAL_INTERVAL; config key: partial_interval. [default: 5]
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) partial_interval: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics. Also PGKEEP_METRICS_ADDR; config
+    /// key: metrics_addr.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) metrics_addr: Option<String>,
+    /// Reconnect when the server sends nothing (not even a keepalive) this many seconds.
+    /// Also PGKEEP_TIMEOUT; config key: timeout. [default: 300]
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EventsArgs {
+    /// Only events at or after this time: RFC 3339 (`2026-11-21T08:00:00+01:00`) or
+    /// `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC).
+    #[arg(long, value_name = "TIME")]
+    pub(crate) since: Option<String>,
+    /// Only events at or before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub(crate) until: Option<String>,
+    /// Only this timeline.
+    #[arg(long, value_name = "N")]
+    pub(crate) timeline: Option<u32>,
+    /// Every commit, not only the notable events.
+    #[arg(long)]
+    pub(crate) all: bool,
 }
 
 #[derive(Debug, Args, Default)]

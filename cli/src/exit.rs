@@ -17,6 +17,14 @@ pub(crate) const CORRUPT: u8 = 5;
 /// PostgreSQL could not be reached, or refused the connection or the command.
 pub(crate) const POSTGRES: u8 = 6;
 
+/// `wal-fetch` only: the file is not in the archive (PostgreSQL then looks elsewhere).
+pub(crate) const WAL_NOT_FOUND: u8 = 1;
+/// `wal-fetch` only: the file could not be restored for another reason than absence
+/// (damaged, wrong key, storage failing, bad configuration). PostgreSQL stops recovery on any
+/// exit status above 125; a status it would read as "not found" could end recovery early at
+/// the wrong point and promote a server missing committed transactions.
+pub(crate) const WAL_FETCH_FAILED: u8 = 200;
+
 /// An error of the CLI's own (settings, input) that maps to `USAGE`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -42,22 +42,29 @@ fn main() -> ExitCode {
     let out = Output {
         json: settings.json,
     };
-    let result = runtime.block_on(async {
-        match &cli.command {
+    let code = runtime.block_on(async {
+        let result = match &cli.command {
             Command::Init(a) => cmd::init::run(&settings, a, &out).await,
             Command::Key(k) => cmd::key::run(&settings, k, &out).await,
             Command::List => cmd::list::run(&settings, &out).await,
             Command::Backup(a) => cmd::backup::run(&settings, a, &out).await,
+            Command::WalPush(a) => cmd::wal::push(&settings, a, &out).await,
+            // restore_command semantics: exit codes of its own.
+            Command::WalFetch(a) => return cmd::wal::fetch(&settings, a).await,
+            Command::WalStream(a) => cmd::stream::run(&settings, a).await,
+            Command::Events(a) => cmd::events::run(&settings, a, &out).await,
+            Command::Info => cmd::info::run(&settings, &out).await,
+        };
+        match result {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                // `{:#}` prints the context chain on one line: "opening repository x: wrong passphrase: ...".
+                eprintln!("pgkeep: {e:#}");
+                exit::code_for(&e)
+            }
         }
     });
-    match result {
-        Ok(()) => ExitCode::from(exit::OK),
-        Err(e) => {
-            // `{:#}` prints the context chain on one line: "opening repository x: wrong passphrase: ...".
-            eprintln!("pgkeep: {e:#}");
-            ExitCode::from(exit::code_for(&e))
-        }
-    }
+    ExitCode::from(code)
 }
 
 fn init_logging(filter: &str) {

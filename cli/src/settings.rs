@@ -34,6 +34,18 @@ pub(crate) struct ConfigFile {
     pub(crate) max_rate: Option<u32>,
     pub(crate) timeout: Option<u64>,
     pub(crate) jobs: Option<usize>,
+    /// `wal-push`: further ready segments stored per call.
+    pub(crate) lookahead: Option<usize>,
+    /// `wal-fetch`: segments downloaded ahead.
+    pub(crate) prefetch: Option<usize>,
+    /// `wal-fetch`: directory for prefetched segments.
+    pub(crate) spool: Option<PathBuf>,
+    /// `wal-stream`: replication slot.
+    pub(crate) slot: Option<String>,
+    /// `wal-stream`: seconds between `.partial` uploads.
+    pub(crate) partial_interval: Option<u64>,
+    /// `wal-stream`: Prometheus endpoint address.
+    pub(crate) metrics_addr: Option<String>,
     /// `object_store` options for the repository's storage.
     #[serde(default)]
     pub(crate) storage: BTreeMap<String, String>,

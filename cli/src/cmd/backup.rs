@@ -6,7 +6,6 @@ use anyhow::Context;
 use pgkeep_engine::backup::{
     take_backup, BackupOptions, BackupSummary, IncrementalMethod, Progress,
 };
-use pgkeep_engine::conninfo;
 use pgkeep_engine::WriteOptions;
 use serde::Serialize;
 
@@ -103,16 +102,7 @@ fn summarize(s: &BackupSummary) -> Summary<'_> {
 
 pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::Result<()> {
     let cluster = cmd::cluster(s)?;
-    let conninfo_text = pick(a.pg.clone(), "PGKEEP_PG", s.file.pg.clone())?.unwrap_or_default();
-    let params = conninfo::parse(&conninfo_text).map_err(|e| UsageError(format!("--pg: {e}")))?;
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let conn = conninfo::resolve(
-        &params,
-        &conninfo::process_env,
-        &pgkeep_engine::os_user_name().unwrap_or_default(),
-        home.as_deref(),
-    )
-    .map_err(|e| UsageError(format!("PostgreSQL connection settings: {e}")))?;
+    let conn = cmd::conn_config(s, a.pg.clone())?;
     let checkpoint = pick(
         a.checkpoint.clone(),
         "PGKEEP_CHECKPOINT",

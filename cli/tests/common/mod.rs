@@ -1,6 +1,8 @@
 //! Running the `pgkeep` binary as a user would, in a hermetic environment.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod archiving;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

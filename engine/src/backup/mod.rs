@@ -13,16 +13,14 @@ use pgkeep_format::{
     Attachment, BackupKind, BackupStats, ClusterName, Lsn, Manifest, PgInfo, Tablespace, TimelineId,
 };
 
-use self::command::{
-    parse_position, parse_size, parse_tablespace, BaseBackupRequest, TablespaceRow,
-};
-use self::ingest::{Ingest, PageStats, Parent, PAGE};
+use self::command::{parse_position, parse_tablespace, BaseBackupRequest, TablespaceRow};
+use self::ingest::{Ingest, PageStats, Parent};
 use crate::chunker::{Chunker, Chunking};
 use crate::conninfo::ConnConfig;
 use crate::error::{Error, Result};
 use crate::pipeline::{SessionStats, WriteOptions, WriteSession};
 use crate::replication::wire::{parse_backup_copy_data, BackupCopyData};
-use crate::replication::{Event, PgConnection, PgError, ReplicationMode};
+use crate::replication::{identify, Event, PgConnection, PgError, ReplicationMode};
 use crate::repository::Repository;
 use crate::tar::{TarEvent, TarReader, Termination};
 
@@ -97,58 +95,6 @@ pub struct BackupSummary {
     pub session: SessionStats,
     pub pages: PageStats,
     pub seconds: f64,
-}
-
-/// Facts the server reports before the backup starts.
-#[derive(Debug, Clone, Copy)]
-struct Server {
-    system_id: u64,
-    timeline: TimelineId,
-    /// The server's WAL flush position when the backup began.
-    position: Lsn,
-    version_num: u32,
-    wal_segment_size: u32,
-}
-
-async fn identify(conn: &mut PgConnection) -> Result<Server> {
-    let row = conn.query_row("IDENTIFY_SYSTEM").await?;
-    let column = |i: usize| row.get(i).and_then(|c| c.as_deref());
-    let system_id = column(0)
-        .and_then(|s| s.parse::<u64>().ok())
-        .ok_or_else(|| PgError::Protocol("IDENTIFY_SYSTEM: no system identifier".into()))?;
-    let timeline = column(1)
-        .and_then(|s| s.parse::<u32>().ok())
-        .map(TimelineId)
-        .ok_or_else(|| PgError::Protocol("IDENTIFY_SYSTEM: no timeline".into()))?;
-    let position = column(2)
-        .and_then(|s| s.parse::<Lsn>().ok())
-        .ok_or_else(|| PgError::Protocol("IDENTIFY_SYSTEM: no WAL position".into()))?;
-    let version_num = conn
-        .server_version_num()
-        .ok_or_else(|| PgError::Protocol("the server did not report server_version".into()))?;
-    if version_num < 130_000 {
-        return Err(Error::InvalidInput(format!(
-            "the server runs PostgreSQL {}; pgkeep supports 13 and later",
-            version_num / 10000
-        )));
-    }
-    let show = |v: Vec<Option<String>>| v.into_iter().next().flatten().unwrap_or_default();
-    let seg = parse_size(&show(conn.query_row("SHOW wal_segment_size").await?))?;
-    let wal_segment_size = pgkeep_format::pg::check_segment_size(seg)
-        .map_err(|e| Error::InvalidInput(e.to_string()))?;
-    let block = parse_size(&show(conn.query_row("SHOW block_size").await?))?;
-    if block != PAGE as u64 {
-        return Err(Error::InvalidInput(format!(
-            "the server uses {block}-byte blocks; pgkeep supports PostgreSQL's default of 8192"
-        )));
-    }
-    Ok(Server {
-        system_id,
-        timeline,
-        position,
-        version_num,
-        wal_segment_size,
-    })
 }
 
 /// The newest backup of `cluster` that can serve as parent for page-level reuse: same

@@ -7,10 +7,12 @@
 
 pub mod backend;
 pub mod connection;
+pub mod identify;
 pub mod tls;
 pub mod wire;
 
 pub use connection::{Event, PgConnection, ReplicationMode};
+pub use identify::{identify, ServerInfo};
 
 use thiserror::Error;
 

@@ -108,26 +108,23 @@ impl WalArchive {
 
     /// Stores a prepared file, create-if-absent. A stored file of the same name is compared by
     /// size and SHA-256: identical is success, anything else is [`Error::WalConflict`].
+    ///
+    /// A `.partial` segment is the exception: it is a snapshot of a segment still being
+    /// written (by `wal-stream`) or the last one of a timeline (archived by PostgreSQL at
+    /// promotion), so a newer one replaces what is stored.
     pub async fn store(&self, prepared: PreparedWal, level: i8) -> Result<PushOutcome> {
         let object = self.object_name(&prepared.name);
         if let Some(stored) = self.meta(&prepared.name).await? {
-            return compare(&prepared.name, &stored, &prepared.meta);
+            return match compare(&prepared.name, &stored, &prepared.meta) {
+                Err(Error::WalConflict { .. }) if prepared.name.kind() == WalFileKind::Partial => {
+                    self.replace(prepared, level).await?;
+                    Ok(PushOutcome::Stored)
+                }
+                other => other,
+            };
         }
-        let PreparedWal { name, meta, file } = prepared;
-        let repo = self.repo.clone();
-        let (owned, meta_copy, kind) = (object.clone(), meta.clone(), name.object_kind());
-        let sealed = blocking(move || {
-            seal_wal_object(
-                repo.keys(),
-                kind,
-                &owned,
-                &meta_copy,
-                (random_bytes(), random_bytes()),
-                &file,
-                level,
-            )
-        })
-        .await?;
+        let (name, meta) = (prepared.name.clone(), prepared.meta.clone());
+        let sealed = self.seal(&object, prepared, level).await?;
         match self
             .repo
             .store()
@@ -142,6 +139,48 @@ impl WalArchive {
             },
             Err(e) => Err(e),
         }
+    }
+
+    /// Stores a file whatever is stored under its name (for `.partial` segments only).
+    pub async fn replace(&self, prepared: PreparedWal, level: i8) -> Result<()> {
+        if prepared.name.kind() != WalFileKind::Partial {
+            return Err(Error::InvalidInput(format!(
+                "{}: only .partial segments are ever replaced in the archive",
+                prepared.name
+            )));
+        }
+        let object = self.object_name(&prepared.name);
+        let sealed = self.seal(&object, prepared, level).await?;
+        self.repo.store().put(&object, Bytes::from(sealed)).await
+    }
+
+    /// Deletes a `.partial` segment (once the complete segment is stored); no error when
+    /// there is none.
+    pub async fn remove(&self, name: &WalFileName) -> Result<()> {
+        if name.kind() != WalFileKind::Partial {
+            return Err(Error::InvalidInput(format!(
+                "{name}: only .partial segments are removed this way"
+            )));
+        }
+        self.repo.store().delete(&self.object_name(name)).await
+    }
+
+    async fn seal(&self, object: &str, prepared: PreparedWal, level: i8) -> Result<Vec<u8>> {
+        let PreparedWal { name, meta, file } = prepared;
+        let repo = self.repo.clone();
+        let owned = object.to_owned();
+        blocking(move || {
+            seal_wal_object(
+                repo.keys(),
+                name.object_kind(),
+                &owned,
+                &meta,
+                (random_bytes(), random_bytes()),
+                &file,
+                level,
+            )
+        })
+        .await
     }
 
     /// Fetches and checks a stored file: authenticated decryption, then size and SHA-256

@@ -1,0 +1,137 @@
+//! A PostgreSQL cluster with a pgkeep repository set up the way a DBA would for WAL
+//! archiving: config and passphrase files owned by the server's OS user, mode 0600.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pgkeep_testkit::pg::{PgCluster, PgVersion};
+use serde_json::Value;
+
+use super::Env;
+
+pub const PGKEEP: &str = env!("CARGO_BIN_EXE_pgkeep");
+
+/// A cluster archiving into a pgkeep repository, configured the way a DBA would: a config
+/// file and a passphrase file owned by the server's OS user, mode 0600.
+pub struct Archiving {
+    pub pg: PgCluster,
+    pub env: Env,
+    pub repo: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Archiving {
+    /// A cluster with archive_mode on and a repository; `archive_command` is set to
+    /// `pgkeep wal-push` unless `push` is false.
+    pub fn start(version: PgVersion, segment_mib: u32, settings: &[(&str, &str)]) -> Self {
+        Self::with(version, segment_mib, settings, true)
+    }
+
+    pub fn with(
+        version: PgVersion,
+        segment_mib: u32,
+        settings: &[(&str, &str)],
+        push: bool,
+    ) -> Self {
+        let mut builder = PgCluster::builder(version)
+            .wal_segment_mib(segment_mib)
+            .setting("archive_mode", "on")
+            .setting("archive_command", "");
+        for (k, v) in settings {
+            builder = builder.setting(k, v);
+        }
+        let pg = builder.start().expect("cluster");
+        let dir = pg.owned_dir("pgkeep").expect("dir");
+        let repo = dir.join("repo");
+        let pass = dir.join("passphrase");
+        pg.write_owned(&pass, "wal archive test\n", 0o600)
+            .expect("passphrase file");
+        let config = dir.join("pgkeep.toml");
+        pg.write_owned(
+            &config,
+            &format!(
+                "repo = {:?}\npassphrase_file = {:?}\ncluster = \"main\"\n",
+                repo.display().to_string(),
+                pass.display().to_string()
+            ),
+            0o600,
+        )
+        .expect("config");
+        let mut env = Env::new();
+        env.set("PGKEEP_CONFIG", &config.display().to_string());
+        // Cheap key derivation: a pgkeep key for archive_command should use a long random
+        // passphrase, which needs no stretching (see README, "WAL archiving").
+        env.expect(&["init"], 0);
+        pg.give_tree_to_owner(&repo).expect("chown repo");
+        let a = Self {
+            pg,
+            env,
+            repo,
+            config,
+        };
+        if push {
+            a.install_archive_command();
+        }
+        a
+    }
+
+    pub fn install_archive_command(&self) {
+        let command = format!("{PGKEEP} --config {} wal-push %p", self.config.display());
+        self.sql(&format!(
+            "ALTER SYSTEM SET archive_command = '{command}'; SELECT pg_reload_conf();"
+        ));
+    }
+
+    pub fn sql(&self, q: &str) -> String {
+        self.pg.psql(q).unwrap_or_else(|e| panic!("{q}: {e}"))
+    }
+
+    /// Switches to a new segment and waits until the server has archived the old one.
+    /// Returns the archived segment's name.
+    pub fn switch_and_wait(&self) -> String {
+        let last = self.sql("SELECT pg_walfile_name(pg_switch_wal())");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let row = self
+                .sql("SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver");
+            let (archived, failed) = row.split_once('|').expect("row");
+            assert_eq!(
+                failed,
+                "0",
+                "archiver failures; server log:\n{}",
+                self.pg.log_tail()
+            );
+            if archived >= last.as_str() {
+                return last;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{last} not archived in time (last archived {archived:?}); server log:\n{}",
+                self.pg.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn ready_count(&self) -> u64 {
+        self.sql("SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'")
+            .parse()
+            .expect("count")
+    }
+
+    pub fn info(&self) -> Value {
+        let (out, _) = self.env.expect(&["--json", "info"], 0);
+        serde_json::from_str(&out).expect("info JSON")
+    }
+
+    pub fn pgbench(&self, args: &[&str]) {
+        let status = std::process::Command::new(self.pg.bin("pgbench"))
+            .envs(self.pg.env())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("pgbench runs");
+        assert!(status.success(), "pgbench {args:?}");
+    }
+}

@@ -1,0 +1,334 @@
+//! `pgkeep wal-stream` against real servers: segments and `.partial` uploads, SIGKILL and
+//! restart without a gap, the slot never ahead of the archive, running beside
+//! archive_command, metrics, clean shutdown, and a timeline switch (promoted standby).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::archiving::Archiving;
+use pgkeep_testkit::pg::{PgCluster, PgVersion};
+use serde_json::Value;
+
+/// A running `wal-stream`, killed on drop.
+struct Streamer {
+    child: Child,
+    metrics: String,
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn start_stream(a: &Archiving, pg: &PgCluster, slot: &str) -> Streamer {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(a.env.path("wal-stream.log"))
+        .expect("log");
+    let child = a
+        .env
+        .command(&[
+            "--log-level",
+            "info",
+            "wal-stream",
+            "--pg",
+            &pg.connstring(),
+            "--slot",
+            slot,
+            "--partial-interval",
+            "1",
+            "--metrics-addr",
+            &metrics,
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("wal-stream starts");
+    let s = Streamer { child, metrics };
+    wait_for(Duration::from_secs(30), "the metrics endpoint", || {
+        scrape(&s.metrics).is_some()
+    });
+    s
+}
+
+fn stream_log(a: &Archiving) -> String {
+    std::fs::read_to_string(a.env.path("wal-stream.log")).unwrap_or_default()
+}
+
+/// GET /metrics, parsed into name → value.
+fn scrape(addr: &str) -> Option<std::collections::HashMap<String, f64>> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.trim().split_once('/').expect("X/X");
+    (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
+}
+
+fn stored(a: &Archiving, timeline: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(a.repo.join("clusters/main/wal").join(timeline))
+        .map(|d| {
+            d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Where the archived WAL of timeline 1 ends: after the newest complete segment, or inside
+/// the newest `.partial` (its length, fetched back).
+fn archive_end(a: &Archiving, segment_size: u64) -> u64 {
+    let names = stored(a, "00000001");
+    let seg_no = |n: &str| {
+        let hi = u64::from_str_radix(&n[8..16], 16).expect("hex");
+        let lo = u64::from_str_radix(&n[16..24], 16).expect("hex");
+        hi * (0x1_0000_0000 / segment_size) + lo
+    };
+    let full = names
+        .iter()
+        .filter(|n| n.len() == 24)
+        .map(|n| (seg_no(n) + 1) * segment_size)
+        .max()
+        .unwrap_or(0);
+    let partial = names
+        .iter()
+        .filter(|n| n.ends_with(".partial"))
+        .map(|n| {
+            let dest = a.env.path("partial");
+            a.env
+                .expect(&["wal-fetch", n, &dest.display().to_string()], 0);
+            seg_no(n) * segment_size + std::fs::metadata(&dest).expect("partial").len()
+        })
+        .max()
+        .unwrap_or(0);
+    full.max(partial)
+}
+
+fn write_wal(pg: &PgCluster, rows: u32) {
+    pg.psql(&format!(
+        "CREATE TABLE IF NOT EXISTS filler (x int, pad text); \
+         INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, {rows}) g"
+    ))
+    .expect("insert");
+}
+
+/// The archive holds one run of segments on `timeline`, without gaps, up to `last`.
+fn assert_continuous(a: &Archiving, timeline: u64, last: &str) {
+    let info = a.info();
+    let tl = info["wal"]
+        .as_array()
+        .expect("wal")
+        .iter()
+        .find(|t| t["timeline"] == timeline)
+        .unwrap_or_else(|| panic!("timeline {timeline} missing: {info}"));
+    assert_eq!(tl["gaps"], Value::Array(vec![]), "{info}");
+    let ranges = tl["ranges"].as_array().expect("ranges");
+    assert_eq!(ranges.len(), 1, "{info}");
+    assert!(ranges[0]["last"].as_str() >= Some(last), "{info}");
+}
+
+#[test]
+fn stream_survives_sigkill_without_a_gap_and_the_slot_never_passes_the_archive() {
+    let a = Archiving::with(PgVersion::V15, 1, &[], false);
+    let pg = &a.pg;
+    let mut s = start_stream(&a, pg, "pgkeep_test");
+    write_wal(pg, 20_000);
+    let seg = a.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    wait_for(Duration::from_secs(60), "the switched segment", || {
+        stored(&a, "00000001").contains(&seg)
+    });
+    // The segment being filled is uploaded as .partial within the interval.
+    write_wal(pg, 2_000);
+    wait_for(Duration::from_secs(30), "a .partial upload", || {
+        stored(&a, "00000001")
+            .iter()
+            .any(|n| n.ends_with(".partial"))
+    });
+    // The slot's restart point never passes what is stored.
+    for _ in 0..5 {
+        write_wal(pg, 2_000);
+        let restart = lsn(
+            &a.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pgkeep_test'")
+        );
+        let m = scrape(&s.metrics).expect("metrics");
+        let archived = m["pgkeep_wal_stream_archived_lsn_bytes"] as u64;
+        assert!(
+            restart <= archived,
+            "slot at {restart:X}, archive at {archived:X}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let m = scrape(&s.metrics).expect("metrics");
+    assert!(
+        m["pgkeep_wal_stream_segments_archived_total"] >= 1.0,
+        "{m:?}"
+    );
+    assert!(m["pgkeep_wal_stream_partial_uploads_total"] >= 1.0, "{m:?}");
+    assert_eq!(m["pgkeep_wal_stream_timeline"], 1.0);
+
+    // SIGKILL, more WAL while it is down, restart: no gap. Killed, the receiver reported
+    // nothing beyond what the archive holds.
+    s.child.kill().expect("kill");
+    s.child.wait().expect("reaped");
+    let restart =
+        lsn(&a.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pgkeep_test'"));
+    let end = archive_end(&a, 1 << 20);
+    assert!(
+        restart <= end,
+        "slot at {restart:X}, archive ends at {end:X}"
+    );
+    for _ in 0..3 {
+        write_wal(pg, 10_000);
+        a.sql("SELECT pg_switch_wal()");
+    }
+    let last = a.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    drop(s);
+    let s = start_stream(&a, pg, "pgkeep_test");
+    wait_for(
+        Duration::from_secs(60),
+        "the segments written while down",
+        || stored(&a, "00000001").contains(&last),
+    );
+    assert_continuous(&a, 1, &last);
+    // Stored bytes are the server's.
+    let fetched = a.env.path("fetched");
+    a.env
+        .expect(&["wal-fetch", &last, &fetched.display().to_string()], 0);
+    let original = pg.data_dir().join("pg_wal").join(&last);
+    if original.exists() {
+        assert!(
+            std::fs::read(&fetched).expect("fetched") == std::fs::read(&original).expect("pg_wal")
+        );
+    }
+    // SIGTERM: a clean stop (exit 0), after a last .partial upload.
+    let pid = s.child.id();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let mut s = s;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(st) = s.child.try_wait().expect("wait") {
+            break st.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wal-stream did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(0), "{}", stream_log(&a));
+}
+
+/// wal-stream and archive_command on one repository: the same segments, no conflict, no
+/// archiver failure. Then a standby of this server is promoted: its archive_command stores
+/// the history file and timeline 2.
+#[test]
+fn stream_beside_archive_command_and_a_promoted_standby() {
+    let a = Archiving::start(PgVersion::V18, 1, &[]);
+    let pg = &a.pg;
+    let s = start_stream(&a, pg, "beside");
+    for _ in 0..3 {
+        write_wal(pg, 10_000);
+    }
+    let last = a.switch_and_wait();
+    wait_for(
+        Duration::from_secs(60),
+        "wal-stream to store the last segment",
+        || {
+            scrape(&s.metrics)
+                .is_some_and(|m| m["pgkeep_wal_stream_segments_archived_total"] >= 2.0)
+                && stored(&a, "00000001").contains(&last)
+        },
+    );
+    let failed = a.sql("SELECT failed_count FROM pg_stat_archiver");
+    assert_eq!(failed, "0", "{}", pg.log_tail());
+    assert!(!stream_log(&a).contains("ERROR"), "{}", stream_log(&a));
+    assert_continuous(&a, 1, &last);
+    drop(s);
+
+    // A standby (it inherits archive_command through postgresql.auto.conf), promoted.
+    let standby = PgCluster::builder(PgVersion::V18)
+        .standby_of(pg)
+        .start()
+        .expect("standby");
+    write_wal(pg, 5_000);
+    let primary_lsn = a.sql("SELECT pg_current_wal_lsn()");
+    wait_for(Duration::from_secs(30), "the standby to replay", || {
+        standby
+            .psql(&format!(
+                "SELECT pg_last_wal_replay_lsn() >= '{primary_lsn}'"
+            ))
+            .is_ok_and(|v| v == "t")
+    });
+    standby.promote().expect("promote");
+    standby
+        .psql("CREATE TABLE after_promotion AS SELECT 1 AS x")
+        .expect("write on timeline 2");
+    let tli2 = standby
+        .psql("SELECT pg_walfile_name(pg_switch_wal())")
+        .expect("switch");
+    assert!(tli2.starts_with("00000002"), "{tli2}");
+    wait_for(Duration::from_secs(60), "timeline 2 archived", || {
+        stored(&a, "00000002").contains(&tli2)
+    });
+    let on2 = stored(&a, "00000002");
+    assert!(on2.contains(&"00000002.history".to_owned()), "{on2:?}");
+    let info = a.info();
+    let timelines: Vec<u64> = info["wal"]
+        .as_array()
+        .expect("wal")
+        .iter()
+        .map(|t| t["timeline"].as_u64().expect("tli"))
+        .collect();
+    assert_eq!(timelines, [1, 2], "{info}");
+    assert_eq!(info["wal"][1]["history_file"], true, "{info}");
+    // The old timeline's last segment comes as .partial from the promoted server.
+    assert!(
+        stored(&a, "00000001")
+            .iter()
+            .any(|n| n.ends_with(".partial")),
+        "{:?}",
+        stored(&a, "00000001")
+    );
+}

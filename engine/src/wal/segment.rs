@@ -1,0 +1,130 @@
+//! Checking an archived file against its name and cluster, and computing its meta: size,
+//! SHA-256, system identifier, and for segments the time-index summary.
+//!
+//! Pure CPU work on bytes already read; callers run it off the async runtime.
+
+use pgkeep_format::{
+    Lsn, SegmentFacts, SegmentName, WalFileKind, WalFileName, WalMeta, WalSummary,
+};
+
+use crate::error::{Error, Result};
+use crate::wal::archive::{sha256, PreparedWal};
+use crate::wal::decode::PageHeader;
+use crate::wal::summary::summarize;
+
+/// What the long page header at the start of a segment says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentIdentity {
+    pub system_id: u64,
+    pub segment_size: u32,
+    /// The server's major version, from the page magic.
+    pub pg_major: u32,
+    /// The segment's first LSN.
+    pub start: Lsn,
+}
+
+/// Reads and checks a segment's long page header: it must be one, its page address must be
+/// where the name says the segment starts, its timeline not after the name's (the first
+/// segment of a new timeline begins with pages copied from the old one), and the file must be
+/// a whole segment (a `.partial` file may be shorter).
+pub fn identify_segment(name: &WalFileName, bytes: &[u8]) -> Result<SegmentIdentity> {
+    let refuse = |reason: String| Error::WalRefused {
+        file: name.to_string(),
+        reason,
+    };
+    let header = PageHeader::parse(bytes).map_err(|e| {
+        refuse(format!(
+            "not a PostgreSQL WAL segment: its first page header is unreadable ({e})"
+        ))
+    })?;
+    let Some(long) = header.long else {
+        return Err(refuse(
+            "not the start of a WAL segment: its first page has no long header".into(),
+        ));
+    };
+    let segment_size = pgkeep_format::pg::check_segment_size(u64::from(long.seg_size))
+        .map_err(|e| refuse(format!("its header declares a bad segment size: {e}")))?;
+    let seg_part = name.segment_part().unwrap_or_default();
+    let seg = SegmentName::parse(seg_part, segment_size).map_err(|e| refuse(e.to_string()))?;
+    let start = seg.start_lsn();
+    if header.pageaddr != start {
+        return Err(refuse(format!(
+            "its first page is for WAL position {}, but the name says the segment starts at {start}: \
+             the file was renamed or copied over another segment",
+            header.pageaddr
+        )));
+    }
+    if header.timeline.0 > name.timeline().0 {
+        return Err(refuse(format!(
+            "its first page belongs to timeline {}, after the name's timeline {}",
+            header.timeline.0,
+            name.timeline().0
+        )));
+    }
+    let len = bytes.len() as u64;
+    let whole = u64::from(segment_size);
+    match name.kind() {
+        WalFileKind::Segment if len != whole => Err(refuse(format!(
+            "is {len} bytes, but a segment of this server is {whole} bytes: a segment is archived only once complete"
+        ))),
+        WalFileKind::Partial if len > whole => Err(refuse(format!(
+            "is {len} bytes, more than the segment size {whole}"
+        ))),
+        _ => Ok(SegmentIdentity {
+            system_id: long.system_id,
+            segment_size,
+            pg_major: header.pg_major().unwrap_or(0),
+            start,
+        }),
+    }
+}
+
+/// Builds the meta of a file about to be stored. For segments, `prev_tail` is the carried-over
+/// start of a record that began in the previous segment (from that segment's summary), so a
+/// record straddling the boundary is summarized here.
+pub fn prepare(
+    name: WalFileName,
+    file: Vec<u8>,
+    prev_tail: Option<(Lsn, Vec<u8>)>,
+) -> Result<(PreparedWal, Option<SegmentIdentity>)> {
+    let (facts, summary, identity) = match name.kind() {
+        WalFileKind::Segment | WalFileKind::Partial => {
+            let id = identify_segment(&name, &file)?;
+            let summary: WalSummary = summarize(&file, id.start, id.segment_size, prev_tail);
+            let facts = SegmentFacts {
+                system_id: id.system_id,
+                segment_size: id.segment_size,
+                pg_major: id.pg_major,
+            };
+            (Some(facts), Some(summary), Some(id))
+        }
+        WalFileKind::History | WalFileKind::BackupHistory => {
+            check_text_file(&name, &file)?;
+            (None, None, None)
+        }
+    };
+    let meta = WalMeta {
+        size: file.len() as u64,
+        sha256: sha256(&file),
+        segment: facts,
+        summary,
+    };
+    Ok((PreparedWal { name, meta, file }, identity))
+}
+
+/// History and backup history files are short text files. Their text is not checked (a
+/// restore point name in a reason line may be in any server encoding, and refusing would stall
+/// archiving), only their size.
+fn check_text_file(name: &WalFileName, file: &[u8]) -> Result<()> {
+    const LIMIT: usize = 16 << 20;
+    if file.len() > LIMIT {
+        return Err(Error::WalRefused {
+            file: name.to_string(),
+            reason: format!(
+                "is {} bytes; history files are short text files",
+                file.len()
+            ),
+        });
+    }
+    Ok(())
+}
