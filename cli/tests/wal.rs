@@ -323,3 +323,57 @@ fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
 }
+
+/// `wal-push` killed at several points of an upload, then run again: the rerun succeeds,
+/// exactly one object holds the segment, and at no point did a damaged or partial object
+/// become visible under the segment's name.
+#[test]
+fn wal_push_killed_mid_upload_then_rerun() {
+    let a = Archiving::with(PgVersion::V15, 1, &[], false);
+    a.sql("CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 30000) g");
+    let name = a.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    a.sql("SELECT pg_switch_wal()");
+    let work = a.env.path("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let seg = copy_segment(&a, &name, &work);
+    let seg_arg = seg.display().to_string();
+    let original = std::fs::read(&seg).expect("segment");
+    let dest = work.join("RECOVERYXLOG").display().to_string();
+
+    // How long one push takes here, to spread the kills over it.
+    let t0 = std::time::Instant::now();
+    a.env.expect(&["wal-push", "--lookahead", "0", &seg_arg], 0);
+    let full = t0.elapsed();
+    let object = a.repo.join("clusters/main/wal/00000001").join(&name);
+    std::fs::remove_file(&object).expect("start over");
+
+    for i in 0..8u32 {
+        let mut child = a
+            .env
+            .command(&["wal-push", "--lookahead", "0", &seg_arg])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("wal-push");
+        std::thread::sleep(full * i / 8);
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever is visible is complete and right.
+        let out = a.env.run(&["wal-fetch", "--prefetch", "0", &name, &dest]);
+        match out.status.code() {
+            Some(0) => assert!(std::fs::read(&dest).expect("restored") == original),
+            Some(1) => assert!(!object.exists()),
+            other => panic!(
+                "after a kill at {:?}: wal-fetch exited {other:?}: {}",
+                full * i / 8,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+    a.env.expect(&["wal-push", "--lookahead", "0", &seg_arg], 0);
+    let info = a.info();
+    assert_eq!(info["wal"][0]["ranges"][0]["segments"], 1, "{info}");
+    a.env
+        .expect(&["wal-fetch", "--prefetch", "0", &name, &dest], 0);
+    assert!(std::fs::read(&dest).expect("restored") == original);
+}

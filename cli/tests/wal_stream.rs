@@ -41,25 +41,28 @@ fn start_stream(a: &Archiving, pg: &PgCluster, slot: &str) -> Streamer {
         .append(true)
         .open(a.env.path("wal-stream.log"))
         .expect("log");
-    let child = a
-        .env
-        .command(&[
-            "--log-level",
-            "info",
-            "wal-stream",
-            "--pg",
-            &pg.connstring(),
-            "--slot",
-            slot,
-            "--partial-interval",
-            "1",
-            "--metrics-addr",
-            &metrics,
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("wal-stream starts");
+    // As the server's OS user, like its archive_command: both write the same repository.
+    let mut cmd = a.env.command(&[
+        "--log-level",
+        "info",
+        "wal-stream",
+        "--pg",
+        &pg.connstring(),
+        "--slot",
+        slot,
+        "--partial-interval",
+        "1",
+        "--metrics-addr",
+        &metrics,
+    ]);
+    let home = a.config.parent().expect("config dir").to_owned();
+    let child =
+        a.pg.run_as_owner(&mut cmd)
+            .env("HOME", home)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("wal-stream starts");
     let s = Streamer { child, metrics };
     wait_for(Duration::from_secs(30), "the metrics endpoint", || {
         scrape(&s.metrics).is_some()
@@ -301,17 +304,44 @@ fn stream_beside_archive_command_and_a_promoted_standby() {
             ))
             .is_ok_and(|v| v == "t")
     });
+    // A receiver on the standby (cascading, its own slot) follows it across the promotion.
+    let follower = start_stream(&a, &standby, "on_standby");
+    wait_for(
+        Duration::from_secs(30),
+        "the follower to store a .partial",
+        || {
+            scrape(&follower.metrics)
+                .is_some_and(|m| m["pgkeep_wal_stream_partial_uploads_total"] >= 1.0)
+        },
+    );
     standby.promote().expect("promote");
     standby
         .psql("CREATE TABLE after_promotion AS SELECT 1 AS x")
         .expect("write on timeline 2");
+    let switch = standby.psql("SELECT pg_switch_wal()").expect("switch");
     let tli2 = standby
-        .psql("SELECT pg_walfile_name(pg_switch_wal())")
-        .expect("switch");
+        .psql(&format!("SELECT pg_walfile_name('{switch}')"))
+        .expect("name");
     assert!(tli2.starts_with("00000002"), "{tli2}");
     wait_for(Duration::from_secs(60), "timeline 2 archived", || {
         stored(&a, "00000002").contains(&tli2)
     });
+    // The follower crossed over: it streams timeline 2 and stored the switched segment.
+    wait_for(
+        Duration::from_secs(60),
+        "the follower on timeline 2",
+        || {
+            scrape(&follower.metrics).is_some_and(|m| {
+                m["pgkeep_wal_stream_timeline"] == 2.0
+                    && m["pgkeep_wal_stream_archived_lsn_bytes"] as u64 >= lsn(&switch)
+            })
+        },
+    );
+    let log = stream_log(&a);
+    assert!(
+        log.contains("reconnecting") && !log.contains("ERROR"),
+        "{log}"
+    );
     let on2 = stored(&a, "00000002");
     assert!(on2.contains(&"00000002.history".to_owned()), "{on2:?}");
     let info = a.info();

@@ -291,7 +291,15 @@ pub struct PgClusterBuilder {
     tls: bool,
     data_checksums: bool,
     wal_segment_mib: Option<u32>,
+    standby_of: Option<StandbySource>,
     settings: Vec<(String, String)>,
+}
+
+/// Where a standby's base backup comes from.
+#[derive(Debug, Clone)]
+struct StandbySource {
+    port: u16,
+    password: Option<&'static str>,
 }
 
 impl PgClusterBuilder {
@@ -323,6 +331,19 @@ impl PgClusterBuilder {
     /// the server's 16). Small segments let WAL archiving tests produce many segments fast.
     pub fn wal_segment_mib(mut self, mib: u32) -> Self {
         self.wal_segment_mib = Some(mib);
+        self
+    }
+
+    /// Makes the cluster a streaming standby of `primary` instead of a new one: its data
+    /// directory is a `pg_basebackup -R -X stream` of the primary (settings, including
+    /// `ALTER SYSTEM` ones, come along), and it follows the primary until [`PgCluster::promote`].
+    pub fn standby_of(mut self, primary: &PgCluster) -> Self {
+        self.version = primary.version;
+        self.auth = primary.auth;
+        self.standby_of = Some(StandbySource {
+            port: primary.port,
+            password: primary.password(),
+        });
         self
     }
 
@@ -382,6 +403,7 @@ impl PgCluster {
             tls: false,
             data_checksums: true,
             wal_segment_mib: None,
+            standby_of: None,
             settings: Vec::new(),
         }
     }
@@ -462,7 +484,10 @@ impl PgCluster {
             watchdog: Some(watchdog),
             base,
         };
-        cluster.initdb(opts.data_checksums, opts.wal_segment_mib)?;
+        match &opts.standby_of {
+            Some(source) => cluster.base_backup_from(source)?,
+            None => cluster.initdb(opts.data_checksums, opts.wal_segment_mib)?,
+        }
         if cluster.tls {
             cluster.make_certificates()?;
         }
@@ -739,6 +764,36 @@ impl PgCluster {
         owner_command(&self.owner, program, self.base.path())
     }
 
+    /// A standby's data directory: a base backup of the primary with `standby.signal` and
+    /// `primary_conninfo` (`-R`).
+    fn base_backup_from(&self, source: &StandbySource) -> Result<(), Error> {
+        let mut cmd = self.owner_command(&self.bin("pg_basebackup"));
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                SUPERUSER,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ])
+            .args(["--no-sync", "-p", &source.port.to_string()]);
+        if let Some(password) = source.password {
+            cmd.env("PGPASSWORD", password);
+        }
+        run(&mut cmd).map(drop)
+    }
+
+    /// Promotes a standby (`pg_ctl promote -w`): it leaves recovery on a new timeline.
+    pub fn promote(&self) -> Result<(), Error> {
+        self.pg_ctl(&["promote", "-w", "-t", PG_CTL_TIMEOUT_SECS])
+            .map(drop)
+    }
+
     fn initdb(&self, data_checksums: bool, wal_segment_mib: Option<u32>) -> Result<(), Error> {
         let mut cmd = self.owner_command(&self.bin("initdb"));
         cmd.arg("-D")
@@ -860,6 +915,15 @@ impl PgCluster {
     /// Writes a file owned by the cluster's OS user, with `mode`.
     pub fn write_owned(&self, path: &Path, text: &str, mode: u32) -> Result<(), Error> {
         self.write_owned_file(path, text, mode)
+    }
+
+    /// Makes `cmd` run as the cluster's OS user (no-op when that is us): for programs that
+    /// share files with the server, as its own commands would.
+    pub fn run_as_owner<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        if let Some(user) = &self.owner {
+            cmd.uid(user.uid).gid(user.gid).env("USER", &user.name);
+        }
+        cmd
     }
 
     /// Gives `path` and everything under it to the cluster's OS user (no-op when that is us).

@@ -23,7 +23,8 @@ struct EventRow {
     xid: u32,
     /// Restore point name.
     name: Option<String>,
-    /// Relation files the transaction dropped, as `tablespace/database/relfilenode`.
+    /// Relation files the transaction removed, as `tablespace/database/relfilenode`: for a
+    /// commit the files it dropped (`DROP`, `TRUNCATE`), for an abort those it had created.
     dropped: Vec<String>,
     segment: String,
 }
@@ -67,10 +68,14 @@ pub(crate) async fn run(s: &Settings, a: &EventsArgs, out: &Output) -> anyhow::R
         }
         let mut t = Table::new(&["TIME (UTC)", "EVENT", "TLI", "LSN", "XID", "DETAIL"]);
         for r in &rows {
-            let detail = match (&r.name, r.dropped.is_empty()) {
-                (Some(n), _) => format!("name {n:?}"),
-                (None, false) => format!("dropped {}", r.dropped.join(", ")),
-                (None, true) => String::new(),
+            let detail = match (&r.name, r.dropped.is_empty(), r.kind) {
+                (Some(n), _, _) => format!("name {n:?}"),
+                (None, true, _) => String::new(),
+                // An abort removes the files the transaction had created.
+                (None, false, "abort" | "abort prepared") => {
+                    format!("discarded new files {}", r.dropped.join(", "))
+                }
+                (None, false, _) => format!("dropped {}", r.dropped.join(", ")),
             };
             t.row(vec![
                 r.time.clone(),

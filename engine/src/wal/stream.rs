@@ -124,6 +124,12 @@ pub async fn run(
         let started = Instant::now();
         match session(archive, cfg, opts, status, &mut shutdown).await {
             Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::TimelineEnded) => {
+                // Follow the server onto its new timeline at once.
+                tracing::info!("the server ended the timeline; reconnecting");
+                backoff = Duration::from_secs(1);
+                continue;
+            }
             Ok(SessionEnd::Reconnect(why)) => {
                 tracing::info!("{why}; reconnecting");
                 backoff = Duration::from_secs(1);
@@ -160,6 +166,9 @@ fn is_permanent(e: &Error) -> bool {
 
 enum SessionEnd {
     Shutdown,
+    /// The server finished streaming this timeline (it was promoted, or its upstream was).
+    TimelineEnded,
+    /// The server ended the stream (shutting down?): reconnect after a pause.
     Reconnect(String),
 }
 
@@ -220,13 +229,7 @@ async fn slot(
             .await?;
         let kind = row.first().cloned().flatten();
         match kind.as_deref() {
-            Some("physical") => {
-                return Ok(row
-                    .get(1)
-                    .cloned()
-                    .flatten()
-                    .and_then(|s| s.parse::<Lsn>().ok()))
-            }
+            Some("physical") => return Ok(valid_lsn(row.get(1).cloned().flatten())),
             Some(other) => {
                 return Err(Error::InvalidInput(format!(
                     "replication slot {:?} is a {other} slot; wal-stream needs a physical one",
@@ -251,14 +254,11 @@ async fn slot(
         ))
         .await
     {
-        Ok(sets) => {
+        Ok(_) => {
             tracing::info!(slot = %opts.slot, "created the replication slot");
-            // The row's consistent_point is where the slot reserves WAL from.
-            Ok(sets
-                .first()
-                .and_then(|s| s.rows.first())
-                .and_then(|r| r.get(1).cloned().flatten())
-                .and_then(|s| s.parse::<Lsn>().ok()))
+            // A physical slot reserves WAL from the server's current position (its
+            // consistent_point column is 0/0).
+            Ok(Some(server.position))
         }
         // 42710 duplicate_object: it exists (PostgreSQL before 15 cannot tell us otherwise).
         Err(PgError::Server(e)) if e.code == "42710" => Ok(None),
@@ -364,6 +364,12 @@ async fn start_position(
     Ok(start)
 }
 
+/// An LSN column, `None` when null or 0/0 (a slot that reserves nothing yet).
+fn valid_lsn(text: Option<String>) -> Option<Lsn> {
+    text.and_then(|s| s.parse::<Lsn>().ok())
+        .filter(|l| l.0 != 0)
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -446,7 +452,7 @@ impl<'a> Receiver<'a> {
                             // The server ended this timeline (its upstream was promoted).
                             self.upload_partial().await?;
                             conn.send_copy_done().await?;
-                            return Ok(SessionEnd::Reconnect("the server ended the timeline".into()));
+                            return Ok(SessionEnd::TimelineEnded);
                         }
                         Event::CommandComplete(_) | Event::ReadyForQuery => {
                             self.upload_partial().await?;
