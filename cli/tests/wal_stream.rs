@@ -207,6 +207,21 @@ fn stream_survives_sigkill_without_a_gap_and_the_slot_never_passes_the_archive()
     assert!(m["pgkeep_wal_stream_partial_uploads_total"] >= 1.0, "{m:?}");
     assert_eq!(m["pgkeep_wal_stream_timeline"], 1.0);
 
+    // The server drops the connection: the receiver reconnects by itself and goes on.
+    a.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication");
+    write_wal(pg, 5_000);
+    let seg = a.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    wait_for(
+        Duration::from_secs(60),
+        "the segment after a dropped connection",
+        || stored(&a, "00000001").contains(&seg),
+    );
+    assert!(
+        scrape(&s.metrics).expect("metrics")["pgkeep_wal_stream_errors_total"] >= 1.0,
+        "{}",
+        stream_log(&a)
+    );
+
     // SIGKILL, more WAL while it is down, restart: no gap. Killed, the receiver reported
     // nothing beyond what the archive holds.
     s.child.kill().expect("kill");
@@ -353,6 +368,14 @@ fn stream_beside_archive_command_and_a_promoted_standby() {
         .collect();
     assert_eq!(timelines, [1, 2], "{info}");
     assert_eq!(info["wal"][1]["history_file"], true, "{info}");
+    // pg_basebackup made the primary archive a backup history file.
+    assert!(
+        stored(&a, "00000001")
+            .iter()
+            .any(|n| n.ends_with(".backup")),
+        "{:?}",
+        stored(&a, "00000001")
+    );
     // The old timeline's last segment comes as .partial from the promoted server.
     assert!(
         stored(&a, "00000001")

@@ -304,3 +304,43 @@ async fn fetch_prefetches_into_a_bounded_spool() {
         .expect("fetch");
     assert_eq!(outcome, FetchOutcome::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_partial_segment_replaces_the_stored_one() {
+    let b = local();
+    let repo = init(&b).await;
+    let archive = WalArchive::new(repo, cluster());
+    let name = "000000010000000000000009.partial";
+    let older = segment_bytes(9)[..SEGMENT as usize / 2].to_vec();
+    let newer = segment_bytes(9)[..SEGMENT as usize * 3 / 4].to_vec();
+    archive
+        .store(prepared(name, older.clone()), 1)
+        .await
+        .expect("first");
+    assert_eq!(
+        archive
+            .store(prepared(name, older), 1)
+            .await
+            .expect("same again"),
+        PushOutcome::AlreadyStored
+    );
+    assert_eq!(
+        archive
+            .store(prepared(name, newer.clone()), 1)
+            .await
+            .expect("newer replaces"),
+        PushOutcome::Stored
+    );
+    let wal = WalFileName::parse(name).expect("name");
+    let (_, file) = archive.fetch(&wal).await.expect("fetch").expect("present");
+    assert!(file == newer);
+    // Complete segments are never replaced, and only partials are removed.
+    let seg = WalFileName::parse("000000010000000000000009").expect("name");
+    assert!(archive
+        .replace(prepared("000000010000000000000009", segment_bytes(9)), 1)
+        .await
+        .is_err());
+    assert!(archive.remove(&seg).await.is_err());
+    archive.remove(&wal).await.expect("remove partial");
+    assert!(archive.meta(&wal).await.expect("meta").is_none());
+}

@@ -132,16 +132,37 @@ async fn push_one(
                 });
             }
         }
-        let (size, digest) = (file.len() as u64, blocking(move || sha256(&file)).await?);
+        let (file_back, digest) = blocking(move || {
+            let digest = sha256(&file);
+            (file, digest)
+        })
+        .await?;
         let new = WalMeta {
-            size,
+            size: file_back.len() as u64,
             sha256: digest,
             segment: None,
             summary: None,
         };
-        let outcome = compare(name, &stored, &new)?;
-        return Ok((outcome, stored.summary.and_then(|s| s.tail)));
+        match compare(name, &stored, &new) {
+            Ok(outcome) => return Ok((outcome, stored.summary.and_then(|s| s.tail))),
+            // A newer .partial replaces the stored one (see `WalArchive::store`).
+            Err(Error::WalConflict { .. }) if name.kind() == WalFileKind::Partial => {
+                return store_new(archive, name, file_back, prev_tail, level).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
+    store_new(archive, name, file, prev_tail, level).await
+}
+
+/// Prepares (summary, checks) and stores a file the archive does not hold yet.
+async fn store_new(
+    archive: &WalArchive,
+    name: &WalFileName,
+    file: Vec<u8>,
+    prev_tail: Option<(Lsn, Vec<u8>)>,
+    level: i8,
+) -> Result<(PushOutcome, Option<(Lsn, Vec<u8>)>)> {
     let owned = name.clone();
     let (prepared, identity) = blocking(move || prepare(owned, file, prev_tail)).await??;
     if let Some(id) = identity {
