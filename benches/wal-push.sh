@@ -107,8 +107,8 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 # 1. Per call, alternating.
 : > "$WORK/t-pgkeep"; : > "$WORK/t-pgbr"
 for seg in "${SEGS[@]}"; do
-    t0=$(now); as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" wal-push --lookahead 0 "$WORK/segs/$seg"; t1=$(now)
-    as_pg "${PGBR[@]}" archive-push "$WORK/segs/$seg"; t2=$(now)
+    t0=$(now); as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" wal-push --lookahead 0 "$WORK/segs/$seg" >/dev/null; t1=$(now)
+    as_pg "${PGBR[@]}" archive-push "$WORK/segs/$seg" >/dev/null; t2=$(now)
     echo "$t1 - $t0" | bc -l >> "$WORK/t-pgkeep"
     echo "$t2 - $t1" | bc -l >> "$WORK/t-pgbr"
 done
@@ -126,7 +126,7 @@ as_pg "${PGBR[@]}" stanza-create >/dev/null
 backlog() {
     local t0; t0=$(now)
     for seg in "${SEGS[@]}"; do
-        "$@" "$WORK/data/pg_wal/$seg"
+        "$@" "$WORK/data/pg_wal/$seg" >/dev/null
     done
     echo "$(now) - $t0" | bc -l
 }

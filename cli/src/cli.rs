@@ -139,6 +139,10 @@ pub(crate) struct WalPushArgs {
     /// PGKEEP_LOOKAHEAD; config key: lookahead. [default: 4]
     #[arg(long, value_name = "N")]
     pub(crate) lookahead: Option<usize>,
+    /// Directory for look-ahead markers (in its `pushed/` subdirectory). Also PGKEEP_SPOOL;
+    /// config key: spool. [default: pgkeep-spool beside the file, i.e. in pg_wal]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) spool: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

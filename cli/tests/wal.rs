@@ -377,3 +377,60 @@ fn wal_push_killed_mid_upload_then_rerun() {
         .expect(&["wal-fetch", "--prefetch", "0", &name, &dest], 0);
     assert!(std::fs::read(&dest).expect("restored") == original);
 }
+
+/// One call stores the segments waiting behind its own and leaves markers; the next calls
+/// return through them, and a file that changed since is checked in full.
+#[test]
+fn look_ahead_stores_waiting_segments_and_the_next_calls_use_the_markers() {
+    let a = Archiving::with(PgVersion::V15, 1, &[], false);
+    let mut names = Vec::new();
+    for i in 0..3 {
+        a.sql(&format!(
+            "CREATE TABLE t{i} AS SELECT g, md5(g::text) FROM generate_series(1, 5000) g"
+        ));
+        names.push(a.sql("SELECT pg_walfile_name(pg_switch_wal())"));
+    }
+    a.sql("SELECT pg_switch_wal()");
+    // A pg_wal of our own: the three segments, all ready.
+    let pg_wal = a.env.path("pg_wal");
+    std::fs::create_dir_all(pg_wal.join("archive_status")).expect("dirs");
+    for n in &names {
+        copy_segment(&a, n, &pg_wal);
+        std::fs::write(pg_wal.join("archive_status").join(format!("{n}.ready")), "")
+            .expect("ready");
+    }
+    let push = |n: &str| -> Value {
+        let (out, _) = a.env.expect(
+            &["--json", "wal-push", &pg_wal.join(n).display().to_string()],
+            0,
+        );
+        serde_json::from_str(&out).expect("JSON")
+    };
+    let first = push(&names[0]);
+    assert_eq!(first["outcome"], "stored");
+    assert_eq!(
+        first["ahead_stored"],
+        serde_json::json!([names[1], names[2]])
+    );
+    let markers = pg_wal.join("pgkeep-spool/pushed");
+    assert!(markers.join(&names[1]).exists() && markers.join(&names[2]).exists());
+
+    let second = push(&names[1]);
+    assert_eq!(second["outcome"], "already stored");
+    assert!(!markers.join(&names[1]).exists(), "a marker serves once");
+
+    // The third file changed after its look-ahead (same bytes, new mtime): the marker no
+    // longer matches, so the call reads and hashes it, and still finds it identical.
+    let third = pg_wal.join(&names[2]);
+    let bytes = std::fs::read(&third).expect("read");
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&third, &bytes).expect("rewrite");
+    assert_eq!(push(&names[2])["outcome"], "already stored");
+    // Different bytes under a name stored by look-ahead: refused, marker or not.
+    let mut changed = bytes.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0xff;
+    std::fs::write(&third, &changed).expect("rewrite");
+    let (_, err) = a.env.expect(&["wal-push", &third.display().to_string()], 1);
+    assert!(err.contains("different file"), "{err}");
+}

@@ -38,6 +38,7 @@ fn prepared(name: &str, file: Vec<u8>) -> PreparedWal {
         },
         name,
         file,
+        data_unit: None,
     }
 }
 

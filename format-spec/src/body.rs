@@ -40,18 +40,18 @@ pub(crate) fn encode_into(out: &mut Vec<u8>, data: &[u8], level: i8) {
     let start = out.len();
     out.extend_from_slice(&[Codec::Raw as u8, 0]);
     out.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    let payload = out.len();
     if level > 0 && !data.is_empty() {
-        out.resize(payload + zstd::zstd_safe::compress_bound(data.len()), 0);
-        if let Ok(n) = zstd::bulk::compress_to_buffer(data, &mut out[payload..], i32::from(level)) {
-            if worth_keeping(data.len(), n) {
-                out.truncate(payload + n);
+        // Into a buffer of its own: `zstd::bulk::compress` writes into spare capacity, where
+        // compressing into `out` would first zero-fill the whole worst-case bound (a memset
+        // and a page fault per 4 KiB of it, for output that is usually a fraction of that).
+        if let Ok(compressed) = zstd::bulk::compress(data, i32::from(level)) {
+            if worth_keeping(data.len(), compressed.len()) {
+                out.extend_from_slice(&compressed);
                 out[start] = Codec::Zstd as u8;
                 out[start + 1] = level.to_le_bytes()[0];
                 return;
             }
         }
-        out.truncate(payload);
     }
     out.extend_from_slice(data);
 }

@@ -373,21 +373,43 @@ pub fn seal_wal_object(
     file: &[u8],
     level: i8,
 ) -> Vec<u8> {
+    let data_unit = seal_wal_data(keys, kind, object, salts.1, file, level);
+    assemble_wal_object(keys, kind, object, meta, salts.0, &data_unit)
+}
+
+/// Seals the data unit alone. The expensive half of a WAL object (compression and
+/// encryption of the whole file) needs nothing from the meta, so a writer can run it while
+/// it hashes and summarizes the file, then call [`assemble_wal_object`].
+pub fn seal_wal_data(
+    keys: &RepoKeys,
+    kind: Kind,
+    object: &str,
+    salt: [u8; SALT_LEN],
+    file: &[u8],
+    level: i8,
+) -> Vec<u8> {
     let header = Header::new(kind, keys.key_id().0);
-    let meta_unit = keys.seal(&header, object.as_bytes(), salts.0, &meta.encode(), 3);
-    let data_unit = keys.seal(
-        &header,
-        data_unit_name(object).as_bytes(),
-        salts.1,
-        file,
-        level,
-    );
+    keys.seal(&header, data_unit_name(object).as_bytes(), salt, file, level)
+}
+
+/// Seals the meta unit and puts the object together around a data unit from
+/// [`seal_wal_data`] for the same kind and object.
+pub fn assemble_wal_object(
+    keys: &RepoKeys,
+    kind: Kind,
+    object: &str,
+    meta: &WalMeta,
+    meta_salt: [u8; SALT_LEN],
+    data_unit: &[u8],
+) -> Vec<u8> {
+    let header = Header::new(kind, keys.key_id().0);
+    let meta_unit = keys.seal(&header, object.as_bytes(), meta_salt, &meta.encode(), 3);
     let mut out = Vec::with_capacity(HEADER_LEN + 4 + meta_unit.len() + data_unit.len());
     out.extend_from_slice(&header.encode());
     let len = u32::try_from(meta_unit.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&meta_unit);
-    out.extend_from_slice(&data_unit);
+    out.extend_from_slice(data_unit);
     out
 }
 

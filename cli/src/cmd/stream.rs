@@ -118,73 +118,31 @@ fn render_metrics(s: &StreamStatus) -> String {
     } else {
         0.0
     };
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
+    #[rustfmt::skip]
+    let rows: [(&str, &str, &str, String); 10] = [
+        ("received_lsn_bytes", "gauge", "End of the WAL received, as a byte position.", load(&s.received_lsn)),
+        ("archived_lsn_bytes", "gauge", "End of the WAL durably stored (reported to the server as flushed).", load(&s.archived_lsn)),
+        ("server_lsn_bytes", "gauge", "The server's end of WAL from its last message.", load(&s.server_lsn)),
+        ("lag_bytes", "gauge", "WAL the server has that is not stored yet.", s.lag_bytes().to_string()),
+        ("lag_seconds", "gauge", "Age of the server's last message.", format!("{lag_seconds:.3}")),
+        ("timeline", "gauge", "Timeline being received.", load(&s.timeline)),
+        ("segments_archived_total", "counter", "Complete segments stored.", load(&s.segments_archived)),
+        ("partial_uploads_total", "counter", "Uploads of the segment being filled.", load(&s.partial_uploads)),
+        ("errors_total", "counter", "Streaming sessions that ended in an error.", load(&s.errors)),
+        (
+            "last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful store.",
+            s.last_success_unix.load(Ordering::Relaxed).to_string(),
+        ),
+    ];
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+    for (name, kind, help, value) in rows {
         let _ = write!(
             out,
             "# HELP pgkeep_wal_stream_{name} {help}\n# TYPE pgkeep_wal_stream_{name} {kind}\npgkeep_wal_stream_{name} {value}\n"
         );
-    };
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
-    metric(
-        "received_lsn_bytes",
-        "gauge",
-        "End of the WAL received, as a byte position.",
-        load(&s.received_lsn),
-    );
-    metric(
-        "archived_lsn_bytes",
-        "gauge",
-        "End of the WAL durably stored (reported to the server as flushed).",
-        load(&s.archived_lsn),
-    );
-    metric(
-        "server_lsn_bytes",
-        "gauge",
-        "The server's end of WAL from its last message.",
-        load(&s.server_lsn),
-    );
-    metric(
-        "lag_bytes",
-        "gauge",
-        "WAL the server has that is not stored yet.",
-        s.lag_bytes().to_string(),
-    );
-    metric(
-        "lag_seconds",
-        "gauge",
-        "Age of the server's last message.",
-        format!("{lag_seconds:.3}"),
-    );
-    metric(
-        "timeline",
-        "gauge",
-        "Timeline being received.",
-        load(&s.timeline),
-    );
-    metric(
-        "segments_archived_total",
-        "counter",
-        "Complete segments stored.",
-        load(&s.segments_archived),
-    );
-    metric(
-        "partial_uploads_total",
-        "counter",
-        "Uploads of the segment being filled.",
-        load(&s.partial_uploads),
-    );
-    metric(
-        "errors_total",
-        "counter",
-        "Streaming sessions that ended in an error.",
-        load(&s.errors),
-    );
-    metric(
-        "last_success_timestamp_seconds",
-        "gauge",
-        "Unix time of the last successful store.",
-        s.last_success_unix.load(Ordering::Relaxed).to_string(),
-    );
+    }
     out
 }

@@ -36,7 +36,13 @@ pub(crate) async fn push(s: &Settings, a: &WalPushArgs, out: &Output) -> anyhow:
     let repo = cmd::open(s).await?;
     let level = repo.config().compression_level;
     let archive = WalArchive::new(repo, cluster);
-    let report = push_file(&archive, &a.path, PushOptions { level, lookahead })
+    let spool = pick(a.spool.clone(), "PGKEEP_SPOOL", s.file.spool.clone())?;
+    let opts = PushOptions {
+        level,
+        lookahead,
+        spool,
+    };
+    let report = push_file(&archive, &a.path, &opts)
         .await
         .with_context(|| format!("archiving {}", a.path.display()))?;
     let mut result = PushResult {

@@ -9,13 +9,16 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use pgkeep_format::wal::{self, open_wal_meta, open_wal_object, seal_wal_object, wal_frame};
-use pgkeep_format::{ClusterName, TimelineId, WalFileKind, WalFileName, WalMeta};
+use pgkeep_format::wal::{
+    self, assemble_wal_object, open_wal_meta, open_wal_object, seal_wal_data, wal_frame,
+};
+use pgkeep_format::{ClusterName, Lsn, TimelineId, WalFileKind, WalFileName, WalMeta};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::repository::{blocking, random_bytes, Repository};
 use crate::storage::Created;
+use crate::wal::segment::{prepare_chain, prepare_sealed, Sealing, SegmentIdentity};
 
 /// A file ready to store: its bytes and the meta computed from them.
 #[derive(Debug)]
@@ -23,6 +26,9 @@ pub struct PreparedWal {
     pub name: WalFileName,
     pub meta: WalMeta,
     pub file: Vec<u8>,
+    /// The data unit, if already sealed (see `segment::prepare_sealed`); else storing seals
+    /// it.
+    pub data_unit: Option<Vec<u8>>,
 }
 
 /// What storing a file did.
@@ -73,6 +79,43 @@ impl WalArchive {
         name.object_name(&self.cluster)
     }
 
+    /// Checks and prepares a file for storing, off the async runtime: meta (SHA-256, header
+    /// checks, summary) on one thread while another compresses and encrypts it at `level`.
+    pub async fn prepare(
+        &self,
+        name: WalFileName,
+        file: Vec<u8>,
+        prev_tail: Option<(Lsn, Vec<u8>)>,
+        level: i8,
+    ) -> Result<(PreparedWal, Option<SegmentIdentity>)> {
+        let repo = self.repo.clone();
+        let object = self.object_name(&name);
+        blocking(move || {
+            let sealing = Sealing {
+                keys: repo.keys(),
+                object: &object,
+                level,
+            };
+            prepare_sealed(name, file, prev_tail, sealing)
+        })
+        .await?
+    }
+
+    /// [`prepare`](Self::prepare) for consecutive segments (see `segment::prepare_chain`).
+    pub async fn prepare_chain(
+        &self,
+        files: Vec<(WalFileName, Vec<u8>)>,
+        tail: Option<(Lsn, Vec<u8>)>,
+        level: i8,
+    ) -> Result<Vec<(WalFileName, Result<(PreparedWal, Option<SegmentIdentity>)>)>> {
+        let repo = self.repo.clone();
+        let names: Vec<WalFileName> = files.iter().map(|(n, _)| n.clone()).collect();
+        let objects: Vec<String> = names.iter().map(|n| self.object_name(n)).collect();
+        let prepared =
+            blocking(move || prepare_chain(files, tail, repo.keys(), &objects, level)).await?;
+        Ok(names.into_iter().zip(prepared).collect())
+    }
+
     /// Reads the meta unit of a stored file (one or two ranged reads, never the file itself);
     /// `None` when the archive does not have it.
     pub async fn meta(&self, name: &WalFileName) -> Result<Option<WalMeta>> {
@@ -106,7 +149,8 @@ impl WalArchive {
             .map_err(|e| Error::corrupt(&object, e))
     }
 
-    /// Stores a prepared file, create-if-absent. A stored file of the same name is compared by
+    /// Stores a prepared file, create-if-absent (sealing its data unit at `level` unless
+    /// [`PreparedWal::data_unit`] holds it already). A stored file of the same name is compared by
     /// size and SHA-256: identical is success, anything else is [`Error::WalConflict`].
     ///
     /// A `.partial` segment is the exception: it is a snapshot of a segment still being
@@ -165,20 +209,22 @@ impl WalArchive {
         self.repo.store().delete(&self.object_name(name)).await
     }
 
+    /// The object's bytes: the data unit sealed at `level` unless it already was.
     async fn seal(&self, object: &str, prepared: PreparedWal, level: i8) -> Result<Vec<u8>> {
-        let PreparedWal { name, meta, file } = prepared;
+        let PreparedWal {
+            name,
+            meta,
+            file,
+            data_unit,
+        } = prepared;
         let repo = self.repo.clone();
         let owned = object.to_owned();
         blocking(move || {
-            seal_wal_object(
-                repo.keys(),
-                name.object_kind(),
-                &owned,
-                &meta,
-                (random_bytes(), random_bytes()),
-                &file,
-                level,
-            )
+            let kind = name.object_kind();
+            let data_unit = data_unit.unwrap_or_else(|| {
+                seal_wal_data(repo.keys(), kind, &owned, random_bytes(), &file, level)
+            });
+            assemble_wal_object(repo.keys(), kind, &owned, &meta, random_bytes(), &data_unit)
         })
         .await
     }

@@ -3,11 +3,15 @@
 //! PostgreSQL calls `archive_command` once per file, in order, and waits for each. One call
 //! costs a process start, a key unlock and a round trip to storage, so when the server has
 //! fallen behind (several `.ready` files waiting in `pg_wal/archive_status`), the call also
-//! stores the next ones, in parallel: the following calls then find their file already
-//! stored, compare its SHA-256 with one small ranged read, and return at once. Nothing is ever
-//! acknowledged before it is stored: a look-ahead file that fails is simply pushed again by its
-//! own call.
+//! stores the next ones, in parallel, and leaves a marker for each in the spool directory
+//! (`pg_wal/pgkeep-spool/pushed/`): the file's identity (device, inode, size, modification
+//! time) and SHA-256. The following call for such a file finds the marker matching the file
+//! and the stored object's meta matching the marker, and returns without reading the file
+//! (PostgreSQL never rewrites a segment it marked ready). Without a matching marker the file
+//! is read and hashed as usual. Nothing is ever acknowledged before it is stored: a look-ahead
+//! file that fails is simply pushed again by its own call.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use futures::future::join_all;
@@ -15,25 +19,18 @@ use pgkeep_format::{Lsn, WalFileKind, WalFileName, WalMeta};
 
 use crate::error::{Error, Result};
 use crate::repository::blocking;
-use crate::wal::archive::{compare, sha256, PreparedWal, PushOutcome, WalArchive};
-use crate::wal::segment::{identify_segment, prepare, SegmentIdentity};
+use crate::wal::archive::{compare, sha256, PushOutcome, WalArchive};
+use crate::wal::segment::{identify_segment, SegmentIdentity};
 
 /// Tuning of `wal-push`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct PushOptions {
     /// zstd level for the stored file.
     pub level: i8,
     /// How many further `.ready` segments to store in the same call (0: none).
     pub lookahead: usize,
-}
-
-impl Default for PushOptions {
-    fn default() -> Self {
-        Self {
-            level: 3,
-            lookahead: 4,
-        }
-    }
+    /// Where look-ahead markers go; default `<the file's directory>/pgkeep-spool`.
+    pub spool: Option<PathBuf>,
 }
 
 /// What one `wal-push` call did.
@@ -46,19 +43,98 @@ pub struct PushReport {
 }
 
 /// Stores the file at `path` (as `archive_command` passes it, `%p`), then looks ahead.
-pub async fn push_file(archive: &WalArchive, path: &Path, opts: PushOptions) -> Result<PushReport> {
+pub async fn push_file(
+    archive: &WalArchive,
+    path: &Path,
+    opts: &PushOptions,
+) -> Result<PushReport> {
     let name = file_name(path)?;
-    let mut tail = previous_tail(archive, &name).await;
-    let (outcome, next_tail) = push_one(archive, path, &name, tail.take(), opts.level).await?;
+    let dir = path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let markers = opts
+        .spool
+        .clone()
+        .unwrap_or_else(|| dir.join("pgkeep-spool"))
+        .join("pushed");
+    let (outcome, next_tail) = match pushed_earlier(archive, path, &name, &markers).await {
+        Some(done) => done,
+        None => push_one(archive, path, &name, opts.level).await?,
+    };
     let mut ahead = Vec::new();
     if opts.lookahead > 0 && name.kind() == WalFileKind::Segment {
-        ahead = push_ahead(archive, path, &name, next_tail, opts).await;
+        ahead = push_ahead(archive, &dir, &name, next_tail, opts, &markers).await;
     }
     Ok(PushReport {
         name,
         outcome,
         ahead,
     })
+}
+
+/// A look-ahead marker: which file was stored, and with which content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Marker {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    sha256: String,
+}
+
+impl Marker {
+    fn of(stat: &std::fs::Metadata, sha: &[u8; 32]) -> Self {
+        Self {
+            dev: stat.dev(),
+            ino: stat.ino(),
+            size: stat.size(),
+            mtime_ns: i128::from(stat.mtime()) * 1_000_000_000 + i128::from(stat.mtime_nsec()),
+            sha256: hex::encode(sha),
+        }
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "{} {} {} {} {}\n",
+            self.dev, self.ino, self.size, self.mtime_ns, self.sha256
+        )
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let mut f = text.split_whitespace();
+        Some(Self {
+            dev: f.next()?.parse().ok()?,
+            ino: f.next()?.parse().ok()?,
+            size: f.next()?.parse().ok()?,
+            mtime_ns: f.next()?.parse().ok()?,
+            sha256: f.next()?.to_owned(),
+        })
+    }
+}
+
+/// The fast path after a look-ahead: the marker matches the file as it is now, and the stored
+/// object's meta matches the marker. Anything else (no marker, a changed file, a missing or
+/// different object, any error) falls back to the full path.
+async fn pushed_earlier(
+    archive: &WalArchive,
+    path: &Path,
+    name: &WalFileName,
+    markers: &Path,
+) -> Option<(PushOutcome, Option<(Lsn, Vec<u8>)>)> {
+    let marker_path = markers.join(name.as_str());
+    let text = tokio::fs::read_to_string(&marker_path).await.ok()?;
+    let _ = tokio::fs::remove_file(&marker_path).await;
+    let marker = Marker::decode(&text)?;
+    let stat = tokio::fs::metadata(path).await.ok()?;
+    let stored = archive.meta(name).await.ok()??;
+    let now = Marker::of(&stat, &stored.sha256);
+    if now != marker || stored.size != stat.size() {
+        return None;
+    }
+    Some((
+        PushOutcome::AlreadyStored,
+        stored.summary.and_then(|s| s.tail),
+    ))
 }
 
 /// Validates a path's file name as an archived WAL file name.
@@ -105,11 +181,12 @@ fn previous_segment(name: &WalFileName) -> Option<WalFileName> {
 }
 
 /// Reads, checks and stores one file; returns the tail of its last record for the next one.
+/// A file already stored costs one ranged read and a SHA-256; only a new one needs the
+/// previous segment's summary.
 async fn push_one(
     archive: &WalArchive,
     path: &Path,
     name: &WalFileName,
-    prev_tail: Option<(Lsn, Vec<u8>)>,
     level: i8,
 ) -> Result<(PushOutcome, Option<(Lsn, Vec<u8>)>)> {
     let file = tokio::fs::read(path)
@@ -147,11 +224,13 @@ async fn push_one(
             Ok(outcome) => return Ok((outcome, stored.summary.and_then(|s| s.tail))),
             // A newer .partial replaces the stored one (see `WalArchive::store`).
             Err(Error::WalConflict { .. }) if name.kind() == WalFileKind::Partial => {
+                let prev_tail = previous_tail(archive, name).await;
                 return store_new(archive, name, file_back, prev_tail, level).await;
             }
             Err(e) => return Err(e),
         }
     }
+    let prev_tail = previous_tail(archive, name).await;
     store_new(archive, name, file, prev_tail, level).await
 }
 
@@ -163,8 +242,9 @@ async fn store_new(
     prev_tail: Option<(Lsn, Vec<u8>)>,
     level: i8,
 ) -> Result<(PushOutcome, Option<(Lsn, Vec<u8>)>)> {
-    let owned = name.clone();
-    let (prepared, identity) = blocking(move || prepare(owned, file, prev_tail)).await??;
+    let (prepared, identity) = archive
+        .prepare(name.clone(), file, prev_tail, level)
+        .await?;
     if let Some(id) = identity {
         bind(archive, &id).await?;
     }
@@ -182,46 +262,92 @@ async fn bind(archive: &WalArchive, id: &SegmentIdentity) -> Result<()> {
         .map(|_| ())
 }
 
-/// Stores the next `.ready` segments of the same timeline, in parallel. Their summaries need
-/// each other's tails, so they are read and summarized in order, then uploaded together.
+/// Stores the next `.ready` segments of the same timeline: read in order, sealed in
+/// parallel, summarized in order (each summary needs the previous one's tail), uploaded
+/// together; then a marker for each stored one.
 async fn push_ahead(
     archive: &WalArchive,
-    path: &Path,
+    dir: &Path,
     current: &WalFileName,
-    mut tail: Option<(Lsn, Vec<u8>)>,
-    opts: PushOptions,
+    tail: Option<(Lsn, Vec<u8>)>,
+    opts: &PushOptions,
+    markers: &Path,
 ) -> Vec<(WalFileName, Result<PushOutcome>)> {
-    let dir = path
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let ready = match ready_segments(&dir, current).await {
+    let ready = match ready_segments(dir, current).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "cannot list archive_status; no look-ahead");
             return Vec::new();
         }
     };
-    let mut uploads = Vec::new();
+    trim_markers(markers, current).await;
+    let mut results = Vec::new();
+    let mut files = Vec::new();
+    let mut stats = Vec::new();
     for name in ready.into_iter().take(opts.lookahead) {
-        let file_path = dir.join(name.as_str());
-        let archive = archive.clone();
-        // Summaries chain: each waits for the previous one's tail, so prepare in order here
-        // and let the uploads (the slow part) run together.
-        let prepared = match prepare_ahead(&archive, &file_path, &name, tail.take()).await {
-            Ok(Some(p)) => p,
-            Ok(None) => continue,
+        match archive.meta(&name).await {
+            Ok(None) => {}
+            // Stored already (by a concurrent wal-stream, say): its own call compares.
+            Ok(Some(_)) => break,
             Err(e) => {
-                uploads.push(futures::future::Either::Left(async move { (name, Err(e)) }));
-                continue;
+                results.push((name, Err(e)));
+                break;
             }
+        }
+        let path = dir.join(name.as_str());
+        let read = async {
+            let stat = tokio::fs::metadata(&path).await?;
+            let file = tokio::fs::read(&path).await?;
+            Ok::<_, std::io::Error>((stat, file))
         };
-        tail = prepared.meta.summary.as_ref().and_then(|s| s.tail.clone());
-        uploads.push(futures::future::Either::Right(async move {
-            let outcome = archive.store(prepared, opts.level).await;
-            (name, outcome)
-        }));
+        match read.await {
+            Ok((stat, file)) => {
+                stats.push(stat);
+                files.push((name, file));
+            }
+            Err(e) => {
+                let context = format!("reading {}", path.display());
+                results.push((name, Err(Error::io(context, e))));
+                break;
+            }
+        }
     }
-    let results = join_all(uploads).await;
+    if files.is_empty() {
+        return results;
+    }
+    let prepared = match archive.prepare_chain(files, tail, opts.level).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "look-ahead failed; PostgreSQL will push each segment itself");
+            return results;
+        }
+    };
+    let uploads = prepared
+        .into_iter()
+        .zip(stats)
+        .map(|((name, prepared), stat)| async move {
+            let outcome = match prepared {
+                Ok((prepared, identity)) => {
+                    let sha = prepared.meta.sha256;
+                    let stored = async {
+                        if let Some(id) = identity {
+                            bind(archive, &id).await?;
+                        }
+                        archive.store(prepared, opts.level).await
+                    };
+                    match stored.await {
+                        Ok(outcome) => {
+                            write_marker(markers, &name, &Marker::of(&stat, &sha)).await;
+                            Ok(outcome)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            (name, outcome)
+        });
+    results.extend(join_all(uploads).await);
     for (name, r) in &results {
         match r {
             Ok(outcome) => tracing::debug!(segment = %name, ?outcome, "look-ahead"),
@@ -233,25 +359,35 @@ async fn push_ahead(
     results
 }
 
-/// Reads and prepares a look-ahead segment; `None` when it is already stored.
-async fn prepare_ahead(
-    archive: &WalArchive,
-    path: &Path,
-    name: &WalFileName,
-    tail: Option<(Lsn, Vec<u8>)>,
-) -> Result<Option<PreparedWal>> {
-    if archive.meta(name).await?.is_some() {
-        return Ok(None);
+/// Records a stored look-ahead file. A marker that cannot be written only costs the next
+/// call a read and a hash.
+async fn write_marker(markers: &Path, name: &WalFileName, marker: &Marker) {
+    let write = async {
+        tokio::fs::create_dir_all(markers).await?;
+        let tmp = markers.join(format!("{name}.tmp"));
+        tokio::fs::write(&tmp, marker.encode()).await?;
+        tokio::fs::rename(&tmp, markers.join(name.as_str())).await
+    };
+    if let Err(e) = write.await {
+        tracing::debug!(error = %e, "look-ahead marker not written");
     }
-    let file = tokio::fs::read(path)
-        .await
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    let owned = name.clone();
-    let (prepared, identity) = blocking(move || prepare(owned, file, tail)).await??;
-    if let Some(id) = identity {
-        bind(archive, &id).await?;
+}
+
+/// Removes markers of files at or before `current` (consumed, or left by a crash).
+async fn trim_markers(markers: &Path, current: &WalFileName) {
+    let Ok(mut entries) = tokio::fs::read_dir(markers).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .and_then(|f| WalFileName::parse(f).ok())
+            .is_none_or(|n| n <= *current);
+        if stale {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
     }
-    Ok(Some(prepared))
 }
 
 /// Segments after `current` on its timeline that the server has marked ready to archive, in

@@ -7,7 +7,11 @@ use pgkeep_format::{
     Lsn, SegmentFacts, SegmentName, WalFileKind, WalFileName, WalMeta, WalSummary,
 };
 
+use pgkeep_format::wal::seal_wal_data;
+use pgkeep_format::RepoKeys;
+
 use crate::error::{Error, Result};
+use crate::repository::random_bytes;
 use crate::wal::archive::{sha256, PreparedWal};
 use crate::wal::decode::PageHeader;
 use crate::wal::summary::summarize;
@@ -87,10 +91,126 @@ pub fn prepare(
     file: Vec<u8>,
     prev_tail: Option<(Lsn, Vec<u8>)>,
 ) -> Result<(PreparedWal, Option<SegmentIdentity>)> {
+    let (meta, identity) = build_meta(&name, &file, prev_tail)?;
+    Ok((
+        PreparedWal {
+            name,
+            meta,
+            file,
+            data_unit: None,
+        },
+        identity,
+    ))
+}
+
+/// Where and how [`prepare_sealed`] seals the data unit.
+#[derive(Debug, Clone, Copy)]
+pub struct Sealing<'a> {
+    pub keys: &'a RepoKeys,
+    /// The object name (the data unit's associated data depends on it).
+    pub object: &'a str,
+    pub level: i8,
+}
+
+/// [`prepare`], and the data unit sealed (compressed and encrypted) on a second thread while
+/// this one hashes and summarizes: the two halves of `wal-push`'s CPU work need nothing from
+/// each other, and archive_command's latency is what PostgreSQL waits for.
+pub fn prepare_sealed(
+    name: WalFileName,
+    file: Vec<u8>,
+    prev_tail: Option<(Lsn, Vec<u8>)>,
+    sealing: Sealing<'_>,
+) -> Result<(PreparedWal, Option<SegmentIdentity>)> {
+    let kind = name.object_kind();
+    let (data_unit, built) = std::thread::scope(|s| {
+        let sealer = s.spawn(|| {
+            seal_wal_data(
+                sealing.keys,
+                kind,
+                sealing.object,
+                random_bytes(),
+                &file,
+                sealing.level,
+            )
+        });
+        let built = build_meta(&name, &file, prev_tail);
+        (sealer.join(), built)
+    });
+    let data_unit = data_unit
+        .map_err(|_| Error::Pipeline(format!("sealing {name} failed (thread panicked)")))?;
+    let (meta, identity) = built?;
+    Ok((
+        PreparedWal {
+            name,
+            meta,
+            file,
+            data_unit: Some(data_unit),
+        },
+        identity,
+    ))
+}
+
+/// Prepares consecutive segments at once: their data units sealed in parallel (one thread
+/// each), their metas built in order on this thread, because each summary needs the tail
+/// of the one before. Used by `wal-push`'s look-ahead.
+pub fn prepare_chain(
+    files: Vec<(WalFileName, Vec<u8>)>,
+    mut tail: Option<(Lsn, Vec<u8>)>,
+    keys: &RepoKeys,
+    objects: &[String],
+    level: i8,
+) -> Vec<Result<(PreparedWal, Option<SegmentIdentity>)>> {
+    let (units, metas) = std::thread::scope(|s| {
+        let sealers: Vec<_> = files
+            .iter()
+            .zip(objects)
+            .map(|((name, file), object)| {
+                let kind = name.object_kind();
+                s.spawn(move || seal_wal_data(keys, kind, object, random_bytes(), file, level))
+            })
+            .collect();
+        let metas: Vec<_> = files
+            .iter()
+            .map(|(name, file)| {
+                let built = build_meta(name, file, tail.take());
+                if let Ok((meta, _)) = &built {
+                    tail = meta.summary.as_ref().and_then(|s| s.tail.clone());
+                }
+                built
+            })
+            .collect();
+        let units: Vec<_> = sealers.into_iter().map(|h| h.join()).collect();
+        (units, metas)
+    });
+    files
+        .into_iter()
+        .zip(units.into_iter().zip(metas))
+        .map(|((name, file), (unit, built))| {
+            let data_unit = unit
+                .map_err(|_| Error::Pipeline(format!("sealing {name} failed (thread panicked)")))?;
+            let (meta, identity) = built?;
+            Ok((
+                PreparedWal {
+                    name,
+                    meta,
+                    file,
+                    data_unit: Some(data_unit),
+                },
+                identity,
+            ))
+        })
+        .collect()
+}
+
+fn build_meta(
+    name: &WalFileName,
+    file: &[u8],
+    prev_tail: Option<(Lsn, Vec<u8>)>,
+) -> Result<(WalMeta, Option<SegmentIdentity>)> {
     let (facts, summary, identity) = match name.kind() {
         WalFileKind::Segment | WalFileKind::Partial => {
-            let id = identify_segment(&name, &file)?;
-            let summary: WalSummary = summarize(&file, id.start, id.segment_size, prev_tail);
+            let id = identify_segment(name, file)?;
+            let summary: WalSummary = summarize(file, id.start, id.segment_size, prev_tail);
             let facts = SegmentFacts {
                 system_id: id.system_id,
                 segment_size: id.segment_size,
@@ -99,17 +219,17 @@ pub fn prepare(
             (Some(facts), Some(summary), Some(id))
         }
         WalFileKind::History | WalFileKind::BackupHistory => {
-            check_text_file(&name, &file)?;
+            check_text_file(name, file)?;
             (None, None, None)
         }
     };
     let meta = WalMeta {
         size: file.len() as u64,
-        sha256: sha256(&file),
+        sha256: sha256(file),
         segment: facts,
         summary,
     };
-    Ok((PreparedWal { name, meta, file }, identity))
+    Ok((meta, identity))
 }
 
 /// History and backup history files are short text files. Their text is not checked (a

@@ -29,7 +29,6 @@ use crate::replication::wire::{
     parse_replication_message, standby_status_update, ReplicationMessage,
 };
 use crate::replication::{identify, Event, PgConnection, PgError, ReplicationMode, ServerInfo};
-use crate::repository::blocking;
 use crate::wal::archive::{PushOutcome, WalArchive};
 use crate::wal::segment::prepare;
 
@@ -543,8 +542,10 @@ impl<'a> Receiver<'a> {
             Vec::with_capacity(self.segment_size as usize),
         );
         let tail = self.tail.take();
-        let owned = name.clone();
-        let (prepared, _) = blocking(move || prepare(owned, file, tail)).await??;
+        let (prepared, _) = self
+            .archive
+            .prepare(name.clone(), file, tail, self.opts.level)
+            .await?;
         self.tail = prepared.meta.summary.as_ref().and_then(|s| s.tail.clone());
         let outcome = self.archive.store(prepared, self.opts.level).await?;
         if outcome == PushOutcome::AlreadyStored {
@@ -568,7 +569,10 @@ impl<'a> Receiver<'a> {
         }
         let name = self.segment_name(WalFileKind::Partial)?;
         let (file, tail, len) = (self.buf.clone(), self.tail.clone(), self.buf.len());
-        let (prepared, _) = blocking(move || prepare(name, file, tail)).await??;
+        let (prepared, _) = self
+            .archive
+            .prepare(name, file, tail, self.opts.level)
+            .await?;
         self.archive.replace(prepared, self.opts.level).await?;
         self.partial_len = len;
         self.mark_stored(self.received());

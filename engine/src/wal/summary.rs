@@ -6,6 +6,9 @@ use pgkeep_format::{Lsn, RelFile, WalEvent, WalEventKind, WalSummary};
 
 use crate::wal::decode::{DecodedRecord, RecordKind, WalStreamDecoder, XactInfo};
 
+/// How much of a segment the decoder is given at a time.
+const FEED: usize = 64 << 10;
+
 /// Summarizes the WAL in `file`, which starts at `start` (a segment boundary). `prev_tail` is
 /// the start of a record begun in the previous segment, so the record that straddles the
 /// boundary is decoded here; without it that one record is skipped and the summary says so.
@@ -22,24 +25,27 @@ pub fn summarize(
     if let Some((lsn, bytes)) = prev_tail.filter(|(lsn, _)| *lsn < start) {
         decoder = decoder.with_tail(lsn, bytes);
     }
-    decoder.feed(file);
     let mut summary = WalSummary {
         end: start,
         ..WalSummary::default()
     };
-    loop {
-        match decoder.poll() {
-            Ok(Some(record)) => {
-                summary.records += 1;
-                summary.end = record.end;
-                if let Some(event) = event_of(&record) {
-                    summary.events.push(event);
+    // Fed a piece at a time, so the decoder never holds a copy of the whole segment.
+    'file: for piece in file.chunks(FEED) {
+        decoder.feed(piece);
+        loop {
+            match decoder.poll() {
+                Ok(Some(record)) => {
+                    summary.records += 1;
+                    summary.end = record.end;
+                    if let Some(event) = event_of(&record) {
+                        summary.events.push(event);
+                    }
                 }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                summary.stopped = Some(e.to_string());
-                break;
+                Ok(None) => break,
+                Err(e) => {
+                    summary.stopped = Some(e.to_string());
+                    break 'file;
+                }
             }
         }
     }

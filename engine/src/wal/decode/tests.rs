@@ -19,15 +19,13 @@ const RM_SMGR: u8 = 2;
 const RM_HEAP: u8 = 10;
 const RM_LOGICALMSG: u8 = 21;
 
-const HAS_INFO: u8 = 0x80;
-const XINFO_DBINFO: u32 = 1 << 0;
-const XINFO_SUBXACTS: u32 = 1 << 1;
-const XINFO_RELS: u32 = 1 << 2;
-const XINFO_INVALS: u32 = 1 << 3;
-const XINFO_TWOPHASE: u32 = 1 << 4;
-const XINFO_ORIGIN: u32 = 1 << 5;
-const XINFO_GID: u32 = 1 << 7;
-const XINFO_DROPPED_STATS: u32 = 1 << 8;
+use super::xact::{
+    XACT_XINFO_HAS_DBINFO as XINFO_DBINFO, XACT_XINFO_HAS_DROPPED_STATS as XINFO_DROPPED_STATS,
+    XACT_XINFO_HAS_GID as XINFO_GID, XACT_XINFO_HAS_INVALS as XINFO_INVALS,
+    XACT_XINFO_HAS_ORIGIN as XINFO_ORIGIN, XACT_XINFO_HAS_RELFILELOCATORS as XINFO_RELS,
+    XACT_XINFO_HAS_SUBXACTS as XINFO_SUBXACTS, XACT_XINFO_HAS_TWOPHASE as XINFO_TWOPHASE,
+    XLOG_XACT_HAS_INFO as HAS_INFO,
+};
 
 /// The parts of a commit/abort record's main data (see `xact.rs`).
 #[derive(Default, Clone)]

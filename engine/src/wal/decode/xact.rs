@@ -31,16 +31,16 @@ use super::page::WalVersion;
 use super::timestamp::PgTimestamp;
 
 /// `xl_info` bit: a `xinfo` word follows the timestamp.
-const XLOG_XACT_HAS_INFO: u8 = 0x80;
+pub(super) const XLOG_XACT_HAS_INFO: u8 = 0x80;
 
-const XACT_XINFO_HAS_DBINFO: u32 = 1 << 0;
-const XACT_XINFO_HAS_SUBXACTS: u32 = 1 << 1;
-const XACT_XINFO_HAS_RELFILELOCATORS: u32 = 1 << 2;
-const XACT_XINFO_HAS_INVALS: u32 = 1 << 3;
-const XACT_XINFO_HAS_TWOPHASE: u32 = 1 << 4;
-const XACT_XINFO_HAS_ORIGIN: u32 = 1 << 5;
-const XACT_XINFO_HAS_GID: u32 = 1 << 7;
-const XACT_XINFO_HAS_DROPPED_STATS: u32 = 1 << 8;
+pub(super) const XACT_XINFO_HAS_DBINFO: u32 = 1 << 0;
+pub(super) const XACT_XINFO_HAS_SUBXACTS: u32 = 1 << 1;
+pub(super) const XACT_XINFO_HAS_RELFILELOCATORS: u32 = 1 << 2;
+pub(super) const XACT_XINFO_HAS_INVALS: u32 = 1 << 3;
+pub(super) const XACT_XINFO_HAS_TWOPHASE: u32 = 1 << 4;
+pub(super) const XACT_XINFO_HAS_ORIGIN: u32 = 1 << 5;
+pub(super) const XACT_XINFO_HAS_GID: u32 = 1 << 7;
+pub(super) const XACT_XINFO_HAS_DROPPED_STATS: u32 = 1 << 8;
 
 /// `sizeof(SharedInvalidationMessage)`: a union whose largest members are 16 bytes.
 const INVAL_MESSAGE_LEN: usize = 16;
