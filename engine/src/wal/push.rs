@@ -42,36 +42,6 @@ pub struct PushReport {
     pub ahead: Vec<(WalFileName, Result<PushOutcome>)>,
 }
 
-/// Stores the file at `path` (as `archive_command` passes it, `%p`), then looks ahead.
-pub async fn push_file(
-    archive: &WalArchive,
-    path: &Path,
-    opts: &PushOptions,
-) -> Result<PushReport> {
-    let name = file_name(path)?;
-    let dir = path
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let markers = opts
-        .spool
-        .clone()
-        .unwrap_or_else(|| dir.join("pgkeep-spool"))
-        .join("pushed");
-    let (outcome, next_tail) = match pushed_earlier(archive, path, &name, &markers).await {
-        Some(done) => done,
-        None => push_one(archive, path, &name, opts.level).await?,
-    };
-    let mut ahead = Vec::new();
-    if opts.lookahead > 0 && name.kind() == WalFileKind::Segment {
-        ahead = push_ahead(archive, &dir, &name, next_tail, opts, &markers).await;
-    }
-    Ok(PushReport {
-        name,
-        outcome,
-        ahead,
-    })
-}
-
 /// A look-ahead marker: which file was stored, and with which content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Marker {
@@ -180,15 +150,68 @@ fn previous_segment(name: &WalFileName) -> Option<WalFileName> {
     WalFileName::parse(&format!("{tli}{hi:08X}{:08X}", lo - 1)).ok()
 }
 
-/// Reads, checks and stores one file; returns the tail of its last record for the next one.
-/// A file already stored costs one ranged read and a SHA-256; only a new one needs the
-/// previous segment's summary.
-async fn push_one(
+/// Stores the file at `path` (as `archive_command` passes it, `%p`), then looks ahead.
+pub async fn push_file(
     archive: &WalArchive,
     path: &Path,
-    name: &WalFileName,
-    level: i8,
-) -> Result<(PushOutcome, Option<(Lsn, Vec<u8>)>)> {
+    opts: &PushOptions,
+) -> Result<PushReport> {
+    let name = file_name(path)?;
+    let dir = path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let markers = opts
+        .spool
+        .clone()
+        .unwrap_or_else(|| dir.join("pgkeep-spool"))
+        .join("pushed");
+    let look_ahead = opts.lookahead > 0 && name.kind() == WalFileKind::Segment;
+    let own = match pushed_earlier(archive, path, &name, &markers).await {
+        Some((outcome, tail)) => Own::Done(outcome, tail),
+        None => check_own(archive, path, &name).await?,
+    };
+    let (outcome, ahead) = match own {
+        Own::Done(outcome, tail) if look_ahead => {
+            let chain = Chain::after(&name, tail);
+            let (_, ahead) = push_chain(archive, &dir, chain, opts, &markers).await;
+            (outcome, ahead)
+        }
+        Own::Done(outcome, _) => (outcome, Vec::new()),
+        Own::Store { file, prev_tail } => {
+            // The own file heads the chain: sealed beside the look-ahead files, stored with them.
+            let mut chain = Chain::after(&name, prev_tail);
+            chain.own = Some((name.clone(), file));
+            if !look_ahead {
+                chain.current = None;
+            }
+            let (own, ahead) = push_chain(archive, &dir, chain, opts, &markers).await;
+            let outcome = own.ok_or_else(|| {
+                Error::Pipeline(format!("{name}: the file was prepared but not stored"))
+            })??;
+            (outcome, ahead)
+        }
+    };
+    Ok(PushReport {
+        name,
+        outcome,
+        ahead,
+    })
+}
+
+/// What the call's own file needs.
+enum Own {
+    /// Stored before (identical): the outcome, and its summary's tail for the next segment.
+    Done(PushOutcome, Option<(Lsn, Vec<u8>)>),
+    /// Not stored yet (or a `.partial` to replace): its bytes, and the previous segment's tail.
+    Store {
+        file: Vec<u8>,
+        prev_tail: Option<(Lsn, Vec<u8>)>,
+    },
+}
+
+/// Reads and checks the call's own file. A file already stored costs one ranged read and a
+/// SHA-256; only a new one needs the previous segment's summary.
+async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Result<Own> {
     let file = tokio::fs::read(path)
         .await
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
@@ -209,82 +232,149 @@ async fn push_one(
                 });
             }
         }
-        let (file_back, digest) = blocking(move || {
+        let (file, digest) = blocking(move || {
             let digest = sha256(&file);
             (file, digest)
         })
         .await?;
         let new = WalMeta {
-            size: file_back.len() as u64,
+            size: file.len() as u64,
             sha256: digest,
             segment: None,
             summary: None,
         };
         match compare(name, &stored, &new) {
-            Ok(outcome) => return Ok((outcome, stored.summary.and_then(|s| s.tail))),
+            Ok(outcome) => return Ok(Own::Done(outcome, stored.summary.and_then(|s| s.tail))),
             // A newer .partial replaces the stored one (see `WalArchive::store`).
             Err(Error::WalConflict { .. }) if name.kind() == WalFileKind::Partial => {
                 let prev_tail = previous_tail(archive, name).await;
-                return store_new(archive, name, file_back, prev_tail, level).await;
+                return Ok(Own::Store { file, prev_tail });
             }
             Err(e) => return Err(e),
         }
     }
     let prev_tail = previous_tail(archive, name).await;
-    store_new(archive, name, file, prev_tail, level).await
+    Ok(Own::Store { file, prev_tail })
 }
 
-/// Prepares (summary, checks) and stores a file the archive does not hold yet.
-async fn store_new(
-    archive: &WalArchive,
-    name: &WalFileName,
-    file: Vec<u8>,
-    prev_tail: Option<(Lsn, Vec<u8>)>,
-    level: i8,
-) -> Result<(PushOutcome, Option<(Lsn, Vec<u8>)>)> {
-    let (prepared, identity) = archive
-        .prepare(name.clone(), file, prev_tail, level)
-        .await?;
-    if let Some(id) = identity {
-        bind(archive, &id).await?;
+/// Files to store together: optionally the call's own, then the ready segments after
+/// `current` (none when `current` is `None`).
+struct Chain {
+    own: Option<(WalFileName, Vec<u8>)>,
+    current: Option<WalFileName>,
+    tail: Option<(Lsn, Vec<u8>)>,
+}
+
+impl Chain {
+    fn after(current: &WalFileName, tail: Option<(Lsn, Vec<u8>)>) -> Self {
+        Self {
+            own: None,
+            current: Some(current.clone()),
+            tail,
+        }
     }
-    let next_tail = prepared.meta.summary.as_ref().and_then(|s| s.tail.clone());
-    let outcome = archive.store(prepared, level).await?;
-    Ok((outcome, next_tail))
 }
 
-/// The first push (or backup) binds the cluster to the segment's system; later ones must match.
-async fn bind(archive: &WalArchive, id: &SegmentIdentity) -> Result<()> {
-    archive
-        .repository()
-        .bind_cluster(archive.cluster(), id.system_id, id.pg_major * 10000)
-        .await
-        .map(|_| ())
+/// Stores a chain: files read in order, sealed in parallel, summarized in order (each summary
+/// needs the previous one's tail), uploaded together; a marker for each look-ahead file
+/// stored. Returns the own file's outcome (if it had one) and the look-ahead outcomes.
+async fn push_chain(
+    archive: &WalArchive,
+    dir: &Path,
+    chain: Chain,
+    opts: &PushOptions,
+    markers: &Path,
+) -> (
+    Option<Result<PushOutcome>>,
+    Vec<(WalFileName, Result<PushOutcome>)>,
+) {
+    let mut results = Vec::new();
+    // (name, bytes, the file's identity for a marker: None for the own file)
+    let mut files: Vec<(WalFileName, Vec<u8>, Option<std::fs::Metadata>)> = Vec::new();
+    let own_name = chain.own.as_ref().map(|(n, _)| n.clone());
+    if let Some((name, file)) = chain.own {
+        files.push((name, file, None));
+    }
+    if let Some(current) = &chain.current {
+        gather_ready(
+            archive,
+            dir,
+            current,
+            opts.lookahead,
+            markers,
+            &mut files,
+            &mut results,
+        )
+        .await;
+    }
+    if files.is_empty() {
+        return (None, results);
+    }
+    let stats: Vec<Option<std::fs::Metadata>> = files.iter_mut().map(|f| f.2.take()).collect();
+    let named: Vec<(WalFileName, Vec<u8>)> = files.into_iter().map(|(n, f, _)| (n, f)).collect();
+    let prepared = match archive.prepare_chain(named, chain.tail, opts.level).await {
+        Ok(p) => p,
+        Err(e) => {
+            let own = own_name.map(|_| Err(e));
+            return (own, results);
+        }
+    };
+    let uploads = prepared
+        .into_iter()
+        .zip(stats)
+        .map(|((name, prepared), stat)| async move {
+            let outcome = async {
+                let (prepared, identity) = prepared?;
+                let sha = prepared.meta.sha256;
+                if let Some(id) = identity {
+                    bind(archive, &id).await?;
+                }
+                let outcome = archive.store(prepared, opts.level).await?;
+                if let Some(stat) = stat {
+                    write_marker(markers, &name, &Marker::of(&stat, &sha)).await;
+                }
+                Ok(outcome)
+            };
+            let outcome = outcome.await;
+            (name, outcome)
+        });
+    let mut own = None;
+    for (name, r) in join_all(uploads).await {
+        if Some(&name) == own_name.as_ref() {
+            own = Some(r);
+            continue;
+        }
+        match &r {
+            Ok(outcome) => tracing::debug!(segment = %name, ?outcome, "look-ahead"),
+            Err(e) => {
+                tracing::warn!(segment = %name, error = %e, "look-ahead failed; PostgreSQL will push it again")
+            }
+        }
+        results.push((name, r));
+    }
+    (own, results)
 }
 
-/// Stores the next `.ready` segments of the same timeline: read in order, sealed in
-/// parallel, summarized in order (each summary needs the previous one's tail), uploaded
-/// together; then a marker for each stored one.
-async fn push_ahead(
+/// Reads up to `limit` ready segments after `current` that the archive does not hold yet,
+/// stopping at the first one that is stored or unreadable.
+async fn gather_ready(
     archive: &WalArchive,
     dir: &Path,
     current: &WalFileName,
-    tail: Option<(Lsn, Vec<u8>)>,
-    opts: &PushOptions,
+    limit: usize,
     markers: &Path,
-) -> Vec<(WalFileName, Result<PushOutcome>)> {
+    files: &mut Vec<(WalFileName, Vec<u8>, Option<std::fs::Metadata>)>,
+    results: &mut Vec<(WalFileName, Result<PushOutcome>)>,
+) {
     let ready = match ready_segments(dir, current).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "cannot list archive_status; no look-ahead");
-            return Vec::new();
+            return;
         }
     };
     trim_markers(markers, current).await;
-    let mut results = Vec::new();
-    let mut files = Vec::new();
-    let mut stats = Vec::new();
-    for name in ready.into_iter().take(opts.lookahead) {
+    for name in ready.into_iter().take(limit) {
         match archive.meta(&name).await {
             Ok(None) => {}
             // Stored already (by a concurrent wal-stream, say): its own call compares.
@@ -301,10 +391,7 @@ async fn push_ahead(
             Ok::<_, std::io::Error>((stat, file))
         };
         match read.await {
-            Ok((stat, file)) => {
-                stats.push(stat);
-                files.push((name, file));
-            }
+            Ok((stat, file)) => files.push((name, file, Some(stat))),
             Err(e) => {
                 let context = format!("reading {}", path.display());
                 results.push((name, Err(Error::io(context, e))));
@@ -312,51 +399,15 @@ async fn push_ahead(
             }
         }
     }
-    if files.is_empty() {
-        return results;
-    }
-    let prepared = match archive.prepare_chain(files, tail, opts.level).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "look-ahead failed; PostgreSQL will push each segment itself");
-            return results;
-        }
-    };
-    let uploads = prepared
-        .into_iter()
-        .zip(stats)
-        .map(|((name, prepared), stat)| async move {
-            let outcome = match prepared {
-                Ok((prepared, identity)) => {
-                    let sha = prepared.meta.sha256;
-                    let stored = async {
-                        if let Some(id) = identity {
-                            bind(archive, &id).await?;
-                        }
-                        archive.store(prepared, opts.level).await
-                    };
-                    match stored.await {
-                        Ok(outcome) => {
-                            write_marker(markers, &name, &Marker::of(&stat, &sha)).await;
-                            Ok(outcome)
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            (name, outcome)
-        });
-    results.extend(join_all(uploads).await);
-    for (name, r) in &results {
-        match r {
-            Ok(outcome) => tracing::debug!(segment = %name, ?outcome, "look-ahead"),
-            Err(e) => {
-                tracing::warn!(segment = %name, error = %e, "look-ahead failed; PostgreSQL will push it again")
-            }
-        }
-    }
-    results
+}
+
+/// The first push (or backup) binds the cluster to the segment's system; later ones must match.
+async fn bind(archive: &WalArchive, id: &SegmentIdentity) -> Result<()> {
+    archive
+        .repository()
+        .bind_cluster(archive.cluster(), id.system_id, id.pg_major * 10000)
+        .await
+        .map(|_| ())
 }
 
 /// Records a stored look-ahead file. A marker that cannot be written only costs the next
