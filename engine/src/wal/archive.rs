@@ -1,10 +1,11 @@
 //! The WAL archive of one cluster: storing, comparing, listing and fetching archived files.
 //!
-//! Every archived file is one immutable object (format-spec §7). Storing is create-if-absent,
-//! and a name that is already stored is compared by its SHA-256 (read from the small meta unit
-//! at the front of the object): identical is success, different is refused. That is exactly
-//! what PostgreSQL asks of `archive_command`, and it makes `wal-push` and `wal-stream` safe to
-//! run side by side on the same repository.
+//! Every archived file is one object (format-spec §7), immutable except for `.partial`
+//! segments, which a newer snapshot replaces. Storing is create-if-absent, and a name that is
+//! already stored is compared by its SHA-256 (read from the small meta unit at the front of
+//! the object): identical is success, different is refused. That is exactly what PostgreSQL
+//! asks of `archive_command`, and it makes `wal-push` and `wal-stream` safe to run side by
+//! side on the same repository.
 
 use std::collections::BTreeMap;
 

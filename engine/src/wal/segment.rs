@@ -150,9 +150,10 @@ pub fn prepare_sealed(
     ))
 }
 
-/// Prepares consecutive segments at once: their data units sealed in parallel (one thread
-/// each), their metas built in order on this thread, because each summary needs the tail
-/// of the one before. Used by `wal-push`'s look-ahead.
+/// Prepares consecutive segments at once: each one's data unit sealed and its SHA-256
+/// computed on a thread of its own, while this thread reads headers and summarizes them in
+/// order (each summary needs the tail of the one before; that is the only sequential part,
+/// and the cheapest). Used by `wal-push`'s look-ahead.
 pub fn prepare_chain(
     files: Vec<(WalFileName, Vec<u8>)>,
     mut tail: Option<(Lsn, Vec<u8>)>,
@@ -160,39 +161,42 @@ pub fn prepare_chain(
     objects: &[String],
     level: i8,
 ) -> Vec<Result<(PreparedWal, Option<SegmentIdentity>)>> {
-    let (units, metas) = std::thread::scope(|s| {
+    let (sealed, described) = std::thread::scope(|s| {
         let sealers: Vec<_> = files
             .iter()
             .zip(objects)
             .map(|((name, file), object)| {
                 let kind = name.object_kind();
-                s.spawn(move || seal_wal_data(keys, kind, object, random_bytes(), file, level))
+                s.spawn(move || {
+                    let unit = seal_wal_data(keys, kind, object, random_bytes(), file, level);
+                    (unit, sha256(file))
+                })
             })
             .collect();
-        let metas: Vec<_> = files
+        let described: Vec<_> = files
             .iter()
             .map(|(name, file)| {
-                let built = build_meta(name, file, tail.take());
-                if let Ok((meta, _)) = &built {
-                    tail = meta.summary.as_ref().and_then(|s| s.tail.clone());
+                let d = describe(name, file, tail.take());
+                if let Ok(d) = &d {
+                    tail = d.summary.as_ref().and_then(|s| s.tail.clone());
                 }
-                built
+                d
             })
             .collect();
-        let units: Vec<_> = sealers.into_iter().map(|h| h.join()).collect();
-        (units, metas)
+        let sealed: Vec<_> = sealers.into_iter().map(|h| h.join()).collect();
+        (sealed, described)
     });
     files
         .into_iter()
-        .zip(units.into_iter().zip(metas))
-        .map(|((name, file), (unit, built))| {
-            let data_unit = unit
+        .zip(sealed.into_iter().zip(described))
+        .map(|((name, file), (sealed, described))| {
+            let (data_unit, digest) = sealed
                 .map_err(|_| Error::Pipeline(format!("sealing {name} failed (thread panicked)")))?;
-            let (meta, identity) = built?;
+            let (meta, identity) = described?.into_meta(file.len(), digest);
             Ok((
                 PreparedWal {
-                    name,
                     meta,
+                    name,
                     file,
                     data_unit: Some(data_unit),
                 },
@@ -202,34 +206,60 @@ pub fn prepare_chain(
         .collect()
 }
 
+/// What a file's bytes say besides its checksum: header facts and the summary.
+struct Description {
+    facts: Option<SegmentFacts>,
+    summary: Option<WalSummary>,
+    identity: Option<SegmentIdentity>,
+}
+
+impl Description {
+    fn into_meta(self, size: usize, sha256: [u8; 32]) -> (WalMeta, Option<SegmentIdentity>) {
+        let meta = WalMeta {
+            size: size as u64,
+            sha256,
+            segment: self.facts,
+            summary: self.summary,
+        };
+        (meta, self.identity)
+    }
+}
+
+fn describe(
+    name: &WalFileName,
+    file: &[u8],
+    prev_tail: Option<(Lsn, Vec<u8>)>,
+) -> Result<Description> {
+    Ok(match name.kind() {
+        WalFileKind::Segment | WalFileKind::Partial => {
+            let id = identify_segment(name, file)?;
+            Description {
+                facts: Some(SegmentFacts {
+                    system_id: id.system_id,
+                    segment_size: id.segment_size,
+                    pg_major: id.pg_major,
+                }),
+                summary: Some(summarize(file, id.start, id.segment_size, prev_tail)),
+                identity: Some(id),
+            }
+        }
+        WalFileKind::History | WalFileKind::BackupHistory => {
+            check_text_file(name, file)?;
+            Description {
+                facts: None,
+                summary: None,
+                identity: None,
+            }
+        }
+    })
+}
+
 fn build_meta(
     name: &WalFileName,
     file: &[u8],
     prev_tail: Option<(Lsn, Vec<u8>)>,
 ) -> Result<(WalMeta, Option<SegmentIdentity>)> {
-    let (facts, summary, identity) = match name.kind() {
-        WalFileKind::Segment | WalFileKind::Partial => {
-            let id = identify_segment(name, file)?;
-            let summary: WalSummary = summarize(file, id.start, id.segment_size, prev_tail);
-            let facts = SegmentFacts {
-                system_id: id.system_id,
-                segment_size: id.segment_size,
-                pg_major: id.pg_major,
-            };
-            (Some(facts), Some(summary), Some(id))
-        }
-        WalFileKind::History | WalFileKind::BackupHistory => {
-            check_text_file(name, file)?;
-            (None, None, None)
-        }
-    };
-    let meta = WalMeta {
-        size: file.len() as u64,
-        sha256: sha256(file),
-        segment: facts,
-        summary,
-    };
-    Ok((meta, identity))
+    Ok(describe(name, file, prev_tail)?.into_meta(file.len(), sha256(file)))
 }
 
 /// History and backup history files are short text files. Their text is not checked (a
