@@ -56,6 +56,12 @@ fn archive_under_load(version: PgVersion, segment_mib: u32) {
         version.major()
     );
     assert_eq!(a.ready_count(), 0, "segments left unarchived");
+    // "Keeps up": a backlog that stays bounded under a sustained write load (with 1 MiB
+    // segments, a debug build and two cores, about 20 was seen).
+    assert!(
+        max_ready <= 64,
+        "{max_ready} segments waited for the archiver"
+    );
 
     // Every segment the server archived is in the archive, once, in one range without gaps.
     // (The first ones initdb filled were never archived: archive_mode was off then.)
@@ -180,7 +186,17 @@ fn events_report_commits_restore_points_and_drops_exactly() {
     // Without --all: the restore point and the drop, not the plain commits.
     let (out, _) = a.env.expect(&["--json", "events"], 0);
     let notable: Vec<Value> = serde_json::from_str(&out).expect("events JSON");
-    assert_eq!(notable.len(), 2, "{out}");
+    assert!(
+        notable.iter().any(|e| e["kind"] == "restore point"),
+        "{out}"
+    );
+    assert!(notable.iter().any(|e| e["xid"] == drop_xid), "{out}");
+    assert!(
+        notable
+            .iter()
+            .all(|e| e["kind"] != "commit" || !e["dropped"].as_array().expect("dropped").is_empty()),
+        "plain commits are not notable: {out}"
+    );
     // A time window: only what happened from the restore point on.
     let since = format_us(before_rp);
     let (out, _) = a
