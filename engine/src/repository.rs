@@ -128,7 +128,9 @@ pub(crate) fn now_unix() -> i64 {
 }
 
 /// Runs Argon2id off the async runtime: it is deliberately slow.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Pipeline(format!("a blocking task failed: {e}")))

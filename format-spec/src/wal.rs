@@ -389,7 +389,13 @@ pub fn seal_wal_data(
     level: i8,
 ) -> Vec<u8> {
     let header = Header::new(kind, keys.key_id().0);
-    keys.seal(&header, data_unit_name(object).as_bytes(), salt, file, level)
+    keys.seal(
+        &header,
+        data_unit_name(object).as_bytes(),
+        salt,
+        file,
+        level,
+    )
 }
 
 /// Seals the meta unit and puts the object together around a data unit from
