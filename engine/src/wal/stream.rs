@@ -186,7 +186,7 @@ async fn session(
         .bind_cluster(archive.cluster(), server.system_id, server.version_num)
         .await?;
     let slot_restart = slot(&mut conn, &server, opts).await?;
-    let switch_point = archive_history(archive, &mut conn, server.timeline).await?;
+    let switch_point = archive_history(archive, &mut conn, server.timeline, opts.level).await?;
     let start = start_position(archive, &server, slot_restart, switch_point).await?;
     tracing::info!(
         slot = %opts.slot, start = %start, timeline = server.timeline.0,
@@ -271,6 +271,7 @@ async fn archive_history(
     archive: &WalArchive,
     conn: &mut PgConnection,
     timeline: TimelineId,
+    level: i8,
 ) -> Result<Option<Lsn>> {
     if timeline.0 <= 1 {
         return Ok(None);
@@ -290,7 +291,7 @@ async fn archive_history(
                 .ok_or_else(|| PgError::Protocol("TIMELINE_HISTORY returned no content".into()))?
                 .into_bytes();
             let (prepared, _) = prepare(name.clone(), content.clone(), None)?;
-            archive.store(prepared, 3).await?;
+            archive.store(prepared, level).await?;
             content
         }
     };
