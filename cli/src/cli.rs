@@ -126,6 +126,17 @@ truncated relations. --all lists every commit.\n\n\
 Example:\n  pgkeep events --since '2026-11-21 08:00:00' --until '2026-11-21 09:00:00Z'"
     )]
     Events(EventsArgs),
+    /// Restore a backup into a data directory and set up point-in-time recovery.
+    #[command(
+        after_help = "Plans first (which backup, which WAL, where recovery stops) and refuses a target the \
+archive cannot reach, before writing anything. Files are written in parallel and checked against \
+PostgreSQL's backup_manifest. Recovery settings go to postgresql.auto.conf in a marked block, with \
+restore_command = pgkeep wal-fetch on the same repository, and recovery.signal. Times need a zone \
+(Z, UTC, +01:00); the plan echoes them in UTC.\n\n\
+Examples:\n  pgkeep restore --pgdata /var/lib/postgresql/15/restored --target-time '2026-11-21 09:14:00+01' --dry-run\n  \
+pgkeep restore --pgdata /srv/pg/restored --target-name before_migration --start"
+    )]
+    Restore(RestoreArgs),
     /// Show the cluster's backups and WAL archive: timelines, ranges, gaps, time covered.
     #[command(after_help = "Example:\n  pgkeep info --json")]
     Info,
@@ -185,6 +196,68 @@ pub(crate) struct WalStreamArgs {
     /// Also PGKEEP_TIMEOUT; config key: timeout. [default: 300]
     #[arg(long, value_name = "SECONDS")]
     pub(crate) timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The data directory to create (absent or empty, unless --delta).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) pgdata: PathBuf,
+    /// The backup to restore: an id from `pgkeep list`, or latest (the newest one that is
+    /// consistent before the target). [default: latest]
+    #[arg(long, value_name = "ID")]
+    pub(crate) backup: Option<String>,
+    /// Recover to this time (inclusive unless --target-exclusive).
+    #[arg(long, value_name = "TIME", group = "target")]
+    pub(crate) target_time: Option<String>,
+    /// Recover to this WAL position (X/X).
+    #[arg(long, value_name = "LSN", group = "target")]
+    pub(crate) target_lsn: Option<String>,
+    /// Recover to the end of this transaction.
+    #[arg(long, value_name = "XID", group = "target")]
+    pub(crate) target_xid: Option<u64>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME", group = "target")]
+    pub(crate) target_name: Option<String>,
+    /// Stop as soon as the backup is consistent.
+    #[arg(long, group = "target")]
+    pub(crate) target_immediate: bool,
+    /// Stop just before the target instead of just after it.
+    #[arg(long)]
+    pub(crate) target_exclusive: bool,
+    /// Timeline to follow: latest, current or a number. [default: latest]
+    #[arg(long, value_name = "TLI")]
+    pub(crate) target_timeline: Option<String>,
+    /// What the server does at the target: pause, promote or shutdown. [default: pause]
+    #[arg(long, value_name = "ACTION", value_parser = ["pause", "promote", "shutdown"])]
+    pub(crate) target_action: Option<String>,
+    /// Put tablespace OID in DIR instead of its original location (repeatable).
+    #[arg(long = "tablespace-map", value_name = "OID=DIR")]
+    pub(crate) tablespace_map: Vec<String>,
+    /// Update an existing directory: keep files whose content matches the backup, rewrite
+    /// the others, remove files the backup does not have.
+    #[arg(long)]
+    pub(crate) delta: bool,
+    /// Files written at once. Also PGKEEP_JOBS; config key: jobs. [default: one per core]
+    #[arg(long, value_name = "N")]
+    pub(crate) jobs: Option<usize>,
+    /// Print the plan and stop.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Start PostgreSQL on the restored directory and wait until recovery reaches the target.
+    #[arg(long)]
+    pub(crate) start: bool,
+    /// With --start: stop the server once the target is reached.
+    #[arg(long, requires = "start")]
+    pub(crate) stop: bool,
+    /// With --start: the port (the server listens on a Unix socket in the data directory
+    /// only). [default: 5432]
+    #[arg(long, value_name = "PORT")]
+    pub(crate) port: Option<u16>,
+    /// Directory of PostgreSQL's binaries for --start. [default: PATH, then the standard
+    /// locations for the backup's major version]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) pg_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             Command::WalFetch(a) => return cmd::wal::fetch(&settings, a).await,
             Command::WalStream(a) => cmd::stream::run(&settings, a).await,
             Command::Events(a) => cmd::events::run(&settings, a, &out).await,
+            Command::Restore(a) => cmd::restore::run(&settings, a, &out).await,
             Command::Info => cmd::info::run(&settings, &out).await,
         };
         match result {

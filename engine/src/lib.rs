@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod read;
 pub mod replication;
 pub mod repository;
+pub mod restore;
 pub mod storage;
 pub mod tar;
 pub mod timestamp;

@@ -6,6 +6,7 @@ pub(crate) mod info;
 pub(crate) mod init;
 pub(crate) mod key;
 pub(crate) mod list;
+pub(crate) mod restore;
 pub(crate) mod stream;
 pub(crate) mod wal;
 

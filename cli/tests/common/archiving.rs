@@ -75,6 +75,33 @@ impl Archiving {
         a
     }
 
+    /// Runs pgkeep with this setup's config as the server's OS user (so the repository stays
+    /// readable by `archive_command`), with HOME in the setup's directory.
+    pub fn pgkeep_as_server(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = self.env.command(args);
+        let home = self.config.parent().expect("config dir").to_owned();
+        self.pg
+            .run_as_owner(&mut cmd)
+            .env("HOME", home)
+            .output()
+            .expect("pgkeep runs")
+    }
+
+    /// [`Self::pgkeep_as_server`], asserting the exit code; returns stdout and stderr.
+    pub fn expect_as_server(&self, args: &[&str], code: i32) -> (String, String) {
+        let out = self.pgkeep_as_server(args);
+        let (so, se) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "pgkeep {args:?}\nstdout: {so}\nstderr: {se}"
+        );
+        (so, se)
+    }
+
     pub fn install_archive_command(&self) {
         let command = format!("{PGKEEP} --config {} wal-push %p", self.config.display());
         self.sql(&format!(

@@ -1,0 +1,465 @@
+//! Writing a backup's files into a data directory, in parallel, checked as they are written.
+//!
+//! Paths come from a manifest, which is untrusted input: every path is checked to be relative,
+//! free of `..` and of empty or `.` components, and nothing is written through a symlink that
+//! the restore did not create itself (tablespace links are made last, and their targets are
+//! the directories the operator chose). Every file's SHA-256 is computed while it is written
+//! and compared with PostgreSQL's own `backup_manifest` stored with the backup.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use pgkeep_format::{FileEntry, FileType, Manifest};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWrite;
+
+use crate::error::{Error, Result};
+use crate::repository::Repository;
+
+/// What to write where.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The data directory.
+    pub pgdata: PathBuf,
+    /// Tablespace OID → directory (the backup's own location unless remapped).
+    pub tablespaces: HashMap<u32, PathBuf>,
+}
+
+/// What materializing did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Materialized {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files checked against `backup_manifest` (size and SHA-256).
+    pub verified: u64,
+    /// Files kept as they were (`--delta`).
+    pub kept: u64,
+    /// Files the backup does not have, removed (`--delta`).
+    pub removed: u64,
+}
+
+/// `backup_manifest` entries: path → (size, SHA-256 hex).
+type Checksums = HashMap<String, (u64, String)>;
+
+/// Checks a manifest path and returns it as a relative path.
+pub fn safe_relative(raw: &[u8]) -> Result<PathBuf> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| Error::InvalidInput(format!("backup path {raw:?} is not UTF-8")))?;
+    // A leading `./` (tar entries of some servers have it) is harmless; `Path` yields it as
+    // one `CurDir` component at the start, and `.` anywhere else disappears in `components`.
+    let mut out = PathBuf::new();
+    let mut ok = !text.is_empty() && !text.contains('\0');
+    for c in Path::new(text).components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::RootDir | Component::ParentDir | Component::Prefix(_) => ok = false,
+        }
+    }
+    if !ok || out.as_os_str().is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "backup path {text:?} would leave the restore directory (absolute, `..` or empty): refusing to restore it"
+        )));
+    }
+    Ok(out)
+}
+
+/// Where a manifest file goes.
+fn destination(layout: &Layout, f: &FileEntry) -> Result<PathBuf> {
+    let rel = safe_relative(&f.path)?;
+    if f.tablespace == 0 {
+        return Ok(layout.pgdata.join(rel));
+    }
+    let root = layout.tablespaces.get(&f.tablespace).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "the backup has files of tablespace {} but no location for it",
+            f.tablespace
+        ))
+    })?;
+    Ok(root.join(rel))
+}
+
+/// Reads PostgreSQL's `backup_manifest` stored with the backup.
+async fn checksums(repo: &Repository, m: &Manifest) -> Result<Checksums> {
+    let Some(att) = m.attachment("backup_manifest") else {
+        return Ok(Checksums::new());
+    };
+    let mut json = Vec::new();
+    repo.write_extents(&att.extents, &mut json).await?;
+    let doc: serde_json::Value = serde_json::from_slice(&json)
+        .map_err(|e| Error::InvalidInput(format!("the stored backup_manifest is not JSON: {e}")))?;
+    let mut out = Checksums::new();
+    for f in doc["Files"].as_array().into_iter().flatten() {
+        let path = match (f["Path"].as_str(), f["Encoded-Path"].as_str()) {
+            (Some(p), _) => p.to_owned(),
+            (None, Some(hexed)) => hex::decode(hexed)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default(),
+            _ => continue,
+        };
+        if f["Checksum-Algorithm"] == "SHA256" {
+            if let (Some(size), Some(sum)) = (f["Size"].as_u64(), f["Checksum"].as_str()) {
+                out.insert(path, (size, sum.to_owned()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `backup_manifest` key of a file: relative to the data directory, tablespace files under
+/// `pg_tblspc/<oid>/`.
+fn manifest_key(f: &FileEntry) -> String {
+    let rel = String::from_utf8_lossy(&f.path);
+    if f.tablespace == 0 {
+        rel.into_owned()
+    } else {
+        format!("pg_tblspc/{}/{rel}", f.tablespace)
+    }
+}
+
+/// Writes the backup's files. With `delta`, existing files whose SHA-256 matches the
+/// backup's are kept and files the backup does not have are removed; otherwise the
+/// directories must be empty (the caller checks).
+pub async fn materialize(
+    repo: &Repository,
+    m: &Manifest,
+    layout: &Layout,
+    jobs: usize,
+    delta: bool,
+) -> Result<Materialized> {
+    let sums = checksums(repo, m).await?;
+    let group_readable = m
+        .files
+        .iter()
+        .any(|f| f.file_type == FileType::Regular && f.mode & 0o040 != 0);
+    let dir_mode = if group_readable { 0o750 } else { 0o700 };
+    make_dir(&layout.pgdata, dir_mode)?;
+    for dir in layout.tablespaces.values() {
+        make_dir(dir, dir_mode)?;
+    }
+    // Directories first (in order, parents before children), then files in parallel, then
+    // the tablespace links.
+    for f in m
+        .files
+        .iter()
+        .filter(|f| f.file_type == FileType::Directory)
+    {
+        let path = destination(layout, f)?;
+        make_dir(&path, f.mode & 0o7777)?;
+    }
+    let stats = Counters::default();
+    stream::iter(m.files.iter().filter(|f| f.file_type == FileType::Regular))
+        .map(|f| restore_file(repo, layout, f, &sums, delta, &stats))
+        .buffer_unordered(jobs.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    for f in m.files.iter().filter(|f| f.file_type == FileType::Symlink) {
+        link_tablespace(layout, f)?;
+    }
+    let mut out = stats.snapshot();
+    if delta {
+        out.removed = remove_extra(layout, m)?;
+    }
+    Ok(out)
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    bytes: AtomicU64,
+    verified: AtomicU64,
+    kept: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> Materialized {
+        Materialized {
+            files: self.files.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            verified: self.verified.load(Ordering::Relaxed),
+            kept: self.kept.load(Ordering::Relaxed),
+            removed: 0,
+        }
+    }
+}
+
+async fn restore_file(
+    repo: &Repository,
+    layout: &Layout,
+    f: &FileEntry,
+    sums: &Checksums,
+    delta: bool,
+    stats: &Counters,
+) -> Result<()> {
+    let path = destination(layout, f)?;
+    let key = manifest_key(f);
+    let expected = sums.get(&key);
+    stats.files.fetch_add(1, Ordering::Relaxed);
+    if delta {
+        if let Some((size, sum)) = expected {
+            if matches_file(&path, *size, sum).await {
+                stats.kept.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+    }
+    if let Some(parent) = path.parent() {
+        refuse_symlinked(layout, parent)?;
+    }
+    // A fresh file (never written through an existing symlink): remove, then create.
+    match tokio::fs::symlink_metadata(&path).await {
+        Ok(meta) if meta.is_dir() => {
+            return Err(Error::InvalidInput(format!(
+                "{} is a directory in the target, a file in the backup",
+                path.display()
+            )))
+        }
+        Ok(_) => tokio::fs::remove_file(&path)
+            .await
+            .map_err(|e| Error::io(format!("replacing {}", path.display()), e))?,
+        Err(_) => {}
+    }
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .await
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let mut out = HashingWriter {
+        inner: file,
+        hasher: Sha256::new(),
+    };
+    let written = repo.write_extents(&f.extents, &mut out).await?;
+    out.inner
+        .sync_all()
+        .await
+        .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+    tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode & 0o7777))
+        .await
+        .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
+    stats.bytes.fetch_add(written, Ordering::Relaxed);
+    if written != f.size {
+        return Err(Error::InvalidInput(format!(
+            "{}: wrote {written} bytes, the backup lists {}",
+            path.display(),
+            f.size
+        )));
+    }
+    if let Some((size, sum)) = expected {
+        let actual = hex::encode(out.hasher.finalize());
+        if *size != written || *sum != actual {
+            return Err(Error::Corrupt {
+                object: format!("backup {} file {key}", f.path.escape_ascii()),
+                source: pgkeep_format::FormatError::Invalid {
+                    what: "restored file",
+                    reason: format!(
+                        "{written} bytes with SHA-256 {actual}; PostgreSQL's backup_manifest says {size} bytes, {sum}"
+                    ),
+                },
+            });
+        }
+        stats.verified.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// For `--delta`: whether the file on disk already has the backup's content.
+async fn matches_file(path: &Path, size: u64, sum: &str) -> bool {
+    match tokio::fs::symlink_metadata(path).await {
+        Ok(meta) if meta.is_file() && meta.len() == size => {}
+        _ => return false,
+    }
+    let path = path.to_owned();
+    let sum = sum.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            return false;
+        };
+        let mut h = Sha256::new();
+        if std::io::copy(&mut f, &mut h).is_err() {
+            return false;
+        }
+        hex::encode(h.finalize()) == sum
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Refuses to write below a directory that is (or passes through) a symlink the restore
+/// did not make: a crafted backup or a prepared target could otherwise redirect writes.
+fn refuse_symlinked(layout: &Layout, dir: &Path) -> Result<()> {
+    let roots: Vec<&Path> = std::iter::once(layout.pgdata.as_path())
+        .chain(layout.tablespaces.values().map(PathBuf::as_path))
+        .collect();
+    let Some(root) = roots.iter().find(|r| dir.starts_with(r)) else {
+        return Err(Error::InvalidInput(format!(
+            "{} is outside the restore directories",
+            dir.display()
+        )));
+    };
+    let mut p = root.to_path_buf();
+    for c in dir.strip_prefix(root).unwrap_or(Path::new("")).components() {
+        p.push(c);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::InvalidInput(format!(
+                "{} is a symbolic link: refusing to restore through it",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(Error::InvalidInput(format!(
+                "{} is a symbolic link: refusing to restore through it",
+                path.display()
+            )))
+        }
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::InvalidInput(format!(
+                "{} exists and is not a directory",
+                path.display()
+            )))
+        }
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?,
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))
+}
+
+/// `pg_tblspc/<oid>` → the tablespace's directory.
+fn link_tablespace(layout: &Layout, f: &FileEntry) -> Result<()> {
+    let rel = safe_relative(&f.path)?;
+    let oid = rel
+        .strip_prefix("pg_tblspc")
+        .ok()
+        .and_then(|r| r.to_str())
+        .and_then(|r| r.parse::<u32>().ok())
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "the backup has a symbolic link {} outside pg_tblspc: refusing it",
+                rel.display()
+            ))
+        })?;
+    let target = layout
+        .tablespaces
+        .get(&oid)
+        .ok_or_else(|| Error::InvalidInput(format!("no location for tablespace {oid}")))?;
+    let link = layout.pgdata.join(&rel);
+    if std::fs::symlink_metadata(&link).is_ok() {
+        std::fs::remove_file(&link)
+            .map_err(|e| Error::io(format!("replacing {}", link.display()), e))?;
+    }
+    std::os::unix::fs::symlink(target, &link).map_err(|e| {
+        Error::io(
+            format!("linking {} to {}", link.display(), target.display()),
+            e,
+        )
+    })
+}
+
+/// For `--delta`: removes files the backup does not have (directories are left).
+fn remove_extra(layout: &Layout, m: &Manifest) -> Result<u64> {
+    let mut wanted = std::collections::HashSet::new();
+    for f in &m.files {
+        wanted.insert(destination(layout, f)?);
+    }
+    let mut removed = 0;
+    let mut stack: Vec<PathBuf> = std::iter::once(layout.pgdata.clone())
+        .chain(layout.tablespaces.values().cloned())
+        .collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(path);
+            } else if !wanted.contains(&path) {
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// An `AsyncWrite` that hashes what passes through.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for HashingWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                this.hasher.update(&buf[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_leave_the_directory_are_refused() {
+        for bad in [
+            &b"../etc/passwd"[..],
+            b"/etc/passwd",
+            b"base/../../x",
+            b"",
+            b".",
+            b"a\0b",
+        ] {
+            assert!(
+                safe_relative(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            safe_relative(b"./pg_wal/archive_status").expect("fine"),
+            PathBuf::from("pg_wal/archive_status")
+        );
+        assert_eq!(
+            safe_relative(b"base/5/16384").expect("fine"),
+            PathBuf::from("base/5/16384")
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! Restore and point-in-time recovery: plan, materialize, configure recovery, optionally run
+//! it.
+//!
+//! ```text
+//! plan (manifests + WAL time index) ──> materialize (parallel, verified against
+//! backup_manifest) ──> recovery settings (postgresql.auto.conf, recovery.signal)
+//!   ──> [--start] PostgreSQL replays WAL through `pgkeep wal-fetch` to the target
+//! ```
+//! Nothing is written before the plan says the target is reachable.
+
+pub mod materialize;
+pub mod plan;
+pub mod recovery;
+pub mod start;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub use materialize::{Layout, Materialized};
+pub use plan::{plan, BackupChoice, Plan, RecoveryTarget};
+pub use recovery::{RecoverySettings, TargetAction};
+
+use crate::error::{Error, Result};
+use crate::repository::Repository;
+
+/// Checks the target directory: absent or empty, unless `delta`; never one a running server
+/// uses.
+pub fn check_target(pgdata: &Path, delta: bool) -> Result<()> {
+    let pid = pgdata.join("postmaster.pid");
+    if pid.exists() {
+        let text = std::fs::read_to_string(&pid).unwrap_or_default();
+        let server = text.lines().next().unwrap_or("?");
+        let alive = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+            .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if alive {
+            return Err(Error::InvalidInput(format!(
+                "{} is in use by a running PostgreSQL server (pid {server}): stop it first",
+                pgdata.display()
+            )));
+        }
+    }
+    match std::fs::read_dir(pgdata) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("reading {}", pgdata.display()), e)),
+        Ok(mut entries) => {
+            if entries.next().is_none() || delta {
+                Ok(())
+            } else {
+                Err(Error::InvalidInput(format!(
+                    "{} is not empty: restore into an empty directory, or pass --delta to update it in place",
+                    pgdata.display()
+                )))
+            }
+        }
+    }
+}
+
+/// Where each tablespace goes: the backup's own location unless `map` (OID → directory)
+/// says otherwise.
+pub fn tablespace_layout(plan: &Plan, pgdata: &Path, map: &HashMap<u32, PathBuf>) -> Layout {
+    let tablespaces = plan
+        .manifest
+        .tablespaces
+        .iter()
+        .map(|t| {
+            let dir = map
+                .get(&t.oid)
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from(&t.location));
+            (t.oid, dir)
+        })
+        .collect();
+    Layout {
+        pgdata: pgdata.to_owned(),
+        tablespaces,
+    }
+}
+
+/// Materializes the planned backup and writes the recovery settings.
+pub async fn restore(
+    repo: &Repository,
+    plan: &Plan,
+    layout: &Layout,
+    settings: &RecoverySettings,
+    jobs: usize,
+    delta: bool,
+) -> Result<Materialized> {
+    for dir in layout.tablespaces.values() {
+        check_target(dir, delta)?;
+    }
+    let done = materialize::materialize(repo, &plan.manifest, layout, jobs, delta).await?;
+    settings.write(&layout.pgdata)?;
+    Ok(done)
+}
