@@ -1,52 +1,100 @@
 #!/usr/bin/env bash
-# pgkeep end to end on a local repository, narrated: build, init, keys, store data twice
-# (the second time deduplicates to nothing), list, read back and verify. Needs only cargo.
+# pgkeep's whole story on a brand-new machine, narrated: a throwaway PostgreSQL 15 cluster
+# archiving its WAL with `pgkeep wal-push`, data, a backup, more writes, an accidental
+# DROP TABLE, `pgkeep events` finding it, a restore to just before it with --start, and the
+# table back. Everything lives in a temporary directory and is removed at the end.
+#
+# Run as root on Debian (it installs PostgreSQL 15 through scripts/install-test-deps.sh and
+# runs the cluster and pgkeep as the `postgres` OS user, as a DBA would). Takes a few minutes
+# the first time (building pgkeep).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
+# Runs a command as the postgres OS user, showing it first.
+as_pg() { printf '$ %s\n' "$*"; runuser -u postgres -- env -C "$WORK" "$@"; }
+sql() { runuser -u postgres -- "$BIN/psql" -X -q -h "$WORK" -p "$PORT" -d postgres -Atc "$1"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "run as root: it installs PostgreSQL and runs it as the postgres OS user" >&2
+    exit 2
+fi
 
 say "Building pgkeep (release; the first build takes a few minutes)"
-# Name both targets: with --example alone cargo would build only the example.
-cargo build --release --locked --bin pgkeep --example store_files
-PGKEEP=$PWD/target/release/pgkeep
-STORE=$PWD/target/release/examples/store_files
+cargo build --release --locked --bin pgkeep
+say "Installing PostgreSQL 15 if needed"
+bash scripts/install-test-deps.sh >/dev/null
+BIN=/usr/lib/postgresql/15/bin
+PORT=${PORT:-55499}
 
 WORK=$(mktemp -d /tmp/pgkeep-quickstart.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
-umask 077
-export PGKEEP_REPO="$WORK/repo"
-# The passphrase lives in a private file; pgkeep never takes it on the command line.
-head -c 24 /dev/urandom | base64 > "$WORK/passphrase"
-export PGKEEP_PASSPHRASE_FILE="$WORK/passphrase"
+install -m 755 target/release/pgkeep "$WORK/pgkeep"
+PGKEEP=$WORK/pgkeep
+chown postgres "$WORK"
+cleanup() {
+    for d in "$WORK/data" "$WORK/restored"; do
+        runuser -u postgres -- "$BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
 
-say "Creating a repository at $PGKEEP_REPO"
-run "$PGKEEP" init
-run "$PGKEEP" key list
+say "A repository, with its passphrase in a private file (never on a command line)"
+runuser -u postgres -- sh -c "umask 077; head -c 32 /dev/urandom | base64 > '$WORK/passphrase'"
+runuser -u postgres -- sh -c "umask 077; cat > '$WORK/pgkeep.toml'" <<TOML
+repo = "$WORK/repo"
+passphrase_file = "$WORK/passphrase"
+cluster = "demo"
+TOML
+cat "$WORK/pgkeep.toml"
+as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" init --kdf-memory-mib 8 --kdf-iterations 1
 
-say "Adding a second passphrase (for a colleague or a break-glass envelope)"
-head -c 24 /dev/urandom | base64 > "$WORK/second"
-run "$PGKEEP" key add --label break-glass --new-passphrase-file "$WORK/second"
-run "$PGKEEP" key list
+say "A throwaway PostgreSQL 15 cluster that archives its WAL with pgkeep wal-push"
+runuser -u postgres -- "$BIN/initdb" -D "$WORK/data" -A trust --data-checksums --no-sync >/dev/null
+cat >> "$WORK/data/postgresql.conf" <<CONF
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$WORK'
+wal_level = replica
+archive_mode = on
+archive_command = '$PGKEEP --config $WORK/pgkeep.toml wal-push %p'
+CONF
+echo "host replication all 127.0.0.1/32 trust" >> "$WORK/data/pg_hba.conf"
+grep archive_command "$WORK/data/postgresql.conf"
+runuser -u postgres -- "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
 
-say "Making test data: 32 MiB random, about 70 MiB of compressible table-like rows"
-head -c $((32 << 20)) /dev/urandom > "$WORK/random.bin"
-awk 'BEGIN { for (i = 1; i <= 1600000; i++)
-  printf "%08d|customer-%d|%s|2026-11-%02d|%d\n", i, i % 5000, (i % 7 ? "active" : "closed"), i % 28 + 1, (i * 7919) % 100000 }' \
-  > "$WORK/rows.txt"
-ls -lh "$WORK/random.bin" "$WORK/rows.txt"
+say "Some data: 100 000 customers"
+sql "CREATE TABLE customers AS SELECT g AS id, 'customer ' || g AS name FROM generate_series(1, 100000) g"
+echo "customers: $(sql 'SELECT count(*) FROM customers')"
 
-say "Storing both files as a backup (chunked, deduplicated, zstd, AES-256-GCM)"
-run "$STORE" "$PGKEEP_REPO" "$WORK/random.bin" "$WORK/rows.txt"
-du -sh "$PGKEEP_REPO"
+say "A base backup over the replication protocol"
+as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" backup --pg "host=$WORK port=$PORT user=postgres" --label first
 
-say "Storing the same files again: nothing new is stored"
+say "More writes after the backup, then the mistake"
+sql "INSERT INTO customers SELECT g, 'late customer ' || g FROM generate_series(100001, 100500) g"
+echo "customers: $(sql 'SELECT count(*) FROM customers')"
 sleep 1
-run "$STORE" "$PGKEEP_REPO" "$WORK/random.bin" "$WORK/rows.txt"
-du -sh "$PGKEEP_REPO"
+echo '$ psql -c "DROP TABLE customers"   -- oops'
+sql "DROP TABLE customers"
+sql "SELECT pg_switch_wal()" >/dev/null
+# Wait until the segment with the DROP is archived.
+for _ in $(seq 100); do
+    [ "$(sql "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'")" = 0 ] && break
+    sleep 0.2
+done
 
-say "The backups in the repository"
-run "$PGKEEP" list
+say "What happened? pgkeep events lists restore points, aborts and transactions that dropped relations"
+as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" events
+XID=$(runuser -u postgres -- "$PGKEEP" --config "$WORK/pgkeep.toml" --json events |
+    python3 -c 'import json,sys; print([e["xid"] for e in json.load(sys.stdin) if e["dropped"]][-1])')
+echo "the DROP TABLE was transaction $XID"
 
-say "Done. (pgkeep backup of a live PostgreSQL server arrives with the replication client.)"
+say "Restore to just before that transaction, and let PostgreSQL replay up to it"
+as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" restore --pgdata "$WORK/restored" \
+    --target-xid "$XID" --target-exclusive --start --port $((PORT + 1)) --pg-bin "$BIN"
+
+say "The table is back, with the rows written after the backup"
+echo "customers: $(runuser -u postgres -- "$BIN/psql" -X -h "$WORK/restored" -p $((PORT + 1)) -d postgres -Atc 'SELECT count(*) FROM customers')"
+echo
+echo "The restored server is paused at the target; in real life: check it, then"
+echo "SELECT pg_wal_replay_resume() to promote it. This demo now cleans up."

@@ -131,8 +131,8 @@ Example:\n  pgkeep events --since '2026-11-21 08:00:00' --until '2026-11-21 09:0
         after_help = "Plans first (which backup, which WAL, where recovery stops) and refuses a target the \
 archive cannot reach, before writing anything. Files are written in parallel and checked against \
 PostgreSQL's backup_manifest. Recovery settings go to postgresql.auto.conf in a marked block, with \
-restore_command = pgkeep wal-fetch on the same repository, and recovery.signal. Times need a zone \
-(Z, UTC, +01:00); the plan echoes them in UTC.\n\n\
+restore_command = pgkeep wal-fetch on the same repository, and recovery.signal. A time without a \
+zone is local time (TZ, else /etc/localtime); the plan echoes it in UTC.\n\n\
 Examples:\n  pgkeep restore --pgdata /var/lib/postgresql/15/restored --target-time '2026-11-21 09:14:00+01' --dry-run\n  \
 pgkeep restore --pgdata /srv/pg/restored --target-name before_migration --start"
     )]
@@ -262,8 +262,8 @@ pub(crate) struct RestoreArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct EventsArgs {
-    /// Only events at or after this time: RFC 3339 (`2026-11-21T08:00:00+01:00`) or
-    /// `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC).
+    /// Only events at or after this time: `YYYY-MM-DD HH:MM[:SS[.ffffff]]` with an optional
+    /// zone (`Z`, `+01:00`, ` Europe/Berlin`); without one, local time.
     #[arg(long, value_name = "TIME")]
     pub(crate) since: Option<String>,
     /// Only events at or before this time (same forms as --since).

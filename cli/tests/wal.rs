@@ -211,15 +211,33 @@ fn events_report_commits_restore_points_and_drops_exactly() {
         "{out}"
     );
     assert!(!windowed.iter().any(|e| e["xid"] == commits[0].0), "{out}");
-    let (_, err) = a
-        .env
-        .expect(&["events", "--since", "2026-11-21 08:00:00"], 2);
+    let (_, err) = a.env.expect(
+        &["events", "--since", "2026-11-21 08:00:00 Mars/Olympus"],
+        2,
+    );
     assert!(err.contains("time zone"), "{err}");
+    // Without a zone: local time (TZ), read as PostgreSQL would.
+    let since_local = local_time(before_rp);
+    let mut local = a
+        .env
+        .command(&["--json", "events", "--all", "--since", &since_local]);
+    let out = local.env("TZ", "Asia/Kolkata").output().expect("events");
+    let in_india: Vec<Value> = serde_json::from_slice(&out.stdout).expect("events JSON");
+    assert_eq!(in_india, windowed, "the same window read in local time");
     let (table, _) = a.env.expect(&["events"], 0);
     assert!(
         table.contains("before_drop") && table.contains("dropped"),
         "{table}"
     );
+}
+
+/// Unix µs as a wall-clock time in Asia/Kolkata (UTC+05:30 all year), without a zone.
+fn local_time(us: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_micros((us + 19_800_000_000) as u64);
+    humantime::format_rfc3339_micros(t)
+        .to_string()
+        .trim_end_matches('Z')
+        .replace('T', " ")
 }
 
 fn format_us(us: i64) -> String {

@@ -1,14 +1,22 @@
 //! Timestamps as users type them and as pgkeep prints them: unix microseconds inside.
 //!
-//! Accepted: `YYYY-MM-DD[ T]HH:MM[:SS[.ffffff]]` followed by a zone: `Z`, `UTC`, `+HH`,
-//! `+HH:MM` or `+HHMM` (or `-`), with or without a space before it. A time without a zone is
-//! refused rather than guessed: whether it means UTC or the server's local time decides which
-//! transactions a recovery keeps.
+//! Accepted, as PostgreSQL accepts `timestamptz` in its common forms:
+//! `YYYY-MM-DD[ T]HH:MM[:SS[.ffffff]]`, then optionally a zone: `Z`, `UTC`, `+HH`, `+HH:MM`
+//! or `+HHMM` (or `-`), or an IANA name after a space (`Europe/Berlin`). Without a zone the
+//! time is local time (the `TZ` variable, else `/etc/localtime`), as psql would read it;
+//! commands echo what they understood in UTC, so the reading can be checked.
+
+use jiff::tz::TimeZone;
 
 use crate::error::{Error, Result};
 
-/// Parses a timestamp with an explicit zone into unix microseconds.
+/// Parses a timestamp into unix microseconds; a time without a zone is local time.
 pub fn parse_timestamp(text: &str) -> Result<i64> {
+    parse_timestamp_in(text, &TimeZone::system())
+}
+
+/// [`parse_timestamp`] with `local` as the zone of times that name none.
+pub fn parse_timestamp_in(text: &str, local: &TimeZone) -> Result<i64> {
     let bad = |why: &str| {
         Error::InvalidInput(format!(
             "timestamp {text:?}: {why} (expected e.g. 2026-11-21 08:30:00+01 or 2026-11-21T07:30:00.5Z)"
@@ -32,7 +40,7 @@ pub fn parse_timestamp(text: &str) -> Result<i64> {
     // Split the time of day from the zone.
     let zone_at = rest
         .find(['Z', 'z', '+', '-', ' ', 'U'])
-        .ok_or_else(|| bad("no time zone: add Z, UTC or an offset such as +01:00"))?;
+        .unwrap_or(rest.len());
     let (clock, zone) = rest.split_at(zone_at);
     let zone = zone.trim_start();
     let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
@@ -60,11 +68,34 @@ pub fn parse_timestamp(text: &str) -> Result<i64> {
     } else {
         number(frac).unwrap_or(0) * 10_i64.pow(6 - frac.len() as u32)
     };
-    let offset_s = zone_offset(zone)
-        .ok_or_else(|| bad("unknown time zone: use Z, UTC or an offset such as +01:00"))?;
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
-    Ok(secs * 1_000_000 + micros)
+    if let Some(offset_s) = zone_offset(zone) {
+        let days = days_from_civil(year, month, day);
+        let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+        return Ok(secs * 1_000_000 + micros);
+    }
+    let tz = if zone.is_empty() {
+        local.clone()
+    } else {
+        TimeZone::get(zone).map_err(|_| {
+            bad("unknown time zone: use Z, UTC, an offset such as +01:00, or a name such as Europe/Berlin")
+        })?
+    };
+    // Civil time in a zone with rules: jiff resolves DST gaps and folds as PostgreSQL does
+    // (the earlier offset in a fold, shifted forward in a gap).
+    let civil = jiff::civil::DateTime::new(
+        year as i16,
+        month as i8,
+        day as i8,
+        hour as i8,
+        minute as i8,
+        second as i8,
+        (micros * 1000) as i32,
+    )
+    .map_err(|_| bad("no such date"))?;
+    let ts = tz
+        .to_timestamp(civil)
+        .map_err(|_| bad("not representable in that time zone"))?;
+    Ok(ts.as_microsecond())
 }
 
 /// Unix microseconds as `2026-11-21T08:30:00.123456Z`.
@@ -155,14 +186,40 @@ mod tests {
     }
 
     #[test]
+    fn local_and_named_zones() {
+        let base = 1_795_250_000_000_000; // 2026-11-21T08:33:20Z
+        let plus2 = TimeZone::fixed(jiff::tz::offset(2));
+        assert_eq!(
+            parse_timestamp_in("2026-11-21 10:33:20", &plus2).expect("local"),
+            base
+        );
+        assert_eq!(
+            parse_timestamp_in("2026-11-21T10:33:20.25", &plus2).expect("local"),
+            base + 250_000
+        );
+        // An explicit zone wins over the local one.
+        assert_eq!(
+            parse_timestamp_in("2026-11-21 08:33:20Z", &plus2).expect("utc"),
+            base
+        );
+        if let Ok(berlin) = TimeZone::get("Europe/Berlin") {
+            let _ = berlin;
+            // November: CET, UTC+1.
+            assert_eq!(
+                parse_timestamp_in("2026-11-21 09:33:20 Europe/Berlin", &plus2).expect("named"),
+                base
+            );
+        }
+    }
+
+    #[test]
     fn refuses_what_it_would_have_to_guess() {
         for text in [
-            "2026-11-21 06:33:20",
             "2026-11-21",
             "2026-02-30 00:00:00Z",
             "2026-11-21 24:00:00Z",
             "2026-11-21 06:33:20.1234567Z",
-            "2026-11-21 06:33:20 CET",
+            "2026-11-21 06:33:20 Mars/Olympus",
             "21/11/2026 06:33:20Z",
             "",
         ] {

@@ -33,6 +33,22 @@ impl Archiving {
         settings: &[(&str, &str)],
         push: bool,
     ) -> Self {
+        Self::build(version, segment_mib, settings, push, false)
+    }
+
+    /// The same with the repository on the loopback S3 server (credentials in the config
+    /// file's `[storage]` table, as a DBA would keep them).
+    pub fn with_s3(version: PgVersion, segment_mib: u32, push: bool) -> Self {
+        Self::build(version, segment_mib, &[], push, true)
+    }
+
+    fn build(
+        version: PgVersion,
+        segment_mib: u32,
+        settings: &[(&str, &str)],
+        push: bool,
+        s3: bool,
+    ) -> Self {
         let mut builder = PgCluster::builder(version)
             .wal_segment_mib(segment_mib)
             .setting("archive_mode", "on")
@@ -46,23 +62,31 @@ impl Archiving {
         let pass = dir.join("passphrase");
         pg.write_owned(&pass, "wal archive test\n", 0o600)
             .expect("passphrase file");
+        let mut text = format!(
+            "passphrase_file = {:?}\ncluster = \"main\"\n",
+            pass.display().to_string()
+        );
+        if s3 {
+            let server = pgkeep_testkit::S3Server::shared()
+                .expect("S3 test server (run scripts/install-test-deps.sh)");
+            let bucket = server.unique_bucket("pitr").expect("bucket");
+            text.push_str(&format!("repo = \"s3://{bucket}/pgkeep\"\n[storage]\n"));
+            for (k, v) in server.env() {
+                text.push_str(&format!("{} = {v:?}\n", k.to_ascii_lowercase()));
+            }
+        } else {
+            text = format!("repo = {:?}\n{text}", repo.display().to_string());
+        }
         let config = dir.join("pgkeep.toml");
-        pg.write_owned(
-            &config,
-            &format!(
-                "repo = {:?}\npassphrase_file = {:?}\ncluster = \"main\"\n",
-                repo.display().to_string(),
-                pass.display().to_string()
-            ),
-            0o600,
-        )
-        .expect("config");
+        pg.write_owned(&config, &text, 0o600).expect("config");
         let mut env = Env::new();
         env.set("PGKEEP_CONFIG", &config.display().to_string());
         // Cheap key derivation: a pgkeep key for archive_command should use a long random
         // passphrase, which needs no stretching (see README, "WAL archiving").
         env.expect(&["init"], 0);
-        pg.give_tree_to_owner(&repo).expect("chown repo");
+        if !s3 {
+            pg.give_tree_to_owner(&repo).expect("chown repo");
+        }
         let a = Self {
             pg,
             env,
