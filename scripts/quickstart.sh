@@ -89,12 +89,16 @@ XID=$(runuser -u postgres -- "$PGKEEP" --config "$WORK/pgkeep.toml" --json event
     python3 -c 'import json,sys; print([e["xid"] for e in json.load(sys.stdin) if e["dropped"]][-1])')
 echo "the DROP TABLE was transaction $XID"
 
-say "Restore to just before that transaction, and let PostgreSQL replay up to it"
+say "Restore to just before that transaction, replay up to it, and promote"
+# Promote: paused at the target, the half-replayed DROP would still hold its lock on the
+# table (hot standby replays locks); ending recovery aborts it.
 as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" restore --pgdata "$WORK/restored" \
-    --target-xid "$XID" --target-exclusive --start --port $((PORT + 1)) --pg-bin "$BIN"
+    --target-xid "$XID" --target-exclusive --target-action promote \
+    --start --port $((PORT + 1)) --pg-bin "$BIN"
 
 say "The table is back, with the rows written after the backup"
 echo "customers: $(runuser -u postgres -- "$BIN/psql" -X -h "$WORK/restored" -p $((PORT + 1)) -d postgres -Atc 'SELECT count(*) FROM customers')"
 echo
-echo "The restored server is paused at the target; in real life: check it, then"
-echo "SELECT pg_wal_replay_resume() to promote it. This demo now cleans up."
+echo "The restored server runs on a new timeline, with the table as it was just before the"
+echo "DROP. (With the default --target-action pause it would wait at the target for you to"
+echo "check it first.) This demo now cleans up."

@@ -207,7 +207,7 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
         plan_out.wal_last,
         plan_out.target,
         match (&plan_out.expected_stop_lsn, &plan_out.expected_stop_time) {
-            (Some(l), Some(t)) => format!(" (stops at the record at {l}, {t})"),
+            (Some(l), Some(t)) => format!(" (around the record at {l}, {t})"),
             (Some(l), None) => format!(" (stops at {l})"),
             _ => String::new(),
         }

@@ -246,7 +246,7 @@ pub async fn plan(
                     covers()
                 )));
             }
-            (seg, Some((e.event.end, Some(e.event.time_us))))
+            (seg, Some((e.event.lsn, Some(e.event.time_us))))
         }
     };
     Ok(Plan {
