@@ -61,20 +61,40 @@ fn pg_ctl_stop(a: &Archiving, pgdata: &Path) {
     let _ = a.pg.run_as_owner(&mut cmd).output();
 }
 
-/// Restores with `target` flags, starts recovery, returns the state it reached.
+/// Restores with `target` flags (the tablespace remapped to a fresh directory), starts
+/// recovery, returns the state it reached.
 fn restore_and_query(a: &Archiving, name: &str, target: &[&str]) -> (String, Value) {
     let dir = a.pg.owned_dir(name).expect("dir");
+    let ts_dir =
+        a.pg.owned_dir(&format!("{name}-ts"))
+            .expect("tablespace dir");
+    let ts_oid = a.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
+    let map = format!("{ts_oid}={}", ts_dir.display());
     let port = free_port();
     let dir_arg = dir.display().to_string();
     let port_arg = port.to_string();
     let bin = a.pg.bin_dir().display().to_string();
     let mut args = vec![
-        "--json", "restore", "--pgdata", &dir_arg, "--start", "--port", &port_arg, "--pg-bin", &bin,
+        "--json",
+        "restore",
+        "--pgdata",
+        &dir_arg,
+        "--start",
+        "--port",
+        &port_arg,
+        "--pg-bin",
+        &bin,
+        "--tablespace-map",
+        &map,
     ];
     args.extend_from_slice(target);
     let (out, _) = a.expect_as_server(&args, 0);
     let report: Value = serde_json::from_str(&out).expect("restore JSON");
     let state = query(a, &dir, port, STATE);
+    // The tablespace's table came back, in the mapped directory, behind pg_tblspc.
+    assert_eq!(query(a, &dir, port, "SELECT count(*) FROM in_ts"), "100");
+    let link = std::fs::read_link(dir.join("pg_tblspc").join(&ts_oid)).expect("pg_tblspc link");
+    assert_eq!(link, ts_dir);
     pg_ctl_stop(a, &dir);
     (state, report)
 }
@@ -87,6 +107,8 @@ fn pitr_proof(version: PgVersion, s3: bool) {
     };
     let conn = a.pg.connstring();
     a.sql("CREATE TABLE ledger (id serial PRIMARY KEY, v int); CREATE TABLE victim (x int)");
+    a.pg.create_tablespace("ts").expect("tablespace");
+    a.sql("CREATE TABLE in_ts TABLESPACE ts AS SELECT g FROM generate_series(1, 100) g");
     a.sql("INSERT INTO ledger (v) SELECT g FROM generate_series(1, 1000) g");
     a.expect_as_server(&["backup", "--pg", &conn, "--label", "first"], 0);
     a.pgbench(&["-i", "-q", "-s", "1"]);
@@ -183,21 +205,47 @@ fn pitr_proof(version: PgVersion, s3: bool) {
         2,
     );
     assert!(err.contains("no restore point named"), "{err}");
+    let live = a.pg.data_dir().display().to_string();
+    let (_, err) = a.expect_as_server(&["restore", "--pgdata", &live, "--delta"], 2);
+    assert!(err.contains("running PostgreSQL server"), "{err}");
     assert_eq!(
         std::fs::read_dir(&dir).expect("dir").count(),
         0,
         "nothing written when refused"
     );
 
-    // A restore into a non-empty directory is refused; --delta repairs one.
+    // The tablespace's original location is the live server's: never written to.
     let target = a.pg.owned_dir("delta").expect("dir");
     let target_arg = target.display().to_string();
-    a.expect_as_server(
+    let (_, err) = a.expect_as_server(
         &["restore", "--pgdata", &target_arg, "--target-immediate"],
+        2,
+    );
+    assert!(err.contains("tablespaces/ts is not empty"), "{err}");
+    // A restore into a non-empty directory is refused; --delta repairs one.
+    let ts_oid = a.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
+    let ts_dir = a.pg.owned_dir("delta-ts").expect("dir");
+    let map = format!("{ts_oid}={}", ts_dir.display());
+    a.expect_as_server(
+        &[
+            "restore",
+            "--pgdata",
+            &target_arg,
+            "--target-immediate",
+            "--tablespace-map",
+            &map,
+        ],
         0,
     );
     let (_, err) = a.expect_as_server(
-        &["restore", "--pgdata", &target_arg, "--target-immediate"],
+        &[
+            "restore",
+            "--pgdata",
+            &target_arg,
+            "--target-immediate",
+            "--tablespace-map",
+            &map,
+        ],
         2,
     );
     assert!(err.contains("not empty"), "{err}");
@@ -214,6 +262,8 @@ fn pitr_proof(version: PgVersion, s3: bool) {
             &target_arg,
             "--target-immediate",
             "--delta",
+            "--tablespace-map",
+            &map,
         ],
         0,
     );
@@ -223,9 +273,10 @@ fn pitr_proof(version: PgVersion, s3: bool) {
     assert!(report["removed"].as_u64() >= Some(1), "{report}");
     assert!(!target.join("base/stray").exists());
     assert!(target.join("recovery.signal").exists());
-    // Rewritten and checked: PG_VERSION, global/pg_control, and postgresql.auto.conf (the
-    // first restore had appended its recovery block).
-    assert_eq!(report["verified_against_backup_manifest"], 3, "{report}");
+    // Rewritten and checked: PG_VERSION, global/pg_control, and the two files the first
+    // restore had changed on purpose: postgresql.auto.conf (its recovery block) and
+    // tablespace_map (pointed at the mapped directory).
+    assert_eq!(report["verified_against_backup_manifest"], 4, "{report}");
     assert_eq!(std::fs::read(&pg_version).expect("PG_VERSION"), original);
     assert!(target.join("global/pg_control").exists());
 

@@ -162,6 +162,7 @@ pub async fn materialize(
     for f in m.files.iter().filter(|f| f.file_type == FileType::Symlink) {
         link_tablespace(layout, f)?;
     }
+    rewrite_tablespace_map(layout)?;
     let mut out = stats.snapshot();
     if delta {
         out.removed = remove_extra(layout, m)?;
@@ -373,6 +374,73 @@ fn link_tablespace(layout: &Layout, f: &FileEntry) -> Result<()> {
     })
 }
 
+/// Points `tablespace_map` at the restore's tablespace directories. PostgreSQL recreates the
+/// `pg_tblspc` links from this file when recovery starts, so a remapped tablespace left with
+/// its original line would be linked back to the original location: the restored server
+/// would then use (and write into) the source server's tablespace.
+fn rewrite_tablespace_map(layout: &Layout) -> Result<()> {
+    let path = layout.pgdata.join("tablespace_map");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let mut out = String::new();
+    for (oid, original) in parse_tablespace_map(&text) {
+        let dir = match oid
+            .parse::<u32>()
+            .ok()
+            .and_then(|o| layout.tablespaces.get(&o))
+        {
+            Some(dir) => dir.to_string_lossy().into_owned(),
+            None => original,
+        };
+        out.push_str(&format!("{oid} {}\n", escape_map_path(&dir)));
+    }
+    std::fs::write(&path, out).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// `tablespace_map` entries: `<oid> <path>` per line, where a backslash escapes the next
+/// character (so a path may hold a newline).
+fn parse_tablespace_map(text: &str) -> Vec<(String, String)> {
+    let mut entries = Vec::new();
+    let mut chars = text.chars();
+    let mut line = String::new();
+    let mut flush = |line: &mut String| {
+        if let Some((oid, path)) = line.split_once(' ') {
+            entries.push((oid.to_owned(), path.to_owned()));
+        }
+        line.clear();
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    line.push(next);
+                }
+            }
+            '\n' => flush(&mut line),
+            c => line.push(c),
+        }
+    }
+    flush(&mut line);
+    entries
+}
+
+/// `tablespace_map` escapes backslash, CR and LF in paths with a backslash.
+fn escape_map_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\\n"),
+            '\r' => out.push_str("\\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// For `--delta`: removes files the backup does not have (directories are left).
 fn remove_extra(layout: &Layout, m: &Manifest) -> Result<u64> {
     let mut wanted = std::collections::HashSet::new();
@@ -436,6 +504,23 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for HashingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tablespace_map_round_trips_with_escapes() {
+        let text = "16400 /srv/ts one\n16401 /srv/odd\\\nname\\\\x\n";
+        let entries = parse_tablespace_map(text);
+        assert_eq!(
+            entries,
+            vec![
+                ("16400".to_owned(), "/srv/ts one".to_owned()),
+                ("16401".to_owned(), "/srv/odd\nname\\x".to_owned()),
+            ]
+        );
+        assert_eq!(
+            escape_map_path("/srv/odd\nname\\x"),
+            "/srv/odd\\\nname\\\\x"
+        );
+    }
 
     #[test]
     fn paths_that_leave_the_directory_are_refused() {
