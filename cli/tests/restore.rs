@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::archiving::Archiving;
+use common::free_port;
 use pgkeep_testkit::pg::PgVersion;
 use serde_json::Value;
 
@@ -21,14 +22,6 @@ struct Mark {
     lsn: String,
     xid: String,
     state: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// psql on a restored server's socket (in its data directory), as the server's OS user.

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::archiving::Archiving;
+use common::free_port;
 use pgkeep_testkit::pg::{PgCluster, PgVersion};
 use serde_json::Value;
 
@@ -24,14 +25,6 @@ impl Drop for Streamer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn start_stream(a: &Archiving, pg: &PgCluster, slot: &str) -> Streamer {

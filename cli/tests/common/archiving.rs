@@ -113,17 +113,7 @@ impl Archiving {
 
     /// [`Self::pgkeep_as_server`], asserting the exit code; returns stdout and stderr.
     pub fn expect_as_server(&self, args: &[&str], code: i32) -> (String, String) {
-        let out = self.pgkeep_as_server(args);
-        let (so, se) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "pgkeep {args:?}\nstdout: {so}\nstderr: {se}"
-        );
-        (so, se)
+        super::expect_code(&self.pgkeep_as_server(args), args, code)
     }
 
     pub fn install_archive_command(&self) {

@@ -61,17 +61,7 @@ impl Env {
 
     /// Runs and asserts the exit code; returns stdout and stderr.
     pub fn expect(&self, args: &[&str], code: i32) -> (String, String) {
-        let out = self.run(args);
-        let (so, se) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "pgkeep {args:?}\nstdout: {so}\nstderr: {se}"
-        );
-        (so, se)
+        expect_code(&self.run(args), args, code)
     }
 
     /// `pgkeep list --json`.
@@ -79,4 +69,27 @@ impl Env {
         let (out, _) = self.expect(&["--json", "list"], 0);
         serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("list --json")
     }
+}
+
+/// Asserts a pgkeep run's exit code (showing its output if wrong); returns stdout and stderr.
+pub fn expect_code(out: &Output, args: &[&str], code: i32) -> (String, String) {
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "pgkeep {args:?}\nstdout: {so}\nstderr: {se}"
+    );
+    (so, se)
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
