@@ -32,6 +32,11 @@ cleanup() {
 trap cleanup EXIT
 as_pg() { runuser -u postgres -- env -C "$WORK" "$@"; }
 
+# pgkeep: repository at zstd 1 (the archiver's key with cheap KDF parameters).
+as_pg sh -c "umask 077; head -c 32 /dev/urandom | base64 > '$WORK/pass'"
+as_pg sh -c "umask 077; printf 'repo = \"%s\"\npassphrase_file = \"%s\"\ncompression = 1\njobs = 2\n' '$WORK/pgkeep-repo' '$WORK/pass' > '$WORK/pgkeep.toml'"
+as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" init --kdf-memory-mib 8 --kdf-iterations 1 >/dev/null
+
 as_pg "$BIN/initdb" -D "$WORK/data" -A trust --data-checksums --no-sync >/dev/null
 cat >> "$WORK/data/postgresql.conf" <<CONF
 port = $PORT
@@ -39,16 +44,22 @@ listen_addresses = ''
 unix_socket_directories = '$WORK'
 wal_level = replica
 max_wal_size = 4GB
+archive_mode = on
+archive_command = '$PGKEEP --config $WORK/pgkeep.toml wal-push %p'
 CONF
 as_pg "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
 as_pg "$BIN/pgbench" -h "$WORK" -p "$PORT" -i -q -s "$SCALE" postgres >/dev/null 2>&1
 size=$(as_pg "$BIN/psql" -h "$WORK" -p "$PORT" -XAtc "SELECT pg_database_size('postgres')" postgres)
 
-# pgkeep: repository at zstd 1, a backup.
-as_pg sh -c "umask 077; head -c 32 /dev/urandom | base64 > '$WORK/pass'"
-as_pg sh -c "umask 077; printf 'repo = \"%s\"\npassphrase_file = \"%s\"\ncompression = 1\njobs = 2\n' '$WORK/pgkeep-repo' '$WORK/pass' > '$WORK/pgkeep.toml'"
-as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" init --kdf-memory-mib 8 --kdf-iterations 1 >/dev/null
+# pgkeep: a backup; its WAL is archived by the cluster's archive_command (a restore is
+# planned against the archive, so it needs the backup's WAL there).
 as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" backup --pg "host=$WORK port=$PORT user=postgres" >/dev/null
+as_pg "$BIN/psql" -h "$WORK" -p "$PORT" -XAtc "SELECT pg_switch_wal()" postgres >/dev/null
+for _ in $(seq 150); do
+    ready=$(as_pg "$BIN/psql" -h "$WORK" -p "$PORT" -XAtc "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'" postgres)
+    [ "$ready" = 0 ] && break
+    sleep 0.2
+done
 
 # pgBackRest: the same settings, a full backup (no WAL archiving configured: archive-check off).
 mkdir -p "$WORK/pgbr-repo" "$WORK/pgbr-spool" "$WORK/pgbr-log"
