@@ -287,22 +287,6 @@ impl WalArchive {
         }
         Ok(out)
     }
-
-    /// The stored segments (not partial) of one timeline, in order.
-    pub async fn segments(&self, timeline: TimelineId) -> Result<Vec<WalFileName>> {
-        let dir = pgkeep_format::layout::wal_dir(&self.cluster, timeline.0);
-        let mut out: Vec<WalFileName> = self
-            .repo
-            .store()
-            .list(&dir)
-            .await?
-            .into_iter()
-            .filter_map(|i| WalFileName::parse(i.name.rsplit('/').next()?).ok())
-            .filter(|n| n.kind() == WalFileKind::Segment && n.timeline() == timeline)
-            .collect();
-        out.sort();
-        Ok(out)
-    }
 }
 
 /// Same name, same bytes: success. Same name, other bytes: refused, naming both checksums.
