@@ -63,6 +63,12 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true)]
     pub(crate) json: bool,
 
+    /// How long backup, restore and prune wait for a conflicting repository lock (a prune,
+    /// or the backups a prune waits for), e.g. 90s, 15min, 2h; 0 fails at once.
+    /// Also PGKEEP_LOCK_WAIT; config key: lock_wait. [default: 15min]
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub(crate) lock_wait: Option<String>,
+
     /// Log filter for stderr (error, warn, info, debug, trace, or tracing directives).
     /// Also PGKEEP_LOG; config key: log_level. [default: warn]
     #[arg(long, global = true, value_name = "FILTER")]

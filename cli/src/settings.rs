@@ -46,6 +46,11 @@ pub(crate) struct ConfigFile {
     pub(crate) partial_interval: Option<u64>,
     /// `wal-stream`: Prometheus endpoint address.
     pub(crate) metrics_addr: Option<String>,
+    /// Wait for conflicting repository locks (humantime duration).
+    pub(crate) lock_wait: Option<String>,
+    /// `expire`: retention policy (see docs/retention.md).
+    #[serde(default)]
+    pub(crate) retention: Retention,
     /// `object_store` options for the repository's storage.
     #[serde(default)]
     pub(crate) storage: BTreeMap<String, String>,
@@ -65,6 +70,30 @@ impl ConfigFile {
             .map_err(|e| UsageError(format!("config file {}: {e}", path.display())))?;
         Ok((parsed, Some(path)))
     }
+}
+
+/// The `[retention]` table: `expire`'s policy when no `--keep-*` flag is given.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Retention {
+    pub(crate) keep_last: Option<u32>,
+    pub(crate) keep_daily: Option<u32>,
+    pub(crate) keep_weekly: Option<u32>,
+    pub(crate) keep_monthly: Option<u32>,
+    pub(crate) keep_yearly: Option<u32>,
+    pub(crate) keep_within: Option<String>,
+}
+
+/// Parses a duration such as `90s`, `15min`, `7d`, `2weeks`.
+pub(crate) fn parse_duration(what: &str, s: &str) -> Result<std::time::Duration, UsageError> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        UsageError(format!(
+            "{what} {s:?}: {e} (write e.g. 90s, 15min, 12h, 7d, 2weeks)"
+        ))
+    })
 }
 
 /// A value of a `PGKEEP_*` variable, parsed; empty counts as unset.
@@ -109,6 +138,8 @@ pub(crate) struct Settings {
     pub(crate) json: bool,
     pub(crate) log_level: String,
     pub(crate) config_path: Option<PathBuf>,
+    /// `--lock-wait`, `PGKEEP_LOCK_WAIT` or `lock_wait`, unparsed.
+    pub(crate) lock_wait: Option<String>,
     pub(crate) file: ConfigFile,
 }
 
@@ -158,8 +189,22 @@ impl Settings {
                 .or_else(|| file.log_level.clone())
                 .unwrap_or_else(|| "warn".into()),
             config_path,
+            lock_wait: g
+                .lock_wait
+                .clone()
+                .or(env_var("PGKEEP_LOCK_WAIT")?)
+                .or_else(|| file.lock_wait.clone()),
             file,
         })
+    }
+
+    /// Lock waiting for backup, restore, prune and drill (`--lock-wait`).
+    pub(crate) fn lock_options(&self) -> Result<pgkeep_engine::lock::LockOptions, UsageError> {
+        let mut opts = pgkeep_engine::lock::LockOptions::default();
+        if let Some(w) = &self.lock_wait {
+            opts.wait = parse_duration("lock wait", w)?;
+        }
+        Ok(opts)
     }
 
     pub(crate) fn repo(&self) -> Result<&str, UsageError> {

@@ -95,6 +95,14 @@ pub enum Error {
     /// contradicts its name.
     #[error("{file}: {reason}")]
     WalRefused { file: String, reason: String },
+    /// Another process holds a lock that conflicts with this operation (a `prune` while a
+    /// backup runs, or the other way round), and it did not finish within the wait.
+    #[error("cannot {operation} now: the repository is locked by {holder} ({object}); wait for it to finish, raise --lock-wait, or, if that process is gone, wait until its lock goes stale")]
+    Locked {
+        operation: String,
+        holder: String,
+        object: String,
+    },
     /// The chunk pipeline stopped (a worker or upload failed); the cause follows.
     #[error("the chunk pipeline stopped: {0}")]
     Pipeline(String),

@@ -104,15 +104,26 @@ fn parse_segment_name(name: &str) -> Option<IndexId> {
 
 impl Repository {
     /// Loads every index segment not loaded yet (all of them on first call).
+    ///
+    /// When a segment loaded earlier is gone, `prune` has rewritten the index and may have
+    /// deleted packs it listed: the whole index is then reloaded, so no session dedups
+    /// against a chunk that no longer exists.
     pub async fn load_index(&self) -> Result<()> {
         let mut loaded = self.inner.index.loaded.lock().await;
-        let known: HashSet<IndexId> = self.read_index(|i| i.segments.clone());
-        let todo: Vec<IndexId> = self
+        let listed: HashSet<IndexId> = self
             .store()
             .list(layout::INDEX_DIR)
             .await?
             .iter()
             .filter_map(|o| parse_segment_name(&o.name))
+            .collect();
+        let mut known: HashSet<IndexId> = self.read_index(|i| i.segments.clone());
+        if !known.is_subset(&listed) {
+            *self.write_index() = ChunkIndex::default();
+            known.clear();
+        }
+        let todo: Vec<IndexId> = listed
+            .into_iter()
             .filter(|id| !known.contains(id))
             .collect();
         let segments: Vec<(IndexId, IndexSegment)> = futures::stream::iter(todo)

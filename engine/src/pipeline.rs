@@ -153,9 +153,11 @@ impl std::fmt::Debug for WriteSession {
 }
 
 impl Repository {
-    /// Starts a write session (loads the index first, for deduplication).
+    /// Starts a write session (loads the index first, for deduplication; reloads it when
+    /// `prune` has rewritten it since). Callers hold a shared lock (`Repository::lock`) from
+    /// before this until their manifest is written, so no prune runs in between.
     pub async fn write_session(&self, opts: WriteOptions) -> Result<WriteSession> {
-        self.ensure_index().await?;
+        self.load_index().await?;
         let jobs = if opts.jobs == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {

@@ -99,6 +99,13 @@ pub fn parse_timestamp_in(text: &str, local: &TimeZone) -> Result<i64> {
 }
 
 /// Unix microseconds as `2026-11-21T08:30:00.123456Z`.
+/// The current time in Unix microseconds.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 pub fn format_timestamp_us(us: i64) -> String {
     let t = if us >= 0 {
         std::time::UNIX_EPOCH + std::time::Duration::from_micros(us as u64)

@@ -195,3 +195,31 @@ impl LockInfo {
         })
     }
 }
+
+/// A pin (`clusters/<c>/pins/<backup id>`, format 1.2): retention keeps the backup whatever
+/// the policy says, until the pin is removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupPin {
+    pub backup_id: String,
+    /// Unix microseconds.
+    pub pinned_us: i64,
+    /// Why it is kept ("before the 2026 migration"); may be empty.
+    pub note: String,
+}
+
+impl BackupPin {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.str(&self.backup_id).i64(self.pinned_us).str(&self.note);
+        w.into_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader::new(bytes, "backup pin");
+        Ok(Self {
+            backup_id: r.string()?,
+            pinned_us: r.i64()?,
+            note: r.string()?,
+        })
+    }
+}

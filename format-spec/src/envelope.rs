@@ -10,7 +10,7 @@ pub const MAGIC: [u8; 4] = *b"PGKP";
 /// The format's major version: a reader refuses any other.
 pub const FORMAT_MAJOR: u8 = 1;
 /// The format's minor version: a reader accepts any (see SPEC.md, "Compatibility").
-pub const FORMAT_MINOR: u8 = 1;
+pub const FORMAT_MINOR: u8 = 2;
 /// Bytes of the header.
 pub const HEADER_LEN: usize = 16;
 
@@ -36,6 +36,8 @@ pub enum Kind {
     WalHistory = 11,
     /// An archived backup history file (format 1.1).
     WalBackupHistory = 12,
+    /// A backup pinned against retention (format 1.2).
+    Pin = 13,
 }
 
 impl Kind {
@@ -53,6 +55,7 @@ impl Kind {
             10 => Self::WalSegment,
             11 => Self::WalHistory,
             12 => Self::WalBackupHistory,
+            13 => Self::Pin,
             other => return Err(FormatError::UnknownKind(other)),
         })
     }
@@ -72,6 +75,7 @@ impl Kind {
             Self::WalSegment => "WAL segment",
             Self::WalHistory => "timeline history file",
             Self::WalBackupHistory => "backup history file",
+            Self::Pin => "backup pin",
         }
     }
 }

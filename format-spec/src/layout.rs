@@ -45,6 +45,14 @@ pub fn manifest(cluster: &ClusterName, backup_id: &str) -> String {
     format!("{}{backup_id}", backups_dir(cluster))
 }
 
+pub fn pins_dir(cluster: &ClusterName) -> String {
+    format!("{}pins/", cluster_dir(cluster))
+}
+
+pub fn pin(cluster: &ClusterName, backup_id: &str) -> String {
+    format!("{}{backup_id}", pins_dir(cluster))
+}
+
 pub fn wal_dir(cluster: &ClusterName, timeline: u32) -> String {
     format!("{}wal/{timeline:08X}/", cluster_dir(cluster))
 }
@@ -101,6 +109,10 @@ mod tests {
             "clusters/main/backups/20261121T053200Z"
         );
         assert_eq!(wal_dir(&c, 2), "clusters/main/wal/00000002/");
+        assert_eq!(
+            pin(&c, "20261121T053200Z"),
+            "clusters/main/pins/20261121T053200Z"
+        );
         assert_eq!(
             pack(&PackId([0xab; 32])),
             format!("data/ab/{}", "ab".repeat(32))

@@ -19,7 +19,7 @@ pub mod pg;
 pub mod wal;
 mod wire;
 
-pub use config::{ClusterBinding, LockInfo, LockMode, RepoConfig};
+pub use config::{BackupPin, ClusterBinding, LockInfo, LockMode, RepoConfig};
 pub use crypto::{MasterKey, RepoKeys, SALT_LEN, SEAL_OVERHEAD};
 pub use envelope::{open_object, seal_object, Header, Kind, FORMAT_MAJOR, FORMAT_MINOR};
 pub use error::FormatError;

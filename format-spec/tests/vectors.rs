@@ -11,9 +11,9 @@ use pgkeep_format::manifest::{
     Tablespace,
 };
 use pgkeep_format::{
-    layout, open_object, pack, seal_object, ClusterBinding, ClusterName, IndexId, IndexSegment,
-    IndexedPack, KdfParams, KeyFile, KeyFileId, KeyFileMeta, Kind, LockInfo, LockMode, MasterKey,
-    PackWriter, RepoConfig, RepoId, RepoKeys,
+    layout, open_object, pack, seal_object, BackupPin, ClusterBinding, ClusterName, IndexId,
+    IndexSegment, IndexedPack, KdfParams, KeyFile, KeyFileId, KeyFileMeta, Kind, LockInfo,
+    LockMode, MasterKey, PackWriter, RepoConfig, RepoId, RepoKeys,
 };
 use serde_json::{json, Value};
 
@@ -173,6 +173,42 @@ fn format_1_0_objects_open() {
     assert_eq!(bytes[5], 0, "the frozen vector is a 1.0 object");
     let plain = open_object(&keys(), Kind::Config, layout::CONFIG, &bytes, 1 << 20).expect("opens");
     assert_eq!(plain, hex_field(&v, "plaintext"));
+}
+
+/// Objects written by format 1.1 (minor version 1) stay readable. Frozen like the 1.0 vector.
+#[test]
+fn format_1_1_objects_open() {
+    use pgkeep_format::wal::open_wal_object;
+    let v = committed("wal-object-v1.1");
+    let bytes = hex_field(&v, "object");
+    assert_eq!(bytes[5], 1, "the frozen vector is a 1.1 object");
+    let name = v["name"].as_str().expect("name");
+    let (_, file) = open_wal_object(&keys(), Kind::WalSegment, name, &bytes).expect("opens");
+    assert_eq!(file, hex_field(&v, "file"));
+}
+
+#[test]
+fn pin_object() {
+    let k = keys();
+    let cluster = ClusterName::new("main").expect("valid");
+    let pin = BackupPin {
+        backup_id: "20261121T053200Z".into(),
+        pinned_us: 1_795_000_000_000_000,
+        note: "before the schema migration".into(),
+    };
+    let name = layout::pin(&cluster, &pin.backup_id);
+    check(
+        "pin-object",
+        json!({
+            "description": "a backup pin (format 1.2, salt 0d..)",
+            "name": name,
+            "object": hex::encode(seal_object(&k, Kind::Pin, &name, salt(13), &pin.encode(), 0)),
+        }),
+    );
+    let v = committed("pin-object");
+    let plain =
+        open_object(&k, Kind::Pin, &name, &hex_field(&v, "object"), 1 << 20).expect("opens");
+    assert_eq!(BackupPin::decode(&plain).expect("decodes"), pin);
 }
 
 #[test]

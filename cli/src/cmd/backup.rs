@@ -150,6 +150,7 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
             jobs: pick(a.jobs, "PGKEEP_JOBS", s.file.jobs)?.unwrap_or(0),
             ..WriteOptions::default()
         },
+        lock: s.lock_options()?,
     };
     let repo = cmd::open(s).await?;
     let bar = Bar::new(out.json);

@@ -232,9 +232,17 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
         ),
     };
     let started = std::time::Instant::now();
-    let done = restore(&repo, &plan, &layout, &settings, jobs, a.delta)
-        .await
-        .with_context(|| format!("restoring into {}", a.pgdata.display()))?;
+    let done = restore(
+        &repo,
+        &plan,
+        &layout,
+        &settings,
+        jobs,
+        a.delta,
+        s.lock_options()?,
+    )
+    .await
+    .with_context(|| format!("restoring into {}", a.pgdata.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     if !out.json {
         println!(

@@ -20,7 +20,7 @@ use crate::conninfo::ConnConfig;
 use crate::error::{Error, Result};
 use crate::pipeline::{SessionStats, WriteOptions, WriteSession};
 use crate::replication::wire::{parse_backup_copy_data, BackupCopyData};
-use crate::replication::{identify, Event, PgConnection, PgError, ReplicationMode};
+use crate::replication::{identify, Event, PgConnection, PgError, ReplicationMode, ServerInfo};
 use crate::repository::Repository;
 use crate::tar::{TarEvent, TarReader, Termination};
 
@@ -54,6 +54,8 @@ pub struct BackupOptions {
     /// during the initial checkpoint, which may legitimately take long when spread).
     pub read_timeout: Option<std::time::Duration>,
     pub write: WriteOptions,
+    /// Waiting for a running `prune` (see [`crate::lock`]).
+    pub lock: crate::lock::LockOptions,
 }
 
 impl Default for BackupOptions {
@@ -67,6 +69,7 @@ impl Default for BackupOptions {
             verify_checksums: true,
             read_timeout: Some(std::time::Duration::from_secs(300)),
             write: WriteOptions::default(),
+            lock: crate::lock::LockOptions::default(),
         }
     }
 }
@@ -245,6 +248,30 @@ pub async fn take_backup(
     let server = identify(&mut conn).await?;
     repo.bind_cluster(cluster, server.system_id, server.version_num)
         .await?;
+    // Held from before the parent and the index are read until the manifest is written:
+    // a prune in between could delete chunks this backup refers to.
+    let lock = repo
+        .lock(pgkeep_format::LockMode::Shared, "backup", opts.lock)
+        .await?;
+    let result = backup_locked(repo, cluster, opts, progress, conn, &server, started, clock).await;
+    let released = lock.release().await;
+    let summary = result?;
+    released?;
+    Ok(summary)
+}
+
+/// The part of [`take_backup`] that runs under the backup's shared lock.
+#[allow(clippy::too_many_arguments)]
+async fn backup_locked(
+    repo: &Repository,
+    cluster: &ClusterName,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+    mut conn: PgConnection,
+    server: &ServerInfo,
+    started: SystemTime,
+    clock: Instant,
+) -> Result<BackupSummary> {
     let backup_id = fresh_backup_id(repo, cluster, started).await?;
     let parent = if opts.full {
         None

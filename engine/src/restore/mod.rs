@@ -20,7 +20,10 @@ pub use materialize::{Layout, Materialized};
 pub use plan::{plan, BackupChoice, Plan, RecoveryTarget};
 pub use recovery::{RecoverySettings, TargetAction};
 
+use pgkeep_format::LockMode;
+
 use crate::error::{Error, Result};
+use crate::lock::{LockOptions, RepoLock};
 use crate::repository::Repository;
 
 /// Checks the target directory: absent or empty, unless `delta`; never one a running server
@@ -87,11 +90,35 @@ pub async fn restore(
     settings: &RecoverySettings,
     jobs: usize,
     delta: bool,
+    lock: LockOptions,
 ) -> Result<Materialized> {
     for dir in layout.tablespaces.values() {
         check_target(dir, delta)?;
     }
-    let done = materialize::materialize(repo, &plan.manifest, layout, jobs, delta).await?;
+    let lock = reader_lock(repo, "restore", lock).await?;
+    repo.load_index().await?;
+    let done = materialize::materialize(repo, &plan.manifest, layout, jobs, delta).await;
+    if let Some(l) = lock {
+        l.release().await?;
+    }
     settings.write(&layout.pgdata)?;
-    Ok(done)
+    done
+}
+
+/// A shared lock for an operation that only reads chunks, so `prune` cannot delete or repack
+/// them meanwhile. A repository the caller may read but not write (a read-only credential on
+/// the restore host) still restores: without a lock, with a warning. A conflict is an error.
+pub async fn reader_lock(
+    repo: &Repository,
+    operation: &str,
+    opts: LockOptions,
+) -> Result<Option<RepoLock>> {
+    match repo.lock(LockMode::Shared, operation, opts).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e @ Error::Locked { .. }) => Err(e),
+        Err(e) => {
+            tracing::warn!("{operation} continues without a repository lock, so a concurrent prune could remove what it reads: {e}");
+            Ok(None)
+        }
+    }
 }
