@@ -11,6 +11,7 @@ pub mod error;
 pub mod index;
 pub mod lock;
 pub mod pipeline;
+pub mod prune;
 pub mod read;
 pub mod replication;
 pub mod repository;

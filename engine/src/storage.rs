@@ -331,6 +331,23 @@ impl Store {
         Ok(out)
     }
 
+    /// Names of the "directories" directly under `prefix` (which ends in `/`), without the
+    /// prefix or a trailing slash; one delimiter listing instead of every object below.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let full = self.path(prefix.trim_end_matches('/'));
+        let listing = self
+            .retrying(|_| self.inner.list_with_delimiter(Some(&full)))
+            .await
+            .map_err(|(e, _)| self.storage_error("list", prefix, e))?;
+        let mut out: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Deletes an object; deleting a missing object is not an error.
     pub async fn delete(&self, name: &str) -> Result<()> {
         let path = self.path(name);

@@ -30,6 +30,8 @@ pub enum Op {
 struct Rule {
     op: Op,
     path_contains: String,
+    /// Matching operations let through before the rule starts failing.
+    skip: usize,
     remaining: usize,
 }
 
@@ -66,12 +68,19 @@ impl FaultyStore {
     /// The next `times` operations of kind `op` on objects whose path contains
     /// `path_contains` fail (`usize::MAX`: always).
     pub fn fail(&self, op: Op, path_contains: &str, times: usize) {
+        self.fail_after(op, path_contains, 0, times);
+    }
+
+    /// Like [`FaultyStore::fail`], after letting `skip` matching operations succeed: "the
+    /// third pack deletion fails", a crash at a chosen point of a multi-step operation.
+    pub fn fail_after(&self, op: Op, path_contains: &str, skip: usize, times: usize) {
         self.rules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Rule {
                 op,
                 path_contains: path_contains.to_owned(),
+                skip,
                 remaining: times,
             });
     }
@@ -92,6 +101,10 @@ impl FaultyStore {
             .iter_mut()
             .find(|r| r.op == op && r.remaining > 0 && path.as_ref().contains(&r.path_contains));
         if let Some(rule) = hit {
+            if rule.skip > 0 {
+                rule.skip -= 1;
+                return Ok(());
+            }
             if rule.remaining != usize::MAX {
                 rule.remaining -= 1;
             }
