@@ -146,6 +146,93 @@ pgkeep restore --pgdata /srv/pg/restored --target-name before_migration --start"
     /// Show the cluster's backups and WAL archive: timelines, ranges, gaps, time covered.
     #[command(after_help = "Example:\n  pgkeep info --json")]
     Info,
+    /// Apply the retention policy: remove the manifests of backups it does not keep, and the
+    /// WAL only they needed.
+    #[command(
+        after_help = "Rules combine: a backup is kept when any rule keeps it. Calendar rules (daily, weekly,
+monthly, yearly) keep the newest backup of each of the last N periods that have one, in the
+local time zone. --keep-within keeps every backup finished within the duration and the newest
+one before it, so any instant of the window can be restored. Pinned backups and the parents
+of kept incrementals are always kept. WAL before the oldest kept backup's start is removed;
+timeline history files stay. Space comes back with `pgkeep prune`.
+Each rule: the flag, else PGKEEP_KEEP_LAST (..._DAILY, ...), else [retention] in the config.
+
+Example (grandfather-father-son, and a 2-day PITR window):
+  pgkeep expire --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --keep-within 2d --dry-run"
+    )]
+    Expire(ExpireArgs),
+    /// Pin a backup: retention keeps it until `pgkeep unpin`.
+    #[command(after_help = "Example:
+  pgkeep pin 20261121T053200Z --note 'before the 2026 schema migration'")]
+    Pin(PinArgs),
+    /// Remove a backup's pin.
+    #[command(after_help = "Example:
+  pgkeep unpin 20261121T053200Z")]
+    Unpin(UnpinArgs),
+    /// Reclaim the space of data no backup references (after `expire`).
+    #[command(
+        after_help = "Deletes packs that hold only unreferenced chunks, repacks packs whose unreferenced share
+reaches --repack-threshold, and rewrites the index as one segment. It holds the repository's
+exclusive lock: it waits (--lock-wait) for running backups and restores, and they wait for it.
+WAL archiving is never blocked. Safe to interrupt: a rerun finishes the job.
+
+Example:
+  pgkeep expire --keep-last 7 && pgkeep prune"
+    )]
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExpireArgs {
+    /// Keep the N newest backups. Also PGKEEP_KEEP_LAST; [retention] keep_last.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N days. Also PGKEEP_KEEP_DAILY.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the last N ISO weeks. Also PGKEEP_KEEP_WEEKLY.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the last N months. Also PGKEEP_KEEP_MONTHLY.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_monthly: Option<u32>,
+    /// Keep the newest backup of each of the last N years. Also PGKEEP_KEEP_YEARLY.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_yearly: Option<u32>,
+    /// Keep what restoring to any instant of the last DURATION needs (e.g. 36h, 14d).
+    /// Also PGKEEP_KEEP_WITHIN.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) keep_within: Option<String>,
+    /// Show what would be removed and why each kept backup is kept; change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PinArgs {
+    /// Backup id (see `pgkeep list`).
+    pub(crate) backup: String,
+    /// Why it is kept (shown by `list` and `expire --dry-run`).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub(crate) note: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UnpinArgs {
+    /// Backup id.
+    pub(crate) backup: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PruneArgs {
+    /// Repack a pack once this share of it (percent) is unreferenced; 100 only deletes packs
+    /// that are wholly unreferenced. Also PGKEEP_REPACK_THRESHOLD; config key
+    /// repack_threshold. [default: 50]
+    #[arg(long, value_name = "PERCENT")]
+    pub(crate) repack_threshold: Option<u8>,
+    /// Report what would be deleted and repacked; change nothing (takes no lock).
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -55,6 +55,10 @@ fn main() -> ExitCode {
             Command::Events(a) => cmd::events::run(&settings, a, &out).await,
             Command::Restore(a) => cmd::restore::run(&settings, a, &out).await,
             Command::Info => cmd::info::run(&settings, &out).await,
+            Command::Expire(a) => cmd::expire::run(&settings, a, &out).await,
+            Command::Pin(a) => cmd::expire::pin(&settings, a).await,
+            Command::Unpin(a) => cmd::expire::unpin(&settings, a).await,
+            Command::Prune(a) => cmd::prune::run(&settings, a, &out).await,
         };
         match result {
             Ok(()) => exit::OK,

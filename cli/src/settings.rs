@@ -46,6 +46,8 @@ pub(crate) struct ConfigFile {
     pub(crate) partial_interval: Option<u64>,
     /// `wal-stream`: Prometheus endpoint address.
     pub(crate) metrics_addr: Option<String>,
+    /// `prune`: repack threshold, percent.
+    pub(crate) repack_threshold: Option<u8>,
     /// Wait for conflicting repository locks (humantime duration).
     pub(crate) lock_wait: Option<String>,
     /// `expire`: retention policy (see docs/retention.md).

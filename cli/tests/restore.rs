@@ -24,36 +24,6 @@ struct Mark {
     state: String,
 }
 
-/// psql on a restored server's socket (in its data directory), as the server's OS user.
-fn query(a: &Archiving, pgdata: &Path, port: u16, sql: &str) -> String {
-    let mut cmd = Command::new(a.pg.bin("psql"));
-    cmd.args(["-X", "-A", "-t", "-h"]).arg(pgdata).args([
-        "-p",
-        &port.to_string(),
-        "-U",
-        "postgres",
-        "-d",
-        "postgres",
-        "-c",
-        sql,
-    ]);
-    let out = a.pg.run_as_owner(&mut cmd).output().expect("psql");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn pg_ctl_stop(a: &Archiving, pgdata: &Path) {
-    let mut cmd = Command::new(a.pg.bin("pg_ctl"));
-    cmd.arg("-D")
-        .arg(pgdata)
-        .args(["-m", "immediate", "-w", "stop"]);
-    let _ = a.pg.run_as_owner(&mut cmd).output();
-}
-
 /// Restores with `target` flags (the tablespace remapped to a fresh directory), starts
 /// recovery, returns the state it reached.
 fn restore_and_query(a: &Archiving, name: &str, target: &[&str]) -> (String, Value) {
@@ -83,12 +53,15 @@ fn restore_and_query(a: &Archiving, name: &str, target: &[&str]) -> (String, Val
     args.extend_from_slice(target);
     let (out, _) = a.expect_as_server(&args, 0);
     let report: Value = serde_json::from_str(&out).expect("restore JSON");
-    let state = query(a, &dir, port, STATE);
+    let state = a.query_restored(&dir, port, STATE);
     // The tablespace's table came back, in the mapped directory, behind pg_tblspc.
-    assert_eq!(query(a, &dir, port, "SELECT count(*) FROM in_ts"), "100");
+    assert_eq!(
+        a.query_restored(&dir, port, "SELECT count(*) FROM in_ts"),
+        "100"
+    );
     let link = std::fs::read_link(dir.join("pg_tblspc").join(&ts_oid)).expect("pg_tblspc link");
     assert_eq!(link, ts_dir);
-    pg_ctl_stop(a, &dir);
+    a.stop_restored(&dir);
     (state, report)
 }
 

@@ -151,6 +151,9 @@ impl Decision {
     }
 }
 
+/// A calendar rule's count and the reason it gives.
+type CalendarRule = (Option<u32>, fn(String) -> Reason);
+
 /// The period key of a time for each calendar rule.
 fn periods(time_us: i64, tz: &TimeZone) -> Option<[String; 4]> {
     let ts = jiff::Timestamp::from_microsecond(time_us).ok()?;
@@ -181,7 +184,7 @@ pub fn decide(
             r.push(Reason::Last(i as u32 + 1));
         }
     }
-    let calendar: [(Option<u32>, fn(String) -> Reason); 4] = [
+    let calendar: [CalendarRule; 4] = [
         (policy.keep_daily, Reason::Daily),
         (policy.keep_weekly, Reason::Weekly),
         (policy.keep_monthly, Reason::Monthly),

@@ -30,6 +30,9 @@ struct BackupRow {
     /// start LSN to the one holding the stop LSN.
     start_wal: Option<String>,
     stop_wal: Option<String>,
+    /// Pinned against retention (`pgkeep pin`), and the pin's note.
+    pinned: bool,
+    pin_note: Option<String>,
 }
 
 fn kind_name(k: BackupKind) -> &'static str {
@@ -67,6 +70,8 @@ impl From<&Manifest> for BackupRow {
             stop_wal: m
                 .postgres
                 .map(|p| segment(p.timeline, p.stop_lsn, p.wal_segment_size)),
+            pinned: false,
+            pin_note: None,
         }
     }
 }
@@ -78,9 +83,15 @@ fn segment(timeline: u32, lsn: u64, segment_size: u32) -> String {
 pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
     let cluster = cmd::cluster(s)?;
     let repo = cmd::open(s).await?;
+    let pins = pgkeep_engine::retention::pins(&repo, &cluster).await?;
     let mut rows = Vec::new();
     for id in repo.list_backups(&cluster).await? {
-        rows.push(BackupRow::from(&repo.read_manifest(&cluster, &id).await?));
+        let mut row = BackupRow::from(&repo.read_manifest(&cluster, &id).await?);
+        if let Some(p) = pins.get(&id) {
+            row.pinned = true;
+            row.pin_note = Some(p.note.clone());
+        }
+        rows.push(row);
     }
     out.emit(&rows, || {
         if rows.is_empty() {
@@ -99,6 +110,7 @@ pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
             "STORED",
             "NEW",
             "LABEL",
+            "PINNED",
         ]);
         let dash = || "-".to_owned();
         for r in &rows {
@@ -115,6 +127,11 @@ pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
                 format_bytes(r.stored_bytes),
                 format_bytes(r.new_bytes),
                 r.label.clone(),
+                match (&r.pinned, &r.pin_note) {
+                    (false, _) => String::new(),
+                    (true, Some(n)) if !n.is_empty() => format!("yes: {n}"),
+                    (true, _) => "yes".into(),
+                },
             ]);
         }
         t.render()

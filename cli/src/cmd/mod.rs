@@ -2,10 +2,12 @@
 
 pub(crate) mod backup;
 pub(crate) mod events;
+pub(crate) mod expire;
 pub(crate) mod info;
 pub(crate) mod init;
 pub(crate) mod key;
 pub(crate) mod list;
+pub(crate) mod prune;
 pub(crate) mod restore;
 pub(crate) mod stream;
 pub(crate) mod wal;

@@ -165,6 +165,37 @@ impl Archiving {
         serde_json::from_str(&out).expect("info JSON")
     }
 
+    /// psql on a restored server's socket (in its data directory), as the server's OS user.
+    pub fn query_restored(&self, pgdata: &std::path::Path, port: u16, sql: &str) -> String {
+        let mut cmd = std::process::Command::new(self.pg.bin("psql"));
+        cmd.args(["-X", "-A", "-t", "-h"]).arg(pgdata).args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]);
+        let out = self.pg.run_as_owner(&mut cmd).output().expect("psql");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Stops a restored server (immediate: the tests are done with it).
+    pub fn stop_restored(&self, pgdata: &std::path::Path) {
+        let mut cmd = std::process::Command::new(self.pg.bin("pg_ctl"));
+        cmd.arg("-D")
+            .arg(pgdata)
+            .args(["-m", "immediate", "-w", "stop"]);
+        let _ = self.pg.run_as_owner(&mut cmd).output();
+    }
+
     pub fn pgbench(&self, args: &[&str]) {
         let status = std::process::Command::new(self.pg.bin("pgbench"))
             .envs(self.pg.env())

@@ -1,0 +1,135 @@
+//! `pgkeep expire`, `pin`, `unpin`: retention.
+
+use pgkeep_engine::retention::{self, Policy};
+use pgkeep_engine::timestamp::{format_timestamp_us, now_us};
+use serde::Serialize;
+
+use crate::cli::{ExpireArgs, PinArgs, UnpinArgs};
+use crate::cmd;
+use crate::output::{format_bytes, Output, Table};
+use crate::settings::{parse_duration, pick, Settings};
+
+/// The JSON document of `expire`. `schema` changes only when a field changes meaning or
+/// disappears.
+#[derive(Serialize)]
+struct ExpireOutput {
+    schema: u32,
+    cluster: String,
+    dry_run: bool,
+    /// Newest first.
+    backups: Vec<Verdict>,
+    expired: Vec<String>,
+    wal_removed: usize,
+    wal_bytes_removed: u64,
+    /// First WAL segment kept (on the oldest kept backup's timeline).
+    wal_kept_from: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Verdict {
+    backup: String,
+    keep: bool,
+    reasons: Vec<String>,
+}
+
+/// Each rule: flag, then `PGKEEP_KEEP_*`, then `[retention]` in the config file.
+fn policy(s: &Settings, a: &ExpireArgs) -> anyhow::Result<Policy> {
+    let r = &s.file.retention;
+    let within = pick(
+        a.keep_within.clone(),
+        "PGKEEP_KEEP_WITHIN",
+        r.keep_within.clone(),
+    )?;
+    Ok(Policy {
+        keep_last: pick(a.keep_last, "PGKEEP_KEEP_LAST", r.keep_last)?,
+        keep_daily: pick(a.keep_daily, "PGKEEP_KEEP_DAILY", r.keep_daily)?,
+        keep_weekly: pick(a.keep_weekly, "PGKEEP_KEEP_WEEKLY", r.keep_weekly)?,
+        keep_monthly: pick(a.keep_monthly, "PGKEEP_KEEP_MONTHLY", r.keep_monthly)?,
+        keep_yearly: pick(a.keep_yearly, "PGKEEP_KEEP_YEARLY", r.keep_yearly)?,
+        keep_within: within
+            .map(|w| parse_duration("--keep-within", &w))
+            .transpose()?,
+    })
+}
+
+pub(crate) async fn run(s: &Settings, a: &ExpireArgs, out: &Output) -> anyhow::Result<()> {
+    let cluster = cmd::cluster(s)?;
+    let policy = policy(s, a)?;
+    policy
+        .validate()
+        .map_err(|e| crate::exit::UsageError(e.to_string()))?;
+    let repo = cmd::open(s).await?;
+    let tz = jiff::tz::TimeZone::system();
+    let report = retention::expire(&repo, &cluster, &policy, now_us(), &tz, a.dry_run).await?;
+    let doc = ExpireOutput {
+        schema: 1,
+        cluster: cluster.to_string(),
+        dry_run: report.dry_run,
+        backups: report
+            .decisions
+            .iter()
+            .map(|d| Verdict {
+                backup: d.id.clone(),
+                keep: d.keep(),
+                reasons: d.reasons.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+        expired: report.expired.clone(),
+        wal_removed: report.wal_removed.len(),
+        wal_bytes_removed: report.wal_bytes_removed,
+        wal_kept_from: report.wal_kept_from.clone(),
+    };
+    out.emit(&doc, || human(&doc))
+}
+
+fn human(doc: &ExpireOutput) -> String {
+    let mut t = Table::new(&["BACKUP", "VERDICT", "WHY"]);
+    for b in &doc.backups {
+        t.row(vec![
+            b.backup.clone(),
+            if b.keep { "keep" } else { "expire" }.into(),
+            b.reasons.join(", "),
+        ]);
+    }
+    let verb = if doc.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let mut lines = vec![t.render()];
+    lines.push(format!(
+        "{verb} {} backup(s) and {} WAL file(s) ({}){}",
+        doc.expired.len(),
+        doc.wal_removed,
+        format_bytes(doc.wal_bytes_removed),
+        doc.wal_kept_from
+            .as_ref()
+            .map(|w| format!("; WAL kept from {w}"))
+            .unwrap_or_default()
+    ));
+    if !doc.dry_run && !doc.expired.is_empty() {
+        lines.push("run `pgkeep prune` to reclaim the space of their data".into());
+    }
+    lines.join("\n")
+}
+
+pub(crate) async fn pin(s: &Settings, a: &PinArgs) -> anyhow::Result<()> {
+    let cluster = cmd::cluster(s)?;
+    let repo = cmd::open(s).await?;
+    retention::pin(&repo, &cluster, &a.backup, &a.note).await?;
+    println!(
+        "pinned {}/{} at {}",
+        cluster,
+        a.backup,
+        format_timestamp_us(now_us())
+    );
+    Ok(())
+}
+
+pub(crate) async fn unpin(s: &Settings, a: &UnpinArgs) -> anyhow::Result<()> {
+    let cluster = cmd::cluster(s)?;
+    let repo = cmd::open(s).await?;
+    retention::unpin(&repo, &cluster, &a.backup).await?;
+    println!("unpinned {cluster}/{}", a.backup);
+    Ok(())
+}
