@@ -243,6 +243,23 @@ impl RepoLock {
         &self.object
     }
 
+    /// Checks that the lock is still there. A holder cut off from storage for longer than the
+    /// stale timeout may have had its lock removed by `prune`, which then may have deleted
+    /// chunks this holder counts on: such a holder must not commit.
+    pub async fn confirm(&self) -> Result<()> {
+        if self.repo.store().head(&self.object).await?.is_some() {
+            return Ok(());
+        }
+        Err(Error::Locked {
+            operation: "commit".into(),
+            holder: format!(
+                "nobody: this process's lock {} was removed as stale while it ran (was it cut off from storage for minutes?), so a prune may have deleted data it refers to; run it again",
+                self.object
+            ),
+            object: self.object.clone(),
+        })
+    }
+
     /// Stops the heartbeat and deletes the lock.
     pub async fn release(mut self) -> Result<()> {
         self.stop_heartbeat().await;

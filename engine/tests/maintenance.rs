@@ -377,6 +377,11 @@ async fn locks_exclude_prune_from_running_backups_and_go_stale() {
         "{msg}"
     );
     other.release().await.expect("release");
+    backup.confirm().await.expect("held");
+    // Removed as stale while its holder was cut off: the holder must not commit.
+    repo.store().delete(backup.object()).await.expect("delete");
+    let lost = backup.confirm().await.expect_err("lock gone");
+    assert!(lost.to_string().contains("removed as stale"), "{lost}");
     backup.release().await.expect("release");
     let prune_lock = repo
         .lock(LockMode::Exclusive, "prune", quick_locks(Duration::ZERO))

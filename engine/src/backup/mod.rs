@@ -253,7 +253,10 @@ pub async fn take_backup(
     let lock = repo
         .lock(pgkeep_format::LockMode::Shared, "backup", opts.lock)
         .await?;
-    let result = backup_locked(repo, cluster, opts, progress, conn, &server, started, clock).await;
+    let result = backup_locked(
+        repo, cluster, opts, progress, conn, &server, started, clock, &lock,
+    )
+    .await;
     let released = lock.release().await;
     let summary = result?;
     released?;
@@ -271,6 +274,7 @@ async fn backup_locked(
     server: &ServerInfo,
     started: SystemTime,
     clock: Instant,
+    lock: &crate::lock::RepoLock,
 ) -> Result<BackupSummary> {
     let backup_id = fresh_backup_id(repo, cluster, started).await?;
     let parent = if opts.full {
@@ -412,6 +416,7 @@ async fn backup_locked(
         chunks: chunks.len() as u64,
         new_chunks: session_stats.new_chunks,
     };
+    lock.confirm().await?;
     repo.write_manifest(&manifest).await?;
     Ok(BackupSummary {
         manifest,
