@@ -160,10 +160,16 @@ async fn read_segments(repo: &Repository) -> Result<(Vec<IndexId>, BTreeMap<Pack
                 size: p.pack_size,
                 entries: Vec::new(),
             });
-            for e in p.entries {
-                if !facts.entries.iter().any(|x| x.chunk_id == e.chunk_id) {
-                    facts.entries.push(e);
-                }
+            if facts.entries.is_empty() {
+                facts.entries = p.entries;
+            } else {
+                // Listed again by another segment (an interrupted prune leaves two).
+                let known: HashSet<ChunkId> = facts.entries.iter().map(|e| e.chunk_id).collect();
+                facts.entries.extend(
+                    p.entries
+                        .into_iter()
+                        .filter(|e| !known.contains(&e.chunk_id)),
+                );
             }
         }
     }
@@ -221,7 +227,7 @@ fn decide(
         let live_bytes: u64 = carried.iter().map(|e| u64::from(e.stored_len)).sum();
         if carried.is_empty() {
             d.dead.push(*id);
-        } else if total > 0 && (total - live_bytes) as f64 / total as f64 >= threshold {
+        } else if live_bytes < total && (total - live_bytes) as f64 / total as f64 >= threshold {
             d.sparse.push((*id, carried));
         } else {
             d.kept.push(*id);
@@ -249,15 +255,13 @@ fn usage(
         u.reclaimable_bytes += present[id].saturating_sub(kept);
     }
     for id in &d.kept {
-        if let Some(size) = present.get(id) {
-            // Fully live packs: only headers and tables of contents are not chunk bytes.
-            let chunks: u64 = packs[id]
+        if present.contains_key(id) {
+            // Wholly live: nothing to reclaim (headers and tables of contents stay).
+            u.referenced_bytes += packs[id]
                 .entries
                 .iter()
                 .map(|e| u64::from(e.stored_len))
-                .sum();
-            u.referenced_bytes += chunks;
-            u.reclaimable_bytes += size.saturating_sub(chunks);
+                .sum::<u64>();
         }
     }
     for id in &d.dead {
@@ -312,10 +316,7 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
     let released = lock.release().await;
     let mut report = result?;
     released?;
-    if !opts.dry_run {
-        report.stale_locks_removed =
-            repo.remove_stale_locks(opts.lock.stale_after).await?.len() as u64;
-    }
+    report.stale_locks_removed = repo.remove_stale_locks(opts.lock.stale_after).await?.len() as u64;
     Ok(report)
 }
 
@@ -542,6 +543,6 @@ mod tests {
         assert_eq!(u.missing_packs, 1);
         assert_eq!((u.unindexed_packs, u.unindexed_bytes), (1, 1000));
         assert_eq!(u.referenced_bytes, 100);
-        assert_eq!(u.reclaimable_bytes, 1000 + 76);
+        assert_eq!(u.reclaimable_bytes, 1000);
     }
 }
