@@ -12,7 +12,8 @@ from PGKEEP_PASSPHRASE, --passphrase-file, or a prompt; never from the command l
 
 Exit codes: 0 success; 1 error; 2 bad usage or configuration; 3 wrong passphrase or key
 refused; 4 repository missing, or already initialized; 5 damaged data detected;
-6 PostgreSQL unreachable, or it refused the connection or the command.
+6 PostgreSQL unreachable, or it refused the connection or the command; 7 the repository is
+locked by a conflicting operation (prune, or the backups it waits for): retry later.
 
 Example:
   export PGKEEP_REPO=/var/lib/pgkeep/repo

@@ -1,4 +1,4 @@
-//! Exit codes, documented in `--help` and docs/exit-codes.md.
+//! Exit codes, documented in `--help` (AFTER_HELP) and the README.
 
 use pgkeep_engine::Error;
 
@@ -16,6 +16,9 @@ pub(crate) const REPOSITORY: u8 = 4;
 pub(crate) const CORRUPT: u8 = 5;
 /// PostgreSQL could not be reached, or refused the connection or the command.
 pub(crate) const POSTGRES: u8 = 6;
+/// Another operation holds a conflicting repository lock (a prune, or the backups a prune
+/// waits for) beyond `--lock-wait`: retrying later succeeds.
+pub(crate) const LOCKED: u8 = 7;
 
 /// `wal-fetch` only: the file is not in the archive (PostgreSQL then looks elsewhere).
 pub(crate) const WAL_NOT_FOUND: u8 = 1;
@@ -45,6 +48,7 @@ pub(crate) fn code_for(err: &anyhow::Error) -> u8 {
                 | Error::InvalidInput(_)
                 | Error::WrongSystem { .. } => USAGE,
                 Error::Postgres(_) => POSTGRES,
+                Error::Locked { .. } => LOCKED,
                 _ => FAILURE,
             };
         }

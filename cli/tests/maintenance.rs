@@ -161,6 +161,9 @@ fn prune_waits_for_a_running_backup_which_then_restores() {
     std::thread::sleep(Duration::from_secs(2));
     std::fs::remove_file(a.repo.join("clusters/main/backups").join(&first))
         .expect("expire the first");
+    // Without waiting: refused with the holder named, exit 7.
+    let (_, err) = a.expect_as_server(&["prune", "--lock-wait", "0"], 7);
+    assert!(err.contains("locked by backup (shared)"), "{err}");
     let (out, err) = a.expect_as_server(&["--json", "--log-level", "warn", "prune"], 0);
     assert!(err.contains("waiting up to"), "prune did not wait: {err}");
     let out_backup = backup.wait_with_output().expect("backup");
