@@ -55,6 +55,7 @@ fn main() -> ExitCode {
             Command::Events(a) => cmd::events::run(&settings, a, &out).await,
             Command::Restore(a) => cmd::restore::run(&settings, a, &out).await,
             Command::Info => cmd::info::run(&settings, &out).await,
+            Command::Drill(a) => cmd::drill::run(&settings, a, &out).await,
         };
         match result {
             Ok(()) => exit::OK,
