@@ -92,6 +92,10 @@ fn drill_healthy_failing_and_interrupted() {
         err.contains("broken.sql: line 2: unterminated string"),
         "{err}"
     );
+    let long = a.pg.owned_dir("long").expect("dir").join("d".repeat(100));
+    let long_arg = long.display().to_string();
+    let (_, err) = a.expect_as_server(&["drill", "--scratch", &long_arg], 2);
+    assert!(err.contains("choose a shorter --scratch"), "{err}");
     let (_, err) = a.expect_as_server(&["drill", "--pg", &conn], 2);
     assert!(err.contains("--compare-source"), "{err}");
 
@@ -173,7 +177,8 @@ fn drill_healthy_failing_and_interrupted() {
         &a,
         "bad.sql",
         "SELECT count(*) = 1000 FROM ledger;\nSELECT count(*) = 999\n  FROM ledger;\n\
-         SELECT 1 / 0 = 1;\nSELECT id FROM ledger WHERE id < 3 ORDER BY id;\n",
+         SELECT 1 / 0 = 1;\nSELECT id FROM ledger WHERE id < 3 ORDER BY id;\n\
+         \\connect nosuchdb\nSELECT true;\n",
     );
     let kept = scratch_path(&a, "kept");
     let kept_arg = kept.display().to_string();
@@ -213,7 +218,11 @@ fn drill_healthy_failing_and_interrupted() {
         out.contains("postgres.public.ledger: 1000 rows restored, 1501 on the source"),
         "{out}"
     );
-    assert!(out.contains("1 of 4 statements passed"), "{out}");
+    assert!(
+        out.contains("bad.sql:7: SELECT true -- connecting to database nosuchdb"),
+        "{out}"
+    );
+    assert!(out.contains("1 of 5 statements passed"), "{out}");
     assert!(out.contains("drill FAILED: 2 of 2 checks failed"), "{out}");
     assert!(
         err.contains("drill failed: row counts, assertions"),
@@ -253,6 +262,16 @@ fn drill_healthy_failing_and_interrupted() {
 
     // Interrupted while checking: the server is stopped and the scratch removed.
     let slow = owned_file(&a, "slow.sql", "SELECT true FROM pg_sleep(120);\n");
+    // Binaries without pg_amcheck (as before PostgreSQL 14): that check is skipped.
+    let no_amcheck = a.pg.owned_dir("bin-without-pg_amcheck").expect("dir");
+    for entry in std::fs::read_dir(a.pg.bin_dir()).expect("bin dir") {
+        let entry = entry.expect("entry");
+        if entry.file_name() != "pg_amcheck" {
+            std::os::unix::fs::symlink(entry.path(), no_amcheck.join(entry.file_name()))
+                .expect("symlink");
+        }
+    }
+    let no_amcheck_arg = no_amcheck.display().to_string();
     let interrupted = scratch_path(&a, "interrupted");
     let interrupted_arg = interrupted.display().to_string();
     let port = free_port().to_string();
@@ -263,8 +282,7 @@ fn drill_healthy_failing_and_interrupted() {
         "--port",
         &port,
         "--pg-bin",
-        &bin,
-        "--no-amcheck",
+        &no_amcheck_arg,
         "--count-max-mib",
         "0",
         "--sql",
@@ -315,6 +333,12 @@ fn drill_healthy_failing_and_interrupted() {
     assert!(signalled.elapsed() < Duration::from_secs(60));
     let (out, err) = expect_code(&output, &args, 1);
     assert!(out.contains("FAILED in interrupted"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("pg_amcheck ")
+            && l.contains("skipped  ")
+            && l.contains("no pg_amcheck in")),
+        "{out}"
+    );
     assert!(
         out.contains("0 tables in 2 databases counted, 2 over the size limit not counted"),
         "--count-max-mib 0: {out}"
