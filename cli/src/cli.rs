@@ -181,6 +181,21 @@ Example:
   pgkeep expire --keep-last 7 && pgkeep prune"
     )]
     Prune(PruneArgs),
+    /// Restore drill: restore into a scratch directory, start PostgreSQL, check, clean up.
+    #[command(
+        after_help = "Restores the latest state (or --target-time) into a scratch directory (a new one in the \
+temp dir, or --scratch), runs PostgreSQL on a Unix socket there with archiving off, waits until \
+recovery reached the target and promoted, then checks: pg_amcheck on every database (when \
+available), the row count of every table (read in full; --compare-source compares them with the \
+source server), and each --sql assertion file (every statement must return one true, or be a \
+command that succeeds). Then stops the server and removes the scratch directory (also on failure \
+and on Ctrl-C; --keep leaves it). Run it as the OS user that runs PostgreSQL, never as root.\n\n\
+Exit codes: 0 every check passed; 1 a check failed, recovery failed, or the drill was interrupted; \
+5 damaged data detected while restoring; 2, 3, 4 as for every command (planning refusals are 2).\n\n\
+Example (weekly, from the postgres user's crontab):\n  \
+pgkeep --config /etc/pgkeep/pgkeep.toml drill --sql /etc/pgkeep/drill.sql --heapallindexed"
+    )]
+    Drill(DrillArgs),
 }
 
 #[derive(Debug, Args)]
@@ -468,4 +483,61 @@ pub(crate) struct NewKeyArgs {
     /// passphrase itself in PGKEEP_NEW_PASSPHRASE; else a prompt (twice).
     #[arg(long, value_name = "FILE")]
     pub(crate) new_passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DrillArgs {
+    /// The backup to restore: an id from `pgkeep list`, or latest (the newest one that is
+    /// consistent before the target). [default: latest]
+    #[arg(long, value_name = "ID")]
+    pub(crate) backup: Option<String>,
+    /// Recover to this time (same forms as for restore) instead of the end of the archive.
+    #[arg(long, value_name = "TIME")]
+    pub(crate) target_time: Option<String>,
+    /// Scratch directory (absent or empty; its contents are removed afterwards). [default: a
+    /// new pgkeep-drill-* directory in the system temp dir]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) scratch: Option<PathBuf>,
+    /// Keep the scratch directory (the server stopped) for inspection.
+    #[arg(long)]
+    pub(crate) keep: bool,
+    /// Port number of the drill server (it listens on a Unix socket in the scratch
+    /// directory only). [default: a free port]
+    #[arg(long, value_name = "PORT")]
+    pub(crate) port: Option<u16>,
+    /// Directory of PostgreSQL's binaries. [default: PATH, then the standard locations for
+    /// the backup's major version]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) pg_bin: Option<PathBuf>,
+    /// Role the checks connect as: a superuser of the backed-up cluster. [default: the OS
+    /// user's name]
+    #[arg(long, value_name = "ROLE")]
+    pub(crate) db_user: Option<String>,
+    /// Assertion file: SQL statements separated by `;` (and `\connect DB` lines), each
+    /// returning one true, or a command that succeeds (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) sql: Vec<PathBuf>,
+    /// Do not run pg_amcheck.
+    #[arg(long)]
+    pub(crate) no_amcheck: bool,
+    /// pg_amcheck --heapallindexed: also check that every heap tuple is in its indexes
+    /// (slower).
+    #[arg(long, conflicts_with = "no_amcheck")]
+    pub(crate) heapallindexed: bool,
+    /// Count the rows only of tables up to this size (MiB, main fork); 0 counts none.
+    /// [default: 1024]
+    #[arg(long, value_name = "MIB")]
+    pub(crate) count_max_mib: Option<u64>,
+    /// Compare each table's row count with the source server (--pg); any difference fails
+    /// the drill. Meaningful only when the source has not changed since the drill's target.
+    #[arg(long)]
+    pub(crate) compare_source: bool,
+    /// The source server for --compare-source: a connection string or URI (a role that can
+    /// read every table). Also PGKEEP_PG; config key: pg.
+    #[arg(long, value_name = "CONNINFO", requires = "compare_source")]
+    pub(crate) pg: Option<String>,
+    /// Files written at once, and pg_amcheck's jobs. Also PGKEEP_JOBS; config key: jobs.
+    /// [default: one per core]
+    #[arg(long, value_name = "N")]
+    pub(crate) jobs: Option<usize>,
 }

@@ -59,6 +59,7 @@ fn main() -> ExitCode {
             Command::Pin(a) => cmd::expire::pin(&settings, a).await,
             Command::Unpin(a) => cmd::expire::unpin(&settings, a).await,
             Command::Prune(a) => cmd::prune::run(&settings, a, &out).await,
+            Command::Drill(a) => cmd::drill::run(&settings, a, &out).await,
         };
         match result {
             Ok(()) => exit::OK,

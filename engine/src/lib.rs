@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod chunker;
 pub mod conninfo;
+pub mod drill;
 pub mod error;
 pub mod index;
 pub mod lock;

@@ -107,7 +107,7 @@ fn shell_quote(word: &str) -> String {
 /// `pgkeep ... wal-fetch %f %p` with this run's repository, cluster and config, and the
 /// passphrase file if there is one. Secrets never go into it (it lands in
 /// postgresql.auto.conf and in the process list): storage options belong in the config file.
-fn restore_command(s: &Settings) -> anyhow::Result<String> {
+pub(crate) fn restore_command(s: &Settings) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("finding the pgkeep executable")?;
     let mut words = vec![shell_quote(&exe.display().to_string())];
     if let Some(config) = &s.config_path {

@@ -133,15 +133,29 @@ pub async fn start_and_wait(pgdata: &Path, opts: &StartOptions) -> Result<Reache
                 "recovery failed; the server said: {tail}"
             )));
         }
-        if let Ok(point) = progress(&cfg).await {
-            let done = match opts.action {
-                TargetAction::Pause => point.0 == "paused" || !point.1.in_recovery,
-                TargetAction::Promote => !point.1.in_recovery,
-                TargetAction::Shutdown => false,
-            };
-            if done {
-                return Ok(point.1);
+        match progress(&cfg).await {
+            Ok(point) => {
+                let done = match opts.action {
+                    TargetAction::Pause => point.0 == "paused" || !point.1.in_recovery,
+                    TargetAction::Promote => !point.1.in_recovery,
+                    TargetAction::Shutdown => false,
+                };
+                if done {
+                    return Ok(point.1);
+                }
             }
+            // Refused for who we are (no such role, authentication): waiting cannot help.
+            // Other errors ("the database system is starting up") pass with time.
+            Err(Error::Postgres(e))
+                if e.sqlstate()
+                    .is_some_and(|s| s.starts_with("28") || s == "3D000") =>
+            {
+                return Err(Error::InvalidInput(format!(
+                    "the restored server refuses the progress queries as role {:?}: {e}",
+                    opts.user
+                )));
+            }
+            Err(_) => {}
         }
         if Instant::now() > deadline {
             return Err(Error::InvalidInput(format!(
