@@ -283,3 +283,110 @@ fn pitr_proof_pg15_s3() {
 fn pitr_proof_pg18_s3() {
     pitr_proof(PgVersion::V18, true);
 }
+
+/// Restores along a timeline switch: a point-in-time restore promoted into timeline 2 keeps
+/// archiving into the same repository; a later restore from the backup taken on timeline 1
+/// reaches a time on timeline 2, as PostgreSQL's `recovery_target_timeline = latest` does.
+#[test]
+fn pitr_across_a_timeline_switch() {
+    let a = Archiving::start(PgVersion::V15, 1, &[]);
+    let conn = a.pg.connstring();
+    a.sql("CREATE TABLE t (v int)");
+    a.expect_as_server(&["backup", "--pg", &conn], 0);
+    a.sql("INSERT INTO t SELECT generate_series(1, 100)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let fork_time =
+        a.sql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')");
+    std::thread::sleep(Duration::from_millis(1100));
+    // Rows the old timeline gets after the fork point; the new timeline never sees them.
+    a.sql("INSERT INTO t SELECT generate_series(1, 1000)");
+    a.switch_and_wait();
+
+    // The "failover": restore to the fork time and promote; the copy archives timeline 2.
+    let tl2 = a.pg.owned_dir("tl2").expect("dir");
+    let tl2_arg = tl2.display().to_string();
+    let port = free_port();
+    let port_arg = port.to_string();
+    let bin = a.pg.bin_dir().display().to_string();
+    let start = |dir: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--json", "restore", "--pgdata", dir, "--start", "--port", &port_arg, "--pg-bin", &bin,
+        ];
+        args.extend_from_slice(extra);
+        let (out, _) = a.expect_as_server(&args, 0);
+        serde_json::from_str::<Value>(&out).expect("restore JSON")
+    };
+    let report = start(
+        &tl2_arg,
+        &["--target-time", &fork_time, "--target-action", "promote"],
+    );
+    assert_eq!(
+        report["plan"]["timelines"],
+        serde_json::json!([1]),
+        "{report}"
+    );
+    assert_eq!(
+        a.query_restored(&tl2, port, "SELECT count(*) FROM t"),
+        "100"
+    );
+    // Wait for promotion, then write on timeline 2 and get it archived.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while a.query_restored(&tl2, port, "SELECT pg_is_in_recovery()") == "t" {
+        assert!(std::time::Instant::now() < deadline, "not promoted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.query_restored(&tl2, port, "INSERT INTO t SELECT generate_series(1, 7)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let after = a.query_restored(
+        &tl2,
+        port,
+        "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    a.query_restored(&tl2, port, "INSERT INTO t SELECT 0");
+    let segment = a.query_restored(&tl2, port, "SELECT pg_walfile_name(pg_switch_wal())");
+    let archived = a.repo.join("clusters/main/wal/00000002").join(&segment);
+    while !archived.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{segment} not archived from timeline 2"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.stop_restored(&tl2);
+
+    // From the timeline-1 backup to a time on timeline 2.
+    let again = a.pg.owned_dir("again").expect("dir");
+    let again_arg = again.display().to_string();
+    let report = start(&again_arg, &["--target-time", &after]);
+    assert_eq!(
+        report["plan"]["timelines"],
+        serde_json::json!([1, 2]),
+        "{report}"
+    );
+    assert_eq!(report["plan"]["timeline"], 1);
+    assert_eq!(
+        a.query_restored(&again, port, "SELECT count(*) FROM t"),
+        "107"
+    );
+    a.stop_restored(&again);
+    // Staying on the backup's timeline, that time is after its last archived transaction.
+    let current = a.pg.owned_dir("current").expect("dir");
+    let current_arg = current.display().to_string();
+    let (_, err) = a.expect_as_server(
+        &[
+            "restore",
+            "--pgdata",
+            &current_arg,
+            "--target-time",
+            &after,
+            "--target-timeline",
+            "current",
+        ],
+        2,
+    );
+    assert!(
+        err.contains("after the last transaction") && err.contains("on timeline 1"),
+        "{err}"
+    );
+}

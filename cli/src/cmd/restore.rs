@@ -9,7 +9,7 @@ use pgkeep_engine::format::Lsn;
 use pgkeep_engine::restore::start::{find_bin_dir, start_and_wait, stop, StartOptions};
 use pgkeep_engine::restore::{
     check_target, plan, restore, tablespace_layout, BackupChoice, RecoverySettings, RecoveryTarget,
-    TargetAction,
+    TargetAction, TargetTimeline,
 };
 use pgkeep_engine::timestamp::{format_timestamp_us, parse_timestamp};
 use serde::Serialize;
@@ -26,7 +26,10 @@ struct PlanOut {
     backup_start_lsn: String,
     backup_stop_lsn: String,
     backup_consistent_at: String,
+    /// The backup's timeline.
     timeline: u32,
+    /// The timelines replay follows, from the backup's to the target's.
+    timelines: Vec<u32>,
     target: String,
     wal_first: String,
     wal_last: String,
@@ -157,13 +160,8 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
         Some("shutdown") => TargetAction::Shutdown,
         Some(other) => return Err(UsageError(format!("--target-action {other:?}")).into()),
     };
-    let timeline = a.target_timeline.clone().unwrap_or_else(|| "latest".into());
-    if !(timeline == "latest" || timeline == "current" || timeline.parse::<u32>().is_ok()) {
-        return Err(UsageError(format!(
-            "--target-timeline {timeline:?}: latest, current or a number"
-        ))
-        .into());
-    }
+    let timeline = TargetTimeline::parse(a.target_timeline.as_deref().unwrap_or("latest"))
+        .map_err(|e| UsageError(e.to_string()))?;
     let map = tablespace_map(&a.tablespace_map)?;
     let jobs = pick(a.jobs, "PGKEEP_JOBS", s.file.jobs)?
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -173,7 +171,7 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
         None | Some("latest") => BackupChoice::Latest,
         Some(id) => BackupChoice::Id(id.to_owned()),
     };
-    let plan = plan(&repo, &cluster, &choice, target)
+    let plan = plan(&repo, &cluster, &choice, target, timeline)
         .await
         .context("planning the restore")?;
     let pg = plan
@@ -185,7 +183,8 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
         backup_start_lsn: Lsn(pg.start_lsn).to_string(),
         backup_stop_lsn: Lsn(pg.stop_lsn).to_string(),
         backup_consistent_at: format_timestamp_us(plan.manifest.stop_time_us),
-        timeline: plan.timeline.0,
+        timeline: pg.timeline,
+        timelines: plan.path.iter().map(|t| t.0).collect(),
         target: plan.target.describe(),
         wal_first: plan.first_segment.clone(),
         wal_last: plan.last_segment.clone(),
@@ -197,7 +196,7 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
         archive_last_transaction: plan.archive_end_time.map(format_timestamp_us),
     };
     let plan_text = format!(
-        "plan: backup {} (timeline {}, LSN {}..{}, consistent at {})\n      WAL {} .. {}\n      recover to {}{}",
+        "plan: backup {} (timeline {}, LSN {}..{}, consistent at {})\n      WAL {} .. {}{}\n      recover to {}{}",
         plan_out.backup,
         plan_out.timeline,
         plan_out.backup_start_lsn,
@@ -205,6 +204,19 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
         plan_out.backup_consistent_at,
         plan_out.wal_first,
         plan_out.wal_last,
+        if plan_out.timelines.len() > 1 {
+            format!(
+                " across timelines {}",
+                plan_out
+                    .timelines
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            )
+        } else {
+            String::new()
+        },
         plan_out.target,
         match (&plan_out.expected_stop_lsn, &plan_out.expected_stop_time) {
             (Some(l), Some(t)) => format!(" (around the record at {l}, {t})"),
@@ -223,7 +235,7 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
         restore_command: restore_command(s)?,
         target: plan.target.clone(),
         exclusive: a.target_exclusive,
-        timeline,
+        timeline: timeline.as_conf(),
         action,
         comment: format!(
             "restored by pgkeep from backup {} of cluster {cluster}: recover to {}",

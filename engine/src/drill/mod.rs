@@ -32,7 +32,7 @@ use crate::repository::Repository;
 use crate::restore::start::{find_bin_dir, start_and_wait, ReachedPoint, StartOptions};
 use crate::restore::{
     plan, restore, tablespace_layout, BackupChoice, Materialized, Plan, RecoverySettings,
-    RecoveryTarget, TargetAction,
+    RecoveryTarget, TargetAction, TargetTimeline,
 };
 
 pub use checks::{Check, CheckStatus, TableCount};
@@ -248,7 +248,14 @@ pub async fn run(
 ) -> Result<DrillReport> {
     let (scratch, port) = preflight(opts)?;
     let before = async {
-        let plan = plan(repo, cluster, &opts.backup, opts.target.clone()).await?;
+        let plan = plan(
+            repo,
+            cluster,
+            &opts.backup,
+            opts.target.clone(),
+            TargetTimeline::Latest,
+        )
+        .await?;
         let major = plan
             .manifest
             .postgres

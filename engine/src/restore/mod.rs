@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use materialize::{Layout, Materialized};
-pub use plan::{plan, BackupChoice, Plan, RecoveryTarget};
+pub use plan::{plan, BackupChoice, Plan, RecoveryTarget, TargetTimeline};
 pub use recovery::{RecoverySettings, TargetAction};
 
 use pgkeep_format::LockMode;

@@ -64,7 +64,9 @@ pub struct Plan {
     pub last_segment: String,
     /// Where replay is expected to stop (target found in the index), if known.
     pub expected_stop: Option<(Lsn, Option<i64>)>,
-    /// The archive's last transaction end on this timeline, unix µs.
+    /// The timelines recovery follows, from the backup's to the target's.
+    pub path: Vec<TimelineId>,
+    /// The last transaction end of the continuous WAL on the target's timeline, unix µs.
     pub archive_end_time: Option<i64>,
 }
 
@@ -74,6 +76,7 @@ pub async fn plan(
     cluster: &ClusterName,
     choice: &BackupChoice,
     target: RecoveryTarget,
+    timeline: TargetTimeline,
 ) -> Result<Plan> {
     let mut manifests = Vec::new();
     for id in repo.list_backups(cluster).await? {
@@ -119,145 +122,374 @@ pub async fn plan(
     let pg = manifest
         .postgres
         .ok_or_else(|| Error::InvalidInput("not a PostgreSQL backup".into()))?;
-    let timeline = TimelineId(pg.timeline);
     let size = pg.wal_segment_size;
-    let start_seg = SegmentName::containing(timeline, Lsn(pg.start_lsn), size);
-    let stop_seg = SegmentName::containing(timeline, Lsn(pg.stop_lsn), size);
+    let listing = timelines(&archive).await?;
+    let legs = recovery_path(
+        &archive,
+        &listing,
+        &manifest.backup_id,
+        TimelineId(pg.timeline),
+        (Lsn(pg.start_lsn), Lsn(pg.stop_lsn)),
+        timeline,
+    )
+    .await?;
+    let path: Vec<TimelineId> = legs.iter().map(|l| l.timeline).collect();
+    let on_path = |e: &LocatedEvent| legs.iter().position(|l| l.holds(e.timeline, e.event.lsn));
+    let start_seg = SegmentName::containing(TimelineId(pg.timeline), Lsn(pg.start_lsn), size);
+    let stop_seg = SegmentName::containing(TimelineId(pg.timeline), Lsn(pg.stop_lsn), size);
 
-    // The continuous archived WAL on the backup's timeline from the backup's start.
-    let tl = timelines(&archive)
-        .await?
-        .into_iter()
-        .find(|t| t.timeline == timeline);
-    let range = tl.as_ref().and_then(|t| {
-        t.ranges.iter().find(|r| {
-            SegmentName::parse(r.first.as_str(), size).is_ok_and(|f| f <= start_seg)
-                && SegmentName::parse(r.last.as_str(), size).is_ok_and(|l| l >= start_seg)
-        })
-    });
-    let Some(range) = range else {
-        return Err(Error::InvalidInput(format!(
-            "the archive lacks WAL segment {start_seg}, where backup {} starts: it cannot be restored{}",
-            manifest.backup_id,
-            gaps_hint(tl.as_ref())
-        )));
-    };
-    let covered_last = SegmentName::parse(range.last.as_str(), size)
-        .map_err(|e| Error::InvalidInput(e.to_string()))?;
-    if covered_last < stop_seg {
-        return Err(Error::InvalidInput(format!(
-            "the archive's WAL from backup {} stops at {} before the backup's end ({stop_seg}){}",
-            manifest.backup_id,
-            range.last,
-            gaps_hint(tl.as_ref())
-        )));
-    }
-    let archive_end_time = range.last_xact_us;
-    let covers = || {
-        format!(
-            "continuous WAL from backup {} covers {} .. {} ({} .. {})",
-            manifest.backup_id,
-            format_timestamp_us(manifest.stop_time_us),
-            archive_end_time.map_or("?".into(), format_timestamp_us),
-            range.first,
-            range.last
-        )
-    };
-    // Where the target lies, checked against what the archive covers.
-    let (needed_last, expected_stop) = match &target {
-        RecoveryTarget::End => {
-            // WAL archived after a gap cannot be replayed: recovery would stop at the gap and
-            // promote, quietly missing everything after it.
-            if let Some(t) = tl.as_ref().filter(|t| t.ranges.len() > 1) {
-                if t.ranges.last().is_some_and(|r| r.last != range.last) {
+    // Where the target lies: the leg that holds it, the LSN where replay stops, and whether
+    // the index found it there.
+    let (target_leg, stop_at, expected_stop): (usize, Option<Lsn>, Option<(Lsn, Option<i64>)>) =
+        match &target {
+            RecoveryTarget::End => (legs.len() - 1, None, None),
+            RecoveryTarget::Immediate => {
+                (0, Some(Lsn(pg.stop_lsn)), Some((Lsn(pg.stop_lsn), None)))
+            }
+            RecoveryTarget::Lsn(l) => {
+                if l.0 < pg.stop_lsn {
                     return Err(Error::InvalidInput(format!(
-                        "WAL is missing after {}: recovery would stop there{}. Restore to a target before it (--target-time, --target-lsn), or find the missing segments",
-                        range.last,
-                        gaps_hint(tl.as_ref())
+                        "LSN {l} is before backup {}'s consistency point {}: choose an earlier backup or a later target",
+                        manifest.backup_id,
+                        Lsn(pg.stop_lsn)
                     )));
                 }
+                let leg = legs
+                    .iter()
+                    .position(|g| g.until.is_none_or(|u| l.0 < u.0))
+                    .unwrap_or(legs.len() - 1);
+                (leg, Some(*l), Some((*l, None)))
             }
-            (covered_last, None)
+            RecoveryTarget::Time(t) => {
+                // Recovery stops at the first transaction end after the target: that record
+                // must be in the archive, or PostgreSQL would run out of WAL first.
+                let after = events(&archive, None, None, None)
+                    .await?
+                    .into_iter()
+                    .filter(|e| {
+                        e.event.kind != WalEventKind::RestorePoint
+                            && e.event.time_us > *t
+                            && e.event.lsn.0 >= pg.stop_lsn
+                    })
+                    .filter_map(|e| on_path(&e).map(|leg| (leg, e)))
+                    .min_by_key(|(leg, e)| (*leg, e.event.lsn));
+                let Some((leg, after)) = after else {
+                    let end = legs
+                        .last()
+                        .map(|l| l.timeline)
+                        .unwrap_or(TimelineId(pg.timeline));
+                    let last = listing
+                        .iter()
+                        .find(|t| t.timeline == end)
+                        .and_then(|t| t.ranges.last())
+                        .and_then(|r| r.last_xact_us);
+                    return Err(Error::InvalidInput(format!(
+                        "time {} is after the last transaction in the archive: continuous WAL from backup {} covers {} .. {} on timeline {}. Restore without a target to replay everything",
+                        format_timestamp_us(*t),
+                        manifest.backup_id,
+                        format_timestamp_us(manifest.stop_time_us),
+                        last.map_or("?".into(), format_timestamp_us),
+                        describe_path(&path)
+                    )));
+                };
+                (
+                    leg,
+                    Some(after.event.end),
+                    Some((after.event.lsn, Some(after.event.time_us))),
+                )
+            }
+            RecoveryTarget::Name(_) | RecoveryTarget::Xid(_) => {
+                let e = event.as_ref().ok_or_else(|| {
+                    Error::InvalidInput("the target's event was not found".into())
+                })?;
+                let Some(leg) = on_path(e) else {
+                    return Err(Error::InvalidInput(format!(
+                        "{} is on timeline {} at {}, which is not on the recovery path from backup {} (timeline {}); choose --target-timeline or another backup",
+                        target.describe(),
+                        e.timeline.0,
+                        e.event.lsn,
+                        manifest.backup_id,
+                        describe_path(&path)
+                    )));
+                };
+                (
+                    leg,
+                    Some(e.event.end),
+                    Some((e.event.lsn, Some(e.event.time_us))),
+                )
+            }
+        };
+
+    // Every leg up to the target's must be archived without a gap: in full before the
+    // target's leg, up to the target in it.
+    let mut archive_end_time = None;
+    let mut last_needed = stop_seg;
+    for (i, leg) in legs.iter().enumerate().take(target_leg + 1) {
+        let tl = listing.iter().find(|t| t.timeline == leg.timeline);
+        let first = SegmentName::containing(leg.timeline, leg.from, size);
+        // The segment holding a switch point is read from the new timeline.
+        let until_seg = leg
+            .until
+            .map(|u| SegmentName::containing(leg.timeline, u, size));
+        if until_seg.is_some_and(|u| u <= first) {
+            continue;
         }
-        RecoveryTarget::Immediate => (stop_seg, Some((Lsn(pg.stop_lsn), None))),
-        RecoveryTarget::Lsn(l) => {
-            if l.0 < pg.stop_lsn {
-                return Err(Error::InvalidInput(format!(
-                    "LSN {l} is before backup {}'s consistency point {}: choose an earlier backup or a later target",
-                    manifest.backup_id,
-                    Lsn(pg.stop_lsn)
-                )));
-            }
-            let seg = SegmentName::containing(timeline, *l, size);
-            if seg > covered_last {
-                return Err(Error::InvalidInput(format!(
-                    "LSN {l} is beyond the archived WAL: {}",
-                    covers()
-                )));
-            }
-            (seg, Some((*l, None)))
-        }
-        RecoveryTarget::Time(t) => {
-            // Recovery stops at the first transaction end after the target: that record
-            // must be in the archive, or PostgreSQL would run out of WAL first.
-            let after = find_event(&archive, |e| {
-                e.timeline == timeline
-                    && e.event.kind != WalEventKind::RestorePoint
-                    && e.event.time_us > *t
-                    && e.event.lsn.0 >= pg.stop_lsn
+        let range = tl.and_then(|t| {
+            t.ranges.iter().find(|r| {
+                SegmentName::parse(r.first.as_str(), size).is_ok_and(|f| f <= first)
+                    && SegmentName::parse(r.last.as_str(), size).is_ok_and(|l| l >= first)
             })
-            .await?;
-            let Some(after) = after else {
-                return Err(Error::InvalidInput(format!(
-                    "time {} is after the last transaction in the archive: {}. Restore without a target to replay everything",
-                    format_timestamp_us(*t),
-                    covers()
-                )));
-            };
-            let seg = SegmentName::containing(timeline, after.event.end, size);
-            if seg > covered_last {
-                return Err(Error::InvalidInput(format!(
-                    "the WAL up to time {} is not all archived: {}{}",
-                    format_timestamp_us(*t),
-                    covers(),
-                    gaps_hint(tl.as_ref())
-                )));
-            }
-            (seg, Some((after.event.lsn, Some(after.event.time_us))))
-        }
-        RecoveryTarget::Name(_) | RecoveryTarget::Xid(_) => {
-            let e = event
-                .as_ref()
-                .ok_or_else(|| Error::InvalidInput("the target's event was not found".into()))?;
-            if e.timeline != timeline {
-                return Err(Error::InvalidInput(format!(
-                    "{} is on timeline {}, backup {} on timeline {}",
-                    target.describe(),
-                    e.timeline.0,
+        });
+        let Some(range) = range else {
+            return Err(Error::InvalidInput(if i == 0 {
+                format!(
+                    "the archive lacks WAL segment {first}, where backup {} starts: it cannot be restored{}",
                     manifest.backup_id,
-                    timeline.0
-                )));
-            }
-            let seg = SegmentName::containing(timeline, e.event.end, size);
-            if seg > covered_last {
-                return Err(Error::InvalidInput(format!(
-                    "{} is beyond the continuous WAL: {}",
-                    target.describe(),
-                    covers()
-                )));
-            }
-            (seg, Some((e.event.lsn, Some(e.event.time_us))))
+                    gaps_hint(tl)
+                )
+            } else {
+                format!(
+                    "the archive lacks WAL segment {first}, where timeline {} begins (at {}) on the way to the target{}",
+                    leg.timeline.0,
+                    leg.from,
+                    gaps_hint(tl)
+                )
+            }));
+        };
+        let covered_last = SegmentName::parse(range.last.as_str(), size)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        archive_end_time = range.last_xact_us;
+        let covers = || {
+            format!(
+                "continuous WAL from backup {} covers {} .. {} ({} .. {} on timeline {})",
+                manifest.backup_id,
+                format_timestamp_us(manifest.stop_time_us),
+                range.last_xact_us.map_or("?".into(), format_timestamp_us),
+                range.first,
+                range.last,
+                leg.timeline.0
+            )
+        };
+        if i == 0 && covered_last < stop_seg {
+            return Err(Error::InvalidInput(format!(
+                "the archive's WAL from backup {} stops at {} before the backup's end ({stop_seg}){}",
+                manifest.backup_id,
+                range.last,
+                gaps_hint(tl)
+            )));
         }
-    };
+        let needed = if i < target_leg {
+            // The whole leg up to the switch.
+            until_seg
+                .map(|u| SegmentName::new(u.timeline, u.segment - 1, size))
+                .unwrap_or(covered_last)
+        } else {
+            match stop_at {
+                Some(l) => SegmentName::containing(leg.timeline, l, size),
+                None => {
+                    // WAL archived after a gap cannot be replayed: recovery would stop at the
+                    // gap and promote, quietly missing everything after it.
+                    if let Some(t) = tl.filter(|t| t.ranges.len() > 1) {
+                        if t.ranges.last().is_some_and(|r| r.last != range.last) {
+                            return Err(Error::InvalidInput(format!(
+                                "WAL is missing after {}: recovery would stop there{}. Restore to a target before it (--target-time, --target-lsn), or find the missing segments",
+                                range.last,
+                                gaps_hint(tl)
+                            )));
+                        }
+                    }
+                    covered_last
+                }
+            }
+        };
+        if needed > covered_last {
+            return Err(Error::InvalidInput(if i < target_leg {
+                format!(
+                    "WAL of timeline {} is missing before its switch to timeline {} at {}: {}{}",
+                    leg.timeline.0,
+                    legs[i + 1].timeline.0,
+                    legs[i + 1].from,
+                    covers(),
+                    gaps_hint(tl)
+                )
+            } else {
+                match &target {
+                    RecoveryTarget::Lsn(l) => {
+                        format!("LSN {l} is beyond the archived WAL: {}", covers())
+                    }
+                    RecoveryTarget::Time(t) => format!(
+                        "the WAL up to time {} is not all archived: {}{}",
+                        format_timestamp_us(*t),
+                        covers(),
+                        gaps_hint(tl)
+                    ),
+                    _ => format!(
+                        "{} is beyond the continuous WAL: {}",
+                        target.describe(),
+                        covers()
+                    ),
+                }
+            }));
+        }
+        last_needed = needed;
+    }
     Ok(Plan {
         first_segment: start_seg.to_string(),
-        last_segment: needed_last.max(stop_seg).to_string(),
+        last_segment: last_needed.max(stop_seg).to_string(),
         manifest: manifest.clone(),
         target,
-        timeline,
+        timeline: legs[target_leg].timeline,
+        path,
         expected_stop,
         archive_end_time,
     })
+}
+
+/// `recovery_target_timeline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetTimeline {
+    /// The newest timeline in the archive (PostgreSQL's default).
+    Latest,
+    /// The backup's own timeline.
+    Current,
+    Id(TimelineId),
+}
+
+impl TargetTimeline {
+    /// Parses `latest`, `current` or a timeline number.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "latest" => Ok(Self::Latest),
+            "current" => Ok(Self::Current),
+            n => n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(|n| Self::Id(TimelineId(n)))
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "--target-timeline {s:?}: latest, current or a timeline number"
+                    ))
+                }),
+        }
+    }
+
+    /// The value for `recovery_target_timeline`.
+    pub fn as_conf(&self) -> String {
+        match self {
+            Self::Latest => "latest".into(),
+            Self::Current => "current".into(),
+            Self::Id(t) => t.0.to_string(),
+        }
+    }
+}
+
+/// One timeline's part of the way from a backup to the target: its WAL from `from` up to
+/// `until`, where the next timeline branches off (open on the last leg).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leg {
+    pub timeline: TimelineId,
+    pub from: Lsn,
+    pub until: Option<Lsn>,
+}
+
+impl Leg {
+    fn holds(&self, timeline: TimelineId, lsn: Lsn) -> bool {
+        self.timeline == timeline && self.from <= lsn && self.until.is_none_or(|u| lsn < u)
+    }
+}
+
+/// `1 → 2 → 3`.
+fn describe_path(path: &[TimelineId]) -> String {
+    path.iter()
+        .map(|t| t.0.to_string())
+        .collect::<Vec<_>>()
+        .join(" → ")
+}
+
+/// The entries of a timeline history file: `(parent timeline, switch point)`, oldest first.
+pub fn parse_history(text: &str) -> Vec<(TimelineId, Lsn)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let tli = f.next()?.parse::<u32>().ok()?;
+            let lsn = f.next()?.parse::<Lsn>().ok()?;
+            Some((TimelineId(tli), lsn))
+        })
+        .collect()
+}
+
+/// The timelines recovery follows from a backup on `backup_tli`, the way PostgreSQL does:
+/// the target timeline's history file names the switch points.
+async fn recovery_path(
+    archive: &WalArchive,
+    listing: &[crate::wal::catalog::TimelineWal],
+    backup_id: &str,
+    backup_tli: TimelineId,
+    (start, stop): (Lsn, Lsn),
+    choice: TargetTimeline,
+) -> Result<Vec<Leg>> {
+    let target = match choice {
+        TargetTimeline::Current => backup_tli,
+        TargetTimeline::Id(t) => t,
+        TargetTimeline::Latest => listing
+            .iter()
+            .filter(|t| t.history && t.timeline > backup_tli)
+            .map(|t| t.timeline)
+            .max()
+            .unwrap_or(backup_tli),
+    };
+    if target == backup_tli {
+        return Ok(vec![Leg {
+            timeline: backup_tli,
+            from: start,
+            until: None,
+        }]);
+    }
+    let name = pgkeep_format::WalFileName::parse(&format!("{:08X}.history", target.0))
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let Some((_, text)) = archive.fetch(&name).await? else {
+        return Err(Error::InvalidInput(format!(
+            "timeline {} has no history file {name} in the archive, so the way from backup {backup_id} (timeline {}) to it is unknown; use --target-timeline current",
+            target.0, backup_tli.0
+        )));
+    };
+    let history = parse_history(&String::from_utf8_lossy(&text));
+    let Some(pos) = history.iter().position(|(t, _)| *t == backup_tli) else {
+        return Err(Error::InvalidInput(format!(
+            "timeline {} does not descend from timeline {} of backup {backup_id} ({name} lists {}); use --target-timeline current or a backup taken on timeline {}",
+            target.0,
+            backup_tli.0,
+            describe_path(&history.iter().map(|(t, _)| *t).collect::<Vec<_>>()),
+            target.0
+        )));
+    };
+    if history[pos].1 < stop {
+        return Err(Error::InvalidInput(format!(
+            "timeline {} left timeline {} at {}, before backup {backup_id} was consistent ({stop}); use --target-timeline current or a backup taken on timeline {}",
+            target.0, backup_tli.0, history[pos].1, target.0
+        )));
+    }
+    let mut legs = vec![Leg {
+        timeline: backup_tli,
+        from: start,
+        until: Some(history[pos].1),
+    }];
+    for w in history[pos..].windows(2) {
+        legs.push(Leg {
+            timeline: w[1].0,
+            from: w[0].1,
+            until: Some(w[1].1),
+        });
+    }
+    legs.push(Leg {
+        timeline: target,
+        from: history.last().map_or(start, |(_, l)| *l),
+        until: None,
+    });
+    Ok(legs)
 }
 
 /// The newest backup consistent before the target, or the named one if it is.
@@ -352,5 +584,40 @@ fn gaps_hint(tl: Option<&crate::wal::catalog::TimelineWal>) -> String {
                 .join(", ")
         ),
         Some(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_files_parse_and_legs_hold_their_lsns() {
+        let text = "1\t0/5000000\tno recovery target specified\n\n# comment\n2\t0/9000A28\tat restore point \"x\"\n";
+        assert_eq!(
+            parse_history(text),
+            [
+                (TimelineId(1), Lsn(0x0500_0000)),
+                (TimelineId(2), Lsn(0x0900_0a28))
+            ]
+        );
+        let leg = Leg {
+            timeline: TimelineId(2),
+            from: Lsn(0x0500_0000),
+            until: Some(Lsn(0x0900_0a28)),
+        };
+        assert!(leg.holds(TimelineId(2), Lsn(0x0500_0000)));
+        assert!(!leg.holds(TimelineId(2), Lsn(0x0900_0a28)));
+        assert!(!leg.holds(TimelineId(1), Lsn(0x0600_0000)));
+        assert_eq!(describe_path(&[TimelineId(1), TimelineId(2)]), "1 → 2");
+        assert_eq!(
+            TargetTimeline::parse("3").expect("n"),
+            TargetTimeline::Id(TimelineId(3))
+        );
+        assert!(TargetTimeline::parse("0").is_err());
+        assert_eq!(
+            TargetTimeline::parse("latest").expect("l").as_conf(),
+            "latest"
+        );
     }
 }
