@@ -140,50 +140,47 @@ pub async fn plan(
 
     // Where the target lies: the leg that holds it, the LSN where replay stops, and whether
     // the index found it there.
-    let (target_leg, stop_at, expected_stop): (usize, Option<Lsn>, Option<(Lsn, Option<i64>)>) =
-        match &target {
-            RecoveryTarget::End => (legs.len() - 1, None, None),
-            RecoveryTarget::Immediate => {
-                (0, Some(Lsn(pg.stop_lsn)), Some((Lsn(pg.stop_lsn), None)))
-            }
-            RecoveryTarget::Lsn(l) => {
-                if l.0 < pg.stop_lsn {
-                    return Err(Error::InvalidInput(format!(
+    let (target_leg, stop_at, expected_stop): (usize, Option<Lsn>, ExpectedStop) = match &target {
+        RecoveryTarget::End => (legs.len() - 1, None, None),
+        RecoveryTarget::Immediate => (0, Some(Lsn(pg.stop_lsn)), Some((Lsn(pg.stop_lsn), None))),
+        RecoveryTarget::Lsn(l) => {
+            if l.0 < pg.stop_lsn {
+                return Err(Error::InvalidInput(format!(
                         "LSN {l} is before backup {}'s consistency point {}: choose an earlier backup or a later target",
                         manifest.backup_id,
                         Lsn(pg.stop_lsn)
                     )));
-                }
-                let leg = legs
-                    .iter()
-                    .position(|g| g.until.is_none_or(|u| l.0 < u.0))
-                    .unwrap_or(legs.len() - 1);
-                (leg, Some(*l), Some((*l, None)))
             }
-            RecoveryTarget::Time(t) => {
-                // Recovery stops at the first transaction end after the target: that record
-                // must be in the archive, or PostgreSQL would run out of WAL first.
-                let after = events(&archive, None, None, None)
-                    .await?
-                    .into_iter()
-                    .filter(|e| {
-                        e.event.kind != WalEventKind::RestorePoint
-                            && e.event.time_us > *t
-                            && e.event.lsn.0 >= pg.stop_lsn
-                    })
-                    .filter_map(|e| on_path(&e).map(|leg| (leg, e)))
-                    .min_by_key(|(leg, e)| (*leg, e.event.lsn));
-                let Some((leg, after)) = after else {
-                    let end = legs
-                        .last()
-                        .map(|l| l.timeline)
-                        .unwrap_or(TimelineId(pg.timeline));
-                    let last = listing
-                        .iter()
-                        .find(|t| t.timeline == end)
-                        .and_then(|t| t.ranges.last())
-                        .and_then(|r| r.last_xact_us);
-                    return Err(Error::InvalidInput(format!(
+            let leg = legs
+                .iter()
+                .position(|g| g.until.is_none_or(|u| l.0 < u.0))
+                .unwrap_or(legs.len() - 1);
+            (leg, Some(*l), Some((*l, None)))
+        }
+        RecoveryTarget::Time(t) => {
+            // Recovery stops at the first transaction end after the target: that record
+            // must be in the archive, or PostgreSQL would run out of WAL first.
+            let after = events(&archive, None, None, None)
+                .await?
+                .into_iter()
+                .filter(|e| {
+                    e.event.kind != WalEventKind::RestorePoint
+                        && e.event.time_us > *t
+                        && e.event.lsn.0 >= pg.stop_lsn
+                })
+                .filter_map(|e| on_path(&e).map(|leg| (leg, e)))
+                .min_by_key(|(leg, e)| (*leg, e.event.lsn));
+            let Some((leg, after)) = after else {
+                let end = legs
+                    .last()
+                    .map(|l| l.timeline)
+                    .unwrap_or(TimelineId(pg.timeline));
+                let last = listing
+                    .iter()
+                    .find(|t| t.timeline == end)
+                    .and_then(|t| t.ranges.last())
+                    .and_then(|r| r.last_xact_us);
+                return Err(Error::InvalidInput(format!(
                         "time {} is after the last transaction in the archive: continuous WAL from backup {} covers {} .. {} on timeline {}. Restore without a target to replay everything",
                         format_timestamp_us(*t),
                         manifest.backup_id,
@@ -191,19 +188,19 @@ pub async fn plan(
                         last.map_or("?".into(), format_timestamp_us),
                         describe_path(&path)
                     )));
-                };
-                (
-                    leg,
-                    Some(after.event.end),
-                    Some((after.event.lsn, Some(after.event.time_us))),
-                )
-            }
-            RecoveryTarget::Name(_) | RecoveryTarget::Xid(_) => {
-                let e = event.as_ref().ok_or_else(|| {
-                    Error::InvalidInput("the target's event was not found".into())
-                })?;
-                let Some(leg) = on_path(e) else {
-                    return Err(Error::InvalidInput(format!(
+            };
+            (
+                leg,
+                Some(after.event.end),
+                Some((after.event.lsn, Some(after.event.time_us))),
+            )
+        }
+        RecoveryTarget::Name(_) | RecoveryTarget::Xid(_) => {
+            let e = event
+                .as_ref()
+                .ok_or_else(|| Error::InvalidInput("the target's event was not found".into()))?;
+            let Some(leg) = on_path(e) else {
+                return Err(Error::InvalidInput(format!(
                         "{} is on timeline {} at {}, which is not on the recovery path from backup {} (timeline {}); choose --target-timeline or another backup",
                         target.describe(),
                         e.timeline.0,
@@ -211,14 +208,14 @@ pub async fn plan(
                         manifest.backup_id,
                         describe_path(&path)
                     )));
-                };
-                (
-                    leg,
-                    Some(e.event.end),
-                    Some((e.event.lsn, Some(e.event.time_us))),
-                )
-            }
-        };
+            };
+            (
+                leg,
+                Some(e.event.end),
+                Some((e.event.lsn, Some(e.event.time_us))),
+            )
+        }
+    };
 
     // Every leg up to the target's must be archived without a gap: in full before the
     // target's leg, up to the target in it.
@@ -344,6 +341,9 @@ pub async fn plan(
         archive_end_time,
     })
 }
+
+/// Where replay is expected to stop, and the time of that record if known.
+type ExpectedStop = Option<(Lsn, Option<i64>)>;
 
 /// `recovery_target_timeline`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
