@@ -46,6 +46,10 @@ pub(crate) struct ConfigFile {
     pub(crate) partial_interval: Option<u64>,
     /// `wal-stream`: Prometheus endpoint address.
     pub(crate) metrics_addr: Option<String>,
+    /// `check`: WARNING when the newest backup is older (humantime, e.g. `26h`).
+    pub(crate) max_backup_age: Option<String>,
+    /// `check`: WARNING when the newest archived WAL is older (humantime, e.g. `1h`).
+    pub(crate) max_wal_age: Option<String>,
     /// `object_store` options for the repository's storage.
     #[serde(default)]
     pub(crate) storage: BTreeMap<String, String>,
