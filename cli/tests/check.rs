@@ -273,4 +273,18 @@ fn check_reports_each_problem_of_a_misconfigured_server_with_a_fix() {
         "{out}"
     );
     assert_eq!(out.matches("\n  fix: ").count(), 6, "{out}");
+
+    let (help, _) = e.expect(&["check", "--help"], 0);
+    for needle in [
+        "--archive-test",
+        "--max-backup-age",
+        "PGKEEP_MAX_WAL_AGE",
+        "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+        "Examples:",
+    ] {
+        assert!(
+            help.contains(needle),
+            "check --help lacks {needle}:\n{help}"
+        );
+    }
 }
