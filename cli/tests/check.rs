@@ -274,6 +274,32 @@ fn check_reports_each_problem_of_a_misconfigured_server_with_a_fix() {
     );
     assert_eq!(out.matches("\n  fix: ").count(), 6, "{out}");
 
+    // No repository there, or no passphrase to open it: CRITICAL and UNKNOWN, each with a fix.
+    let nowhere = e.path("nowhere").display().to_string();
+    let args = ["--json", "--repo", &nowhere, "check", "--pg", &conn];
+    let (out, _) = expect_code(&e.run(&args), &args, 2);
+    let repo = json(&out);
+    let repo = finding(&repo, "repository");
+    assert_eq!(repo["status"], "critical", "{repo:#}");
+    assert!(
+        repo["fix"].as_str().expect("fix").contains("pgkeep init"),
+        "{repo:#}"
+    );
+    let mut no_pass = Env::new();
+    no_pass.set("PGKEEP_REPO", &e.repo());
+    let args = ["--json", "check", "--pg", &conn];
+    let (out, _) = expect_code(&no_pass.run(&args), &args, 2);
+    let repo = json(&out);
+    let repo = finding(&repo, "repository");
+    assert_eq!(repo["status"], "unknown", "{repo:#}");
+    assert!(
+        repo["fix"]
+            .as_str()
+            .expect("fix")
+            .contains("PGKEEP_PASSPHRASE_FILE"),
+        "{repo:#}"
+    );
+
     let (help, _) = e.expect(&["check", "--help"], 0);
     for needle in [
         "--archive-test",
