@@ -196,6 +196,9 @@ Example (weekly, from the postgres user's crontab):\n  \
 pgkeep --config /etc/pgkeep/pgkeep.toml drill --sql /etc/pgkeep/drill.sql --heapallindexed"
     )]
     Drill(DrillArgs),
+    /// Check the server's archiving setup and the repository's freshness (Nagios plugin).
+    #[command(after_help = CHECK_HELP)]
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +253,20 @@ pub(crate) struct PruneArgs {
     #[arg(long)]
     pub(crate) dry_run: bool,
 }
+
+const CHECK_HELP: &str = "\
+Checks wal_level, max_wal_senders, archive_mode, archive_command (does it run pgkeep wal-push
+into this repository and cluster?), pg_stat_archiver, the wal-stream slot (with --slot), the
+repository and its key, and the age of the newest backup and archived WAL. Each problem is
+reported with a fix. The first line is a Nagios summary with performance data.
+
+Exit codes (Nagios plugin convention): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the check
+could not run: bad usage, server unreachable). The worst finding decides; CRITICAL outranks
+WARNING, which outranks UNKNOWN. Ages are WARNING beyond their limit, CRITICAL beyond twice.
+
+Examples:
+  pgkeep check --pg 'host=db1 user=monitor' --archive-test
+  pgkeep --json check --max-backup-age 26h --max-wal-age 15min";
 
 #[derive(Debug, Args)]
 pub(crate) struct WalPushArgs {
@@ -384,6 +401,34 @@ pub(crate) struct EventsArgs {
     /// Every commit, not only the notable events.
     #[arg(long)]
     pub(crate) all: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// PostgreSQL connection string or URI (an ordinary session; the checks are SQL). Also
+    /// PGKEEP_PG; config key: pg.
+    #[arg(long, value_name = "CONNINFO")]
+    pub(crate) pg: Option<String>,
+    /// wal-stream's replication slot, to check its state. Also PGKEEP_SLOT; config key:
+    /// slot. [default: no slot check]
+    #[arg(long, value_name = "NAME")]
+    pub(crate) slot: Option<String>,
+    /// WARNING when the newest backup finished longer ago than this, CRITICAL beyond twice
+    /// (e.g. 26h, 7d). Also PGKEEP_MAX_BACKUP_AGE; config key: max_backup_age. [default: 26h]
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) max_backup_age: Option<String>,
+    /// WARNING when the newest archived WAL file was stored longer ago than this, CRITICAL
+    /// beyond twice; not while the server is still filling the next segment. Also
+    /// PGKEEP_MAX_WAL_AGE; config key: max_wal_age. [default: 1h]
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) max_wal_age: Option<String>,
+    /// End-to-end test: write a little WAL, switch segments (pg_switch_wal(), which needs a
+    /// superuser or a GRANT) and wait until the completed segment is in the archive.
+    #[arg(long)]
+    pub(crate) archive_test: bool,
+    /// How long --archive-test waits for the segment. [default: 60s]
+    #[arg(long, value_name = "DURATION", requires = "archive_test")]
+    pub(crate) archive_timeout: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]

@@ -17,12 +17,23 @@ use crate::output::Output;
 use crate::settings::Settings;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        // `check` is a Nagios plugin: its usage errors are UNKNOWN (3), not clap's 2.
+        Err(e) if e.use_stderr() && cmd::check::invoked() => {
+            let _ = e.print();
+            return ExitCode::from(cmd::check::UNKNOWN);
+        }
+        Err(e) => e.exit(),
+    };
     let settings = match Settings::resolve(&cli.global) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("pgkeep: {e}");
-            return ExitCode::from(exit::USAGE);
+            return ExitCode::from(match cli.command {
+                Command::Check(_) => cmd::check::UNKNOWN,
+                _ => exit::USAGE,
+            });
         }
     };
     init_logging(&settings.log_level);
@@ -60,6 +71,8 @@ fn main() -> ExitCode {
             Command::Unpin(a) => cmd::expire::unpin(&settings, a).await,
             Command::Prune(a) => cmd::prune::run(&settings, a, &out).await,
             Command::Drill(a) => cmd::drill::run(&settings, a, &out).await,
+            // A Nagios plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+            Command::Check(a) => return cmd::check::run(&settings, a, &out).await,
         };
         match result {
             Ok(()) => exit::OK,

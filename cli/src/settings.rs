@@ -50,9 +50,13 @@ pub(crate) struct ConfigFile {
     pub(crate) repack_threshold: Option<u8>,
     /// Wait for conflicting repository locks (humantime duration).
     pub(crate) lock_wait: Option<String>,
-    /// `expire`: retention policy (see docs/retention.md).
+    /// `expire`: retention policy (see README, "Repository lifecycle").
     #[serde(default)]
     pub(crate) retention: Retention,
+    /// `check`: WARNING when the newest backup is older (humantime, e.g. `26h`).
+    pub(crate) max_backup_age: Option<String>,
+    /// `check`: WARNING when the newest archived WAL is older (humantime, e.g. `1h`).
+    pub(crate) max_wal_age: Option<String>,
     /// `object_store` options for the repository's storage.
     #[serde(default)]
     pub(crate) storage: BTreeMap<String, String>,

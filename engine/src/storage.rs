@@ -265,6 +265,18 @@ impl Store {
         }
     }
 
+    /// When an object was last written (unix µs, as the store reports it), or `None` if it
+    /// does not exist. `pgkeep check` uses it as the time a WAL file was archived: the
+    /// object formats carry no upload time of their own.
+    pub async fn modified_us(&self, name: &str) -> Result<Option<i64>> {
+        let path = self.path(name);
+        match self.retrying(|_| self.inner.head(&path)).await {
+            Ok(meta) => Ok(Some(meta.last_modified.timestamp_micros())),
+            Err((object_store::Error::NotFound { .. }, _)) => Ok(None),
+            Err((e, _)) => Err(self.storage_error("head", name, e)),
+        }
+    }
+
     /// Writes (or overwrites) an object durably.
     pub async fn put(&self, name: &str, data: Bytes) -> Result<()> {
         let path = self.path(name);
