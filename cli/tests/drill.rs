@@ -345,8 +345,20 @@ fn drill_healthy_failing_and_interrupted() {
     );
     assert!(err.contains("drill interrupted; cleaned up"), "{err}");
     assert!(!interrupted.exists(), "{out}");
+    // The postmaster is gone once the drill exits; allow its last moments as a zombie
+    // until init reaps it (pg_ctl daemonizes it, so the drill is not its parent).
+    let proc_dir = format!("/proc/{}", postmaster.trim());
+    let gone_by = Instant::now() + Duration::from_secs(10);
+    while Path::new(&proc_dir).exists()
+        && !std::fs::read_to_string(format!("{proc_dir}/stat")).is_ok_and(|s| s.contains(") Z "))
+        && Instant::now() < gone_by
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
-        !Path::new(&format!("/proc/{}", postmaster.trim())).exists(),
+        !Path::new(&proc_dir).exists()
+            || std::fs::read_to_string(format!("{proc_dir}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")),
         "the drill server was stopped"
     );
 }
