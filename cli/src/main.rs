@@ -55,6 +55,8 @@ fn main() -> ExitCode {
             Command::Events(a) => cmd::events::run(&settings, a, &out).await,
             Command::Restore(a) => cmd::restore::run(&settings, a, &out).await,
             Command::Info => cmd::info::run(&settings, &out).await,
+            // Exit 5 when damage is found, with the report printed.
+            Command::Verify(a) => return cmd::verify::run(&settings, a, &out).await,
         };
         match result {
             Ok(()) => exit::OK,

@@ -17,6 +17,7 @@ pub mod restore;
 pub mod storage;
 pub mod tar;
 pub mod timestamp;
+pub mod verify;
 pub mod wal;
 
 pub use chunker::{Chunker, Chunking};

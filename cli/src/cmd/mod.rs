@@ -8,6 +8,7 @@ pub(crate) mod key;
 pub(crate) mod list;
 pub(crate) mod restore;
 pub(crate) mod stream;
+pub(crate) mod verify;
 pub(crate) mod wal;
 
 use anyhow::Context;
