@@ -141,7 +141,8 @@ pgkeep restore --pgdata /srv/pg/restored --target-name before_migration --start"
     #[command(after_help = "Example:\n  pgkeep info --json")]
     Info,
     /// Check the repository: what is missing or damaged, and which restores still work.
-    #[command(after_help = "Without --read-data only listings, index segments and manifests are read \
+    #[command(
+        after_help = "Without --read-data only listings, index segments and manifests are read \
 (fast): packs are stored at the indexed sizes, every chunk a backup references is indexed, and \
 WAL is continuous from each backup's start to its stop and onward. --read-data also downloads \
 packs (BLAKE3 against the pack's name, then every chunk decrypted and checked against its id) \
@@ -149,7 +150,8 @@ and WAL files (SHA-256), all of them or a random PERCENT of each. Damage is repo
 breaks: backups and their files, WAL ranges and the point-in-time windows they cut.\n\n\
 Exit codes: 0 no damage (warnings allowed), 5 damage found, 1 verify could not run, 3 wrong \
 passphrase.\n\n\
-Examples:\n  pgkeep verify\n  pgkeep verify --read-data 10%\n  pgkeep --json verify --read-data")]
+Examples:\n  pgkeep verify\n  pgkeep verify --read-data 10%\n  pgkeep --json verify --read-data"
+    )]
     Verify(VerifyArgs),
 }
 

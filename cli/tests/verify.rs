@@ -1,6 +1,6 @@
 //! `pgkeep verify` on a real PostgreSQL 15 cluster's repository: clean, then a flipped byte in
 //! a pack (found only by --read-data, traced to backups and files), a truncated pack (found by
-//! the structure pass), and missing WAL segments (a backup that cannot become consistent, and
+//! the structure pass), a damaged WAL segment (found by reading), and missing WAL segments (a backup that cannot become consistent, and
 //! a cut point-in-time window). One cluster serves all the checks.
 
 mod common;
@@ -88,10 +88,16 @@ fn verify_finds_damage_and_names_what_it_breaks() {
     let (out, _) = a.env.expect(&["verify"], 0);
     assert!(out.contains("No problems found."), "{out}");
     assert!(out.contains("No data read"), "{out}");
-    assert!(out.contains(&format!("main/{b1} (first): restorable")), "{out}");
+    assert!(
+        out.contains(&format!("main/{b1} (first): restorable")),
+        "{out}"
+    );
     let v = verify_json(&a, &["--read-data"], 0);
     assert_eq!(v["checked"]["packs_read"], v["checked"]["packs"], "{v:#}");
-    assert!(v["checked"]["wal_read"].as_u64().expect("wal_read") >= 8, "{v:#}");
+    assert!(
+        v["checked"]["wal_read"].as_u64().expect("wal_read") >= 8,
+        "{v:#}"
+    );
     for id in [&b1, &b2] {
         let b = backup(&v, id);
         assert_eq!(b["restorable"], true, "{b:#}");
@@ -99,9 +105,19 @@ fn verify_finds_damage_and_names_what_it_breaks() {
         assert_eq!(b["wal"]["state"], "restorable", "{b:#}");
         assert!(b["wal"]["cut_by"].is_null(), "{b:#}");
     }
-    a.env.expect(&["verify", "--read-data", "50%", "--jobs", "1"], 0);
+    a.env
+        .expect(&["verify", "--read-data", "50%", "--jobs", "1"], 0);
     let (_, err) = a.env.expect(&["verify", "--read-data", "0"], 2);
     assert!(err.contains("--read-data"), "{err}");
+    let (_, err) = a.env.expect(&["verify", "--jobs", "0"], 2);
+    assert!(err.contains("--jobs"), "{err}");
+    let wrong = a
+        .env
+        .command(&["verify"])
+        .env("PGKEEP_PASSPHRASE", "not the passphrase")
+        .output()
+        .expect("pgkeep runs");
+    common::expect_code(&wrong, &["verify"], 3);
 
     // (2) A flipped byte in a pack (in its first chunk's salt): the structure pass reads no
     // data and passes; --read-data exits 5 naming the pack, the backups and their files.
@@ -115,7 +131,10 @@ fn verify_finds_damage_and_names_what_it_breaks() {
     let (out, _) = a.env.expect(&["verify", "--read-data"], 5);
     let name = object_name(&repo, &pack);
     assert!(out.contains(&format!("DAMAGE [pack-hash] {name}")), "{out}");
-    assert!(out.contains("NOT restorable: data missing or damaged"), "{out}");
+    assert!(
+        out.contains("NOT restorable: data missing or damaged"),
+        "{out}"
+    );
     let v = verify_json(&a, &["--read-data", "all"], 5);
     let p = problems_of_kind(&v, "pack-hash");
     assert_eq!(p.len(), 1, "{v:#}");
@@ -126,7 +145,10 @@ fn verify_finds_damage_and_names_what_it_breaks() {
         assert!(b["backup"] == b1.as_str() || b["backup"] == b2.as_str());
         let files = b["files"].as_array().expect("files");
         assert!(!files.is_empty(), "{b:#}");
-        assert_eq!(backup(&v, b["backup"].as_str().expect("id"))["restorable"], false);
+        assert_eq!(
+            backup(&v, b["backup"].as_str().expect("id"))["restorable"],
+            false
+        );
     }
     std::fs::write(&pack, &original).expect("unflip");
 
@@ -144,19 +166,46 @@ fn verify_finds_damage_and_names_what_it_breaks() {
     std::fs::write(&pack, &original).expect("untruncate");
     a.env.expect(&["verify"], 0);
 
-    // (3) Missing WAL: a segment in the middle of the WAL after the second backup cuts both
-    // backups' point-in-time window there; the first backup's start segment makes it
-    // unrestorable.
+    // A damaged WAL segment after the second backup: only reading finds it; both backups'
+    // recovery windows end there.
     let wal_dir = repo.join("clusters/main/wal/00000001");
+    let stop2 = list[1]["stop_wal"].as_str().expect("stop_wal").to_owned();
     let mut segments: Vec<String> = std::fs::read_dir(&wal_dir)
         .expect("wal dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .filter(|n| n.len() == 24)
         .collect();
     segments.sort();
-    let stop2 = list[1]["stop_wal"].as_str().expect("stop_wal").to_owned();
-    let after: Vec<&String> = segments.iter().filter(|s| **s > stop2).collect();
+    let after: Vec<String> = segments.iter().filter(|s| **s > stop2).cloned().collect();
     assert!(after.len() >= 3, "{segments:?} after {stop2}");
+    let victim = wal_dir.join(&after[0]);
+    let wal_original = std::fs::read(&victim).expect("segment object");
+    let mut bad = wal_original.clone();
+    let at = bad.len() - 30;
+    bad[at] ^= 0x40;
+    std::fs::write(&victim, &bad).expect("flip");
+    a.env.expect(&["verify"], 0);
+    let v = verify_json(&a, &["--read-data"], 5);
+    let p = problems_of_kind(&v, "wal-damaged");
+    assert_eq!(p.len(), 1, "{v:#}");
+    assert!(p[0]["object"]
+        .as_str()
+        .expect("object")
+        .ends_with(&after[0]));
+    let impacted: Vec<&Value> = p[0]["wal_impact"]
+        .as_array()
+        .expect("impact")
+        .iter()
+        .collect();
+    assert_eq!(impacted.len(), 2, "{v:#}");
+    assert!(impacted
+        .iter()
+        .all(|i| i["not_restorable"] == false && i["first_unusable_segment"] == after[0].as_str()));
+    std::fs::write(&victim, &wal_original).expect("unflip");
+
+    // (3) Missing WAL: a segment in the middle of the WAL after the second backup cuts both
+    // backups' point-in-time window there; the first backup's start segment makes it
+    // unrestorable.
     let hole = after[1].clone();
     let start1 = list[0]["start_wal"].as_str().expect("start_wal").to_owned();
     std::fs::remove_file(wal_dir.join(&hole)).expect("delete segment");
@@ -168,9 +217,14 @@ fn verify_finds_damage_and_names_what_it_breaks() {
         )),
         "{out}"
     );
-    assert!(out.contains("point-in-time recovery only up to LSN"), "{out}");
     assert!(
-        out.contains(&format!("main/{b1} (first): NOT restorable: WAL {start1} missing")),
+        out.contains("point-in-time recovery only up to LSN"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "main/{b1} (first): NOT restorable: WAL {start1} missing"
+        )),
         "{out}"
     );
     let v = verify_json(&a, &[], 5);

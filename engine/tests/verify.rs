@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use common::*;
 use pgkeep_engine::format::{
-    layout, BackupKind, BackupStats, ClusterName, Extent, FileEntry, FileType, Manifest,
+    layout, BackupKind, BackupStats, ClusterName, Extent, FileEntry, FileType, Lsn, Manifest,
+    PgInfo, SegmentName, TimelineId,
 };
-use pgkeep_engine::verify::{verify, ProblemKind, Severity, VerifyOptions, VerifyReport};
+use pgkeep_engine::verify::{verify, ProblemKind, Severity, VerifyOptions, VerifyReport, WalReach};
 use pgkeep_engine::{Chunking, Error, Repository, RetryPolicy, Store, StoredStream, WriteOptions};
 use pgkeep_testkit::faults::{FaultyStore, Op};
 
@@ -124,7 +125,10 @@ async fn damage_is_found_and_traced_to_backups_and_files() {
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(r.checked.packs_read, r.checked.packs);
     assert_eq!(r.checked.chunks_read as usize, r.checked.chunks);
-    assert!(r.backups.iter().all(|s| s.packs_read == s.packs && s.packs > 0));
+    assert!(r
+        .backups
+        .iter()
+        .all(|s| s.packs_read == s.packs && s.packs > 0));
     assert!(r.unindexed_packs.is_empty());
 
     // A flipped byte inside big's first chunk: invisible to the structure pass, found by
@@ -140,7 +144,11 @@ async fn damage_is_found_and_traced_to_backups_and_files() {
     assert_eq!(kinds(&r), vec![ProblemKind::PackHash], "{:?}", r.problems);
     let p = &r.problems[0];
     assert_eq!(p.object, pack);
-    assert!(p.detail.contains("do not hash") && p.detail.contains("1 of"), "{}", p.detail);
+    assert!(
+        p.detail.contains("do not hash") && p.detail.contains("1 of"),
+        "{}",
+        p.detail
+    );
     assert_eq!(p.affects.backups.len(), 1, "{:?}", p.affects);
     assert_eq!(p.affects.backups[0].backup_id, "b1");
     assert_eq!(p.affects.backups[0].files, vec!["big".to_owned()]);
@@ -164,7 +172,11 @@ async fn damage_is_found_and_traced_to_backups_and_files() {
         .expect("truncate");
     let r = run(&repo, 0.0).await;
     assert_eq!(kinds(&r), vec![ProblemKind::PackSize], "{:?}", r.problems);
-    assert!(r.problems[0].detail.contains("index segment"), "{}", r.problems[0].detail);
+    assert!(
+        r.problems[0].detail.contains("index segment"),
+        "{}",
+        r.problems[0].detail
+    );
     assert!(r.problems[0]
         .affects
         .backups
@@ -177,13 +189,22 @@ async fn damage_is_found_and_traced_to_backups_and_files() {
     // Only the table of contents at the end was cut: every chunk still reads, so no file
     // is lost and b1 is still restorable.
     assert!(detail.contains("still read correctly"), "{detail}");
-    assert!(r.problems[0].affects.backups.is_empty(), "{:?}", r.problems[0]);
+    assert!(
+        r.problems[0].affects.backups.is_empty(),
+        "{:?}",
+        r.problems[0]
+    );
     assert!(status(&r, "b1").restorable());
 
     // A missing pack.
     b.store.delete(&pack).await.expect("delete");
     let r = run(&repo, 0.0).await;
-    assert_eq!(kinds(&r), vec![ProblemKind::PackMissing], "{:?}", r.problems);
+    assert_eq!(
+        kinds(&r),
+        vec![ProblemKind::PackMissing],
+        "{:?}",
+        r.problems
+    );
     assert!(r.problems[0].detail.contains("not in storage"));
     assert!(!status(&r, "b1").restorable());
     b.store.put(&pack, original.clone()).await.expect("restore");
@@ -225,7 +246,11 @@ async fn damage_is_found_and_traced_to_backups_and_files() {
     bad[40] ^= 0x10;
     b.store.put(&seg.name, bad.into()).await.expect("rewrite");
     let r = run(&repo, 0.0).await;
-    assert!(kinds(&r).contains(&ProblemKind::IndexUnreadable), "{:?}", r.problems);
+    assert!(
+        kinds(&r).contains(&ProblemKind::IndexUnreadable),
+        "{:?}",
+        r.problems
+    );
     let unindexed: Vec<_> = r
         .problems
         .iter()
@@ -270,9 +295,118 @@ async fn storage_failures_are_errors_not_damage() {
     assert!(matches!(err, Error::Storage { .. }), "{err}");
     assert!(!err.is_corruption());
     faulty.heal();
-    assert!(verify(&repo, opts).await.expect("healed").problems.is_empty());
+    assert!(verify(&repo, opts)
+        .await
+        .expect("healed")
+        .problems
+        .is_empty());
 }
 
 async fn store_one(repo: &Repository) -> StoredStream {
     store(repo, &[&data(100_000, 9, true)]).await.remove(0)
+}
+
+const SEG: u32 = 16 << 20;
+
+fn segment_object(n: u64) -> String {
+    format!(
+        "clusters/main/wal/00000001/{}",
+        SegmentName::new(TimelineId(1), n, SEG)
+    )
+}
+
+/// WAL continuity is judged from object names alone; reading finds damaged objects (here:
+/// objects that are not WAL objects at all), and both are traced to the backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_continuity_from_names_and_damage_from_reads() {
+    let b = local();
+    let repo = init(&b).await;
+    let cluster = ClusterName::new("main").expect("name");
+    repo.bind_cluster(&cluster, 42, 150_000)
+        .await
+        .expect("bind");
+    let s = store_one(&repo).await;
+    let mut m = manifest("pg1", &[("base/1/1259", &s)]);
+    m.kind = BackupKind::Full;
+    m.postgres = Some(PgInfo {
+        system_id: 42,
+        version_num: 150_000,
+        timeline: 1,
+        start_lsn: 3 * u64::from(SEG) + 40,
+        stop_lsn: 4 * u64::from(SEG) + 100,
+        checkpoint_lsn: 3 * u64::from(SEG) + 96,
+        wal_segment_size: SEG,
+    });
+    repo.write_manifest(&m).await.expect("manifest");
+
+    // No WAL archived yet: a warning, not damage.
+    let r = run(&repo, 0.0).await;
+    assert_eq!(
+        kinds(&r),
+        vec![ProblemKind::WalNotArchived],
+        "{:?}",
+        r.problems
+    );
+    assert_eq!(r.problems[0].severity, Severity::Warning);
+    assert!(!r.damaged());
+    assert!(matches!(
+        r.backups[0].wal,
+        Some(WalReach::NotRestorable { pending: true, .. })
+    ));
+
+    // Segments 3, 4, 5 and 7: consistent, recovery up to the start of 6.
+    for n in [3, 4, 5, 7] {
+        b.store
+            .put(
+                &segment_object(n),
+                bytes::Bytes::from_static(b"not a WAL object"),
+            )
+            .await
+            .expect("segment");
+    }
+    let r = run(&repo, 0.0).await;
+    assert_eq!(kinds(&r), vec![ProblemKind::WalMissing], "{:?}", r.problems);
+    let p = &r.problems[0];
+    assert_eq!(p.object, segment_object(6));
+    let w = &p.affects.wal[0];
+    assert_eq!(w.backup_id, "pg1");
+    assert!(!w.not_restorable);
+    assert_eq!(w.recoverable_to, Some(Lsn(6 * u64::from(SEG))));
+    assert!(r.backups[0].restorable());
+    assert_eq!(
+        r.backups[0].wal,
+        Some(WalReach::Restorable {
+            until: Lsn(6 * u64::from(SEG)),
+            last_segment: SegmentName::new(TimelineId(1), 5, SEG),
+            cut_by: Some(SegmentName::new(TimelineId(1), 6, SEG)),
+        })
+    );
+
+    // Reading them: every one is damaged; segment 3 makes the backup unrestorable.
+    let r = run(&repo, 100.0).await;
+    let damaged: Vec<_> = r
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::WalDamaged)
+        .collect();
+    assert_eq!(damaged.len(), 4, "{:?}", r.problems);
+    let third = damaged
+        .iter()
+        .find(|p| p.object == segment_object(3))
+        .expect("segment 3");
+    assert!(third.affects.wal[0].not_restorable);
+    assert!(!r.backups[0].restorable());
+    assert_eq!(r.checked.wal_read, 4);
+
+    // A damaged cluster binding.
+    let name = layout::cluster_binding(&cluster);
+    let mut bad = b.store.get(&name).await.expect("binding").to_vec();
+    bad[45] ^= 0x01;
+    b.store.put(&name, bad.into()).await.expect("rewrite");
+    let r = run(&repo, 0.0).await;
+    assert!(
+        kinds(&r).contains(&ProblemKind::ClusterUnreadable),
+        "{:?}",
+        r.problems
+    );
 }

@@ -398,7 +398,9 @@ fn human(r: &VerifyReport) -> String {
             }
         ));
     } else {
-        lines.push("No data read (structure only; --read-data downloads and checks packs and WAL).".into());
+        lines.push(
+            "No data read (structure only; --read-data downloads and checks packs and WAL).".into(),
+        );
     }
     if !r.unindexed_packs.is_empty() {
         lines.push(format!(

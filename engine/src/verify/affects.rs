@@ -5,8 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pgkeep_format::{
-    pack::read_pack, ChunkId, Extent, FileEntry, Manifest, PackEntry, PackId, RepoConfig,
-    RepoKeys,
+    pack::read_pack, ChunkId, Extent, FileEntry, Manifest, PackEntry, PackId, RepoConfig, RepoKeys,
 };
 use rand::Rng;
 
@@ -87,12 +86,7 @@ impl PackCheck {
 /// contents, and each chunk the index places in it (authenticated decryption, decompression,
 /// the keyed chunk id recomputed, the length the index records). Each chunk is judged on its
 /// own, so a flipped byte condemns the chunk it falls in, not the whole pack.
-pub fn check_pack(
-    keys: &RepoKeys,
-    id: &PackId,
-    bytes: &[u8],
-    entries: &[PackEntry],
-) -> PackCheck {
+pub fn check_pack(keys: &RepoKeys, id: &PackId, bytes: &[u8], entries: &[PackEntry]) -> PackCheck {
     let mut check = PackCheck {
         hash_ok: PackId::of_bytes(bytes) == *id,
         toc_error: read_pack(keys, bytes).err().map(|e| e.to_string()),
@@ -179,7 +173,10 @@ pub fn segment_run(stored: &BTreeSet<u64>, damaged: &BTreeSet<u64>, start: u64) 
     SegmentRun {
         first_unusable: s,
         damaged: damaged.contains(&s) && stored.contains(&s),
-        next_usable: stored.range(s + 1..).copied().find(|x| !damaged.contains(x)),
+        next_usable: stored
+            .range(s + 1..)
+            .copied()
+            .find(|x| !damaged.contains(x)),
         stored_after: stored.range(s + 1..).next().is_some(),
     }
 }
@@ -374,7 +371,10 @@ mod tests {
         assert!(!r.is_break() && r.next_usable.is_none());
         // A damaged segment 8, with 9 after it.
         let r = segment_run(&stored, &set(&[8]), 7);
-        assert_eq!((r.first_unusable, r.damaged, r.next_usable), (8, true, Some(9)));
+        assert_eq!(
+            (r.first_unusable, r.damaged, r.next_usable),
+            (8, true, Some(9))
+        );
         // The last segment damaged: a break though nothing follows.
         let r = segment_run(&stored, &set(&[9]), 7);
         assert!(r.damaged && r.is_break() && r.next_usable.is_none());

@@ -35,8 +35,8 @@ use pgkeep_format::{
 
 pub use affects::{check_pack, damaged_files, sample, segment_run, PackCheck, SegmentRun};
 pub use report::{
-    AffectedBackup, Affects, BackupStatus, Checked, Problem, ProblemKind, Severity,
-    VerifyReport, WalImpact, WalReach,
+    AffectedBackup, Affects, BackupStatus, Checked, Problem, ProblemKind, Severity, VerifyReport,
+    WalImpact, WalReach,
 };
 
 use crate::error::{Error, Result};
@@ -115,6 +115,9 @@ struct ClusterListing {
     wal: Vec<(WalFileName, u64)>,
 }
 
+/// Stored and damaged segment numbers of one timeline.
+type SegmentSets = (BTreeSet<u64>, BTreeSet<u64>);
+
 /// A PostgreSQL backup, for the WAL checks.
 #[derive(Debug)]
 struct PgBackup {
@@ -170,9 +173,10 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
     v.report.checked.clusters = clusters.len();
     let mut report = v.report;
     // Damage first, then by object name: stable output whatever order reads finished in.
-    report
-        .problems
-        .sort_by(|a, b| (a.severity != Severity::Damage, &a.object).cmp(&(b.severity != Severity::Damage, &b.object)));
+    report.problems.sort_by(|a, b| {
+        (a.severity != Severity::Damage, &a.object)
+            .cmp(&(b.severity != Severity::Damage, &b.object))
+    });
     Ok(report)
 }
 
@@ -589,12 +593,15 @@ impl Verifier {
                         object,
                         format!("{detail}: the backup cannot be restored"),
                     );
-                    self.report.problems[i].affects.backups.push(AffectedBackup {
-                        cluster: c.name.to_string(),
-                        backup_id: id.clone(),
-                        files: Vec::new(),
-                        whole: true,
-                    });
+                    self.report.problems[i]
+                        .affects
+                        .backups
+                        .push(AffectedBackup {
+                            cluster: c.name.to_string(),
+                            backup_id: id.clone(),
+                            files: Vec::new(),
+                            whole: true,
+                        });
                     self.report.backups.push(BackupStatus {
                         cluster: c.name.to_string(),
                         backup_id: id,
@@ -655,21 +662,27 @@ impl Verifier {
                     refs.len()
                 ),
             );
-            self.report.problems[i].affects.backups.push(AffectedBackup {
-                cluster: m.cluster.clone(),
-                backup_id: m.backup_id.clone(),
-                files,
-                whole: false,
-            });
+            self.report.problems[i]
+                .affects
+                .backups
+                .push(AffectedBackup {
+                    cluster: m.cluster.clone(),
+                    backup_id: m.backup_id.clone(),
+                    files,
+                    whole: false,
+                });
         }
         for (i, files) in damaged_files(m, |c| self.bad.get(c).copied()) {
             damaged = true;
-            self.report.problems[i].affects.backups.push(AffectedBackup {
-                cluster: m.cluster.clone(),
-                backup_id: m.backup_id.clone(),
-                files,
-                whole: false,
-            });
+            self.report.problems[i]
+                .affects
+                .backups
+                .push(AffectedBackup {
+                    cluster: m.cluster.clone(),
+                    backup_id: m.backup_id.clone(),
+                    files,
+                    whole: false,
+                });
         }
         self.report.backups.push(BackupStatus {
             cluster: m.cluster.clone(),
@@ -688,33 +701,34 @@ impl Verifier {
     /// how far past it recovery can go.
     fn check_wal_continuity(&mut self, clusters: &[ClusterListing], backups: &[PgBackup]) {
         // Stored and damaged segment numbers per (cluster, timeline, segment size).
-        let mut sets: HashMap<(usize, u32, u32), (BTreeSet<u64>, BTreeSet<u64>)> = HashMap::new();
+        let mut sets: HashMap<(usize, u32, u32), SegmentSets> = HashMap::new();
         for b in backups {
             let (tl, size) = (b.pg.timeline, b.pg.wal_segment_size);
-            let key = (b.cluster, tl, size);
-            if !sets.contains_key(&key) {
-                let mut stored = BTreeSet::new();
-                let mut damaged = BTreeSet::new();
-                for (name, _) in &clusters[b.cluster].wal {
-                    if name.kind() != WalFileKind::Segment || name.timeline().0 != tl {
-                        continue;
-                    }
-                    if let Ok(seg) = SegmentName::parse(name.as_str(), size) {
-                        stored.insert(seg.segment);
-                        if self.bad_wal.contains_key(&(b.cluster, name.clone())) {
-                            damaged.insert(seg.segment);
-                        }
-                    }
-                }
-                sets.insert(key, (stored, damaged));
-            }
-            let Some((stored, damaged)) = sets.get(&key) else {
-                continue;
-            };
+            let (stored, damaged) = &*sets
+                .entry((b.cluster, tl, size))
+                .or_insert_with(|| self.segment_sets(b.cluster, &clusters[b.cluster], tl, size));
             let run = segment_run(stored, damaged, Lsn(b.pg.start_lsn).segment(size));
             let next_stored = stored.range(run.first_unusable + 1..).next().copied();
             self.backup_wal(&clusters[b.cluster], b, &run, next_stored);
         }
+    }
+
+    /// The complete segments archived on one timeline, and those found damaged.
+    fn segment_sets(&self, ci: usize, c: &ClusterListing, tl: u32, size: u32) -> SegmentSets {
+        let mut stored = BTreeSet::new();
+        let mut damaged = BTreeSet::new();
+        for (name, _) in &c.wal {
+            if name.kind() != WalFileKind::Segment || name.timeline().0 != tl {
+                continue;
+            }
+            if let Ok(seg) = SegmentName::parse(name.as_str(), size) {
+                stored.insert(seg.segment);
+                if self.bad_wal.contains_key(&(ci, name.clone())) {
+                    damaged.insert(seg.segment);
+                }
+            }
+        }
+        (stored, damaged)
     }
 
     fn backup_wal(
