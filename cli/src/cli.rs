@@ -147,7 +147,8 @@ pgkeep restore --pgdata /srv/pg/restored --target-name before_migration --start"
 WAL is continuous from each backup's start to its stop and onward. --read-data also downloads \
 packs (BLAKE3 against the pack's name, then every chunk decrypted and checked against its id) \
 and WAL files (SHA-256), all of them or a random PERCENT of each. Damage is reported as what it \
-breaks: backups and their files, WAL ranges and the point-in-time windows they cut.\n\n\
+breaks: backups and their files, WAL ranges and the point-in-time windows they cut. Every \
+cluster of the repository is checked (they share the packs).\n\n\
 Exit codes: 0 no damage (warnings allowed), 5 damage found, 1 verify could not run, 3 wrong \
 passphrase.\n\n\
 Examples:\n  pgkeep verify\n  pgkeep verify --read-data 10%\n  pgkeep --json verify --read-data"
