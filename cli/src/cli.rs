@@ -157,18 +157,6 @@ Examples:\n  pgkeep verify\n  pgkeep verify --read-data 10%\n  pgkeep --json ver
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct VerifyArgs {
-    /// Also download and check data: every pack and WAL file (no value, or all), or a random
-    /// PERCENT of them (e.g. 10 or 10%; each object picked independently).
-    #[arg(long, value_name = "PERCENT|all", num_args = 0..=1, default_missing_value = "all")]
-    pub(crate) read_data: Option<String>,
-    /// Packs and WAL files downloaded and checked at once (each is held in memory while
-    /// checked). Also PGKEEP_JOBS; config key: jobs. [default: one per core]
-    #[arg(long, value_name = "N")]
-    pub(crate) jobs: Option<usize>,
-}
-
-#[derive(Debug, Args)]
 pub(crate) struct WalPushArgs {
     /// The file to archive (archive_command's %p).
     pub(crate) path: PathBuf,
@@ -400,4 +388,16 @@ pub(crate) struct NewKeyArgs {
     /// passphrase itself in PGKEEP_NEW_PASSPHRASE; else a prompt (twice).
     #[arg(long, value_name = "FILE")]
     pub(crate) new_passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// Also download and check data: every pack and WAL file (no value, or all), or a random
+    /// PERCENT of them (e.g. 10 or 10%; each object picked independently).
+    #[arg(long, value_name = "PERCENT|all", num_args = 0..=1, default_missing_value = "all")]
+    pub(crate) read_data: Option<String>,
+    /// Packs and WAL files downloaded and checked at once (each is held in memory while
+    /// checked). Also PGKEEP_JOBS; config key: jobs. [default: one per core]
+    #[arg(long, value_name = "N")]
+    pub(crate) jobs: Option<usize>,
 }
