@@ -199,6 +199,20 @@ pgkeep --config /etc/pgkeep/pgkeep.toml drill --sql /etc/pgkeep/drill.sql --heap
     /// Check the server's archiving setup and the repository's freshness (Nagios plugin).
     #[command(after_help = CHECK_HELP)]
     Check(CheckArgs),
+    /// Check the repository: what is missing or damaged, and which restores still work.
+    #[command(
+        after_help = "Without --read-data only listings, index segments and manifests are read \
+(fast): packs are stored at the indexed sizes, every chunk a backup references is indexed, and \
+WAL is continuous from each backup's start to its stop and onward. --read-data also downloads \
+packs (BLAKE3 against the pack's name, then every chunk decrypted and checked against its id) \
+and WAL files (SHA-256), all of them or a random PERCENT of each. Damage is reported as what it \
+breaks: backups and their files, WAL ranges and the point-in-time windows they cut. Every \
+cluster of the repository is checked (they share the packs).\n\n\
+Exit codes: 0 no damage (warnings allowed), 5 damage found, 1 verify could not run, 3 wrong \
+passphrase.\n\n\
+Examples:\n  pgkeep verify\n  pgkeep verify --read-data 10%\n  pgkeep --json verify --read-data"
+    )]
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -583,6 +597,18 @@ pub(crate) struct DrillArgs {
     pub(crate) pg: Option<String>,
     /// Files written at once, and pg_amcheck's jobs. Also PGKEEP_JOBS; config key: jobs.
     /// [default: one per core]
+    #[arg(long, value_name = "N")]
+    pub(crate) jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// Also download and check data: every pack and WAL file (no value, or all), or a random
+    /// PERCENT of them (e.g. 10 or 10%; each object picked independently).
+    #[arg(long, value_name = "PERCENT|all", num_args = 0..=1, default_missing_value = "all")]
+    pub(crate) read_data: Option<String>,
+    /// Packs and WAL files downloaded and checked at once (each is held in memory while
+    /// checked). Also PGKEEP_JOBS; config key: jobs. [default: one per core]
     #[arg(long, value_name = "N")]
     pub(crate) jobs: Option<usize>,
 }

@@ -12,7 +12,7 @@ pub(crate) const USAGE: u8 = 2;
 pub(crate) const KEY: u8 = 3;
 /// No repository at the location, or `init` found one already.
 pub(crate) const REPOSITORY: u8 = 4;
-/// Damaged data detected.
+/// Damaged data detected (by any command; `verify` exits with it when it found damage).
 pub(crate) const CORRUPT: u8 = 5;
 /// PostgreSQL could not be reached, or refused the connection or the command.
 pub(crate) const POSTGRES: u8 = 6;

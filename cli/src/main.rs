@@ -73,6 +73,8 @@ fn main() -> ExitCode {
             Command::Drill(a) => cmd::drill::run(&settings, a, &out).await,
             // A Nagios plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
             Command::Check(a) => return cmd::check::run(&settings, a, &out).await,
+            // Exit 5 when damage is found, with the report printed.
+            Command::Verify(a) => return cmd::verify::run(&settings, a, &out).await,
         };
         match result {
             Ok(()) => exit::OK,

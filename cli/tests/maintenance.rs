@@ -120,7 +120,8 @@ fn expire_and_prune_reclaim_space_and_what_remains_restores() {
         .expect("bytes");
     assert!(after < before, "{before} -> {after}");
 
-    // The remaining backup restores and has its rows.
+    // What remains verifies, data included, and restores with its rows.
+    a.expect_as_server(&["verify", "--read-data"], 0);
     assert_eq!(restored_count(&a, &ids[2], "r-last"), counts[2]);
     // Refusals: no policy, a zero count.
     let (_, err) = a.expect_as_server(&["expire"], 2);

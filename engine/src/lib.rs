@@ -22,6 +22,7 @@ pub mod retention;
 pub mod storage;
 pub mod tar;
 pub mod timestamp;
+pub mod verify;
 pub mod wal;
 
 pub use chunker::{Chunker, Chunking};

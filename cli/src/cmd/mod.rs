@@ -12,6 +12,7 @@ pub(crate) mod list;
 pub(crate) mod prune;
 pub(crate) mod restore;
 pub(crate) mod stream;
+pub(crate) mod verify;
 pub(crate) mod wal;
 
 use anyhow::Context;
