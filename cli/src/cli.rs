@@ -206,8 +206,9 @@ pgkeep --config /etc/pgkeep/pgkeep.toml drill --sql /etc/pgkeep/drill.sql --heap
 WAL is continuous from each backup's start to its stop and onward. --read-data also downloads \
 packs (BLAKE3 against the pack's name, then every chunk decrypted and checked against its id) \
 and WAL files (SHA-256), all of them or a random PERCENT of each. Damage is reported as what it \
-breaks: backups and their files, WAL ranges and the point-in-time windows they cut. Every \
-cluster of the repository is checked (they share the packs).\n\n\
+breaks: backups and their files, WAL ranges and the point-in-time windows they cut. Packs and \
+the index (shared by all clusters) are always checked; backups and WAL of every cluster, or only \
+of the cluster named with --cluster (flag, PGKEEP_CLUSTER or config key cluster).\n\n\
 Exit codes: 0 no damage (warnings allowed), 5 damage found, 1 verify could not run, 3 wrong \
 passphrase.\n\n\
 Examples:\n  pgkeep verify\n  pgkeep verify --read-data 10%\n  pgkeep --json verify --read-data"

@@ -136,6 +136,9 @@ fn env_bool(name: &str) -> Result<Option<bool>, UsageError> {
 pub(crate) struct Settings {
     pub(crate) repo: Option<String>,
     pub(crate) cluster: String,
+    /// Whether the cluster was named (flag, `PGKEEP_CLUSTER`, config) rather than defaulted:
+    /// `verify` then checks only that cluster.
+    pub(crate) cluster_explicit: bool,
     pub(crate) passphrase_file: Option<PathBuf>,
     /// Whether the passphrase file came from the command line (which then outranks
     /// `PGKEEP_PASSPHRASE`).
@@ -180,6 +183,7 @@ impl Settings {
                 .clone()
                 .or_else(|| file.cluster.clone())
                 .unwrap_or_else(|| "main".into()),
+            cluster_explicit: g.cluster.is_some() || file.cluster.is_some(),
             passphrase_file_from_flag: g.passphrase_file.is_some(),
             passphrase_file: g
                 .passphrase_file

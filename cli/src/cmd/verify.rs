@@ -60,6 +60,7 @@ async fn check(s: &Settings, a: &VerifyArgs, out: &Output) -> anyhow::Result<boo
             read_percent,
             jobs,
             lock: s.lock_options()?,
+            cluster: s.cluster_explicit.then(|| cmd::cluster(s)).transpose()?,
         },
     )
     .await

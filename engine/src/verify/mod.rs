@@ -47,7 +47,7 @@ use crate::wal::WalArchive;
 const PARALLEL_SMALL_READS: usize = 8;
 
 /// What to check.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct VerifyOptions {
     /// Share of packs and WAL files to download and check, in percent: 0 for the structure
     /// pass only, 100 for everything. Each object is picked independently at random.
@@ -57,6 +57,9 @@ pub struct VerifyOptions {
     /// Waiting for a running `prune`: verify holds a shared lock, so packs do not vanish
     /// under it and get reported as missing.
     pub lock: crate::lock::LockOptions,
+    /// Check only this cluster's backups and WAL (packs and the index are shared and always
+    /// checked); `None`: every cluster.
+    pub cluster: Option<ClusterName>,
 }
 
 impl Default for VerifyOptions {
@@ -65,6 +68,7 @@ impl Default for VerifyOptions {
             read_percent: 0.0,
             jobs: 4,
             lock: crate::lock::LockOptions::default(),
+            cluster: None,
         }
     }
 }
@@ -249,7 +253,15 @@ impl Verifier {
                 }
             }
         }
-        Ok(by_name.into_values().collect())
+        Ok(by_name
+            .into_values()
+            .filter(|c| {
+                self.opts
+                    .cluster
+                    .as_ref()
+                    .is_none_or(|only| *only == c.name)
+            })
+            .collect())
     }
 
     async fn load_index(&mut self) -> Result<Index> {
