@@ -101,8 +101,9 @@ pub async fn restore(
     if let Some(l) = lock {
         l.release().await?;
     }
+    let done = done?;
     settings.write(&layout.pgdata)?;
-    done
+    Ok(done)
 }
 
 /// A shared lock for an operation that only reads chunks, so `prune` cannot delete or repack
