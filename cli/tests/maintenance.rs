@@ -159,7 +159,15 @@ fn prune_waits_for_a_running_backup_which_then_restores() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("backup starts");
-    std::thread::sleep(Duration::from_secs(2));
+    // Once the backup holds its lock (it then has read the index, or is about to).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(a.repo.join("locks")).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup took no lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::fs::remove_file(a.repo.join("clusters/main/backups").join(&first))
         .expect("expire the first");
     // Without waiting: refused with the holder named, exit 7.

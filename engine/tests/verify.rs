@@ -289,11 +289,15 @@ async fn storage_failures_are_errors_not_damage() {
         ..VerifyOptions::default()
     };
     faulty.fail(Op::List, "data", 100);
-    let err = verify(&repo, opts.clone()).await.expect_err("listing fails");
+    let err = verify(&repo, opts.clone())
+        .await
+        .expect_err("listing fails");
     assert!(matches!(err, Error::Storage { .. }), "{err}");
     faulty.heal();
     faulty.fail(Op::Get, layout::DATA_DIR, 100);
-    let err = verify(&repo, opts.clone()).await.expect_err("pack reads fail");
+    let err = verify(&repo, opts.clone())
+        .await
+        .expect_err("pack reads fail");
     assert!(matches!(err, Error::Storage { .. }), "{err}");
     assert!(!err.is_corruption());
     faulty.heal();
