@@ -4,54 +4,11 @@
 mod common;
 
 use common::*;
-use pgkeep_engine::format::{
-    layout, BackupKind, BackupStats, ClusterName, FileEntry, FileType, Manifest,
-};
+use pgkeep_engine::format::{layout, ClusterName};
 use pgkeep_engine::{Chunking, Error, Repository, StoredStream, WriteOptions};
 
 fn cdc(repo: &Repository) -> Chunking {
     Chunking::from_config(repo.config())
-}
-
-async fn read_back(repo: &Repository, s: &StoredStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let n = repo
-        .write_extents(&s.extents, &mut out)
-        .await
-        .expect("read back");
-    assert_eq!(n, s.size);
-    out
-}
-
-fn manifest_for(id: &str, streams: &[(&str, &StoredStream)]) -> Manifest {
-    Manifest {
-        backup_id: id.into(),
-        cluster: "main".into(),
-        kind: BackupKind::Files,
-        parent: None,
-        references: vec![],
-        label: "test".into(),
-        start_time_us: 1,
-        stop_time_us: 2,
-        postgres: None,
-        tablespaces: vec![],
-        attachments: vec![],
-        stats: BackupStats::default(),
-        files: streams
-            .iter()
-            .map(|(name, s)| FileEntry {
-                tablespace: 0,
-                path: name.as_bytes().to_vec(),
-                file_type: FileType::Regular,
-                mode: 0o600,
-                size: s.size,
-                mtime: 0,
-                link_target: vec![],
-                extents: s.extents.clone(),
-            })
-            .collect(),
-        properties: vec![],
-    }
 }
 
 /// Sizes from empty to well over one pack (the test repositories use 1 MiB packs).

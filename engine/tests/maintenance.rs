@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use pgkeep_engine::format::layout;
-use pgkeep_engine::format::manifest::{
-    BackupKind, BackupStats, FileEntry, FileType, Manifest, PgInfo,
-};
+use pgkeep_engine::format::manifest::{BackupKind, Manifest, PgInfo};
 use pgkeep_engine::format::{ClusterName, LockMode};
 use pgkeep_engine::lock::LockOptions;
 use pgkeep_engine::prune::{prune, usage_of, PruneOptions};
@@ -29,11 +27,7 @@ fn cluster() -> ClusterName {
 
 fn manifest(id: &str, stop_us: i64, files: &[(&str, &StoredStream)]) -> Manifest {
     Manifest {
-        backup_id: id.into(),
-        cluster: "main".into(),
         kind: BackupKind::Full,
-        parent: None,
-        references: vec![],
         label: "test".into(),
         start_time_us: stop_us - 1_000_000,
         stop_time_us: stop_us,
@@ -46,23 +40,7 @@ fn manifest(id: &str, stop_us: i64, files: &[(&str, &StoredStream)]) -> Manifest
             checkpoint_lsn: 0x0100_0028,
             wal_segment_size: 16 << 20,
         }),
-        tablespaces: vec![],
-        attachments: vec![],
-        stats: BackupStats::default(),
-        files: files
-            .iter()
-            .map(|(name, s)| FileEntry {
-                tablespace: 0,
-                path: name.as_bytes().to_vec(),
-                file_type: FileType::Regular,
-                mode: 0o600,
-                size: s.size,
-                mtime: 0,
-                link_target: vec![],
-                extents: s.extents.clone(),
-            })
-            .collect(),
-        properties: vec![],
+        ..manifest_for(id, files)
     }
 }
 
@@ -184,14 +162,6 @@ async fn backup_of(repo: &Repository, id: &str, files: &[(&str, &[u8])]) -> Vec<
         .await
         .expect("manifest");
     streams
-}
-
-async fn read_back(repo: &Repository, s: &StoredStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    repo.write_extents(&s.extents, &mut out)
-        .await
-        .expect("read back");
-    out
 }
 
 /// Three backups: `old` alone (garbage once expired), `mixed` sharing chunks with `old` in

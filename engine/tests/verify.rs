@@ -8,43 +8,11 @@ use std::time::Duration;
 
 use common::*;
 use pgkeep_engine::format::{
-    layout, BackupKind, BackupStats, ClusterName, Extent, FileEntry, FileType, Lsn, Manifest,
-    PgInfo, SegmentName, TimelineId,
+    layout, BackupKind, ClusterName, Extent, Lsn, PgInfo, SegmentName, TimelineId,
 };
 use pgkeep_engine::verify::{verify, ProblemKind, Severity, VerifyOptions, VerifyReport, WalReach};
 use pgkeep_engine::{Chunking, Error, Repository, RetryPolicy, Store, StoredStream, WriteOptions};
 use pgkeep_testkit::faults::{FaultyStore, Op};
-
-fn manifest(id: &str, files: &[(&str, &StoredStream)]) -> Manifest {
-    Manifest {
-        backup_id: id.into(),
-        cluster: "main".into(),
-        kind: BackupKind::Files,
-        parent: None,
-        references: vec![],
-        label: id.into(),
-        start_time_us: 1,
-        stop_time_us: 2,
-        postgres: None,
-        tablespaces: vec![],
-        attachments: vec![],
-        stats: BackupStats::default(),
-        files: files
-            .iter()
-            .map(|(name, s)| FileEntry {
-                tablespace: 0,
-                path: name.as_bytes().to_vec(),
-                file_type: FileType::Regular,
-                mode: 0o600,
-                size: s.size,
-                mtime: 0,
-                link_target: vec![],
-                extents: s.extents.clone(),
-            })
-            .collect(),
-        properties: vec![],
-    }
-}
 
 /// Stores `streams` in one session (one index segment).
 async fn store(repo: &Repository, streams: &[&[u8]]) -> Vec<StoredStream> {
@@ -105,12 +73,12 @@ async fn damage_is_found_and_traced_to_backups_and_files() {
     let small = data(10_000, 2, true);
     let other = data(300_000, 3, false);
     let s1 = store(&repo, &[&big, &small]).await;
-    repo.write_manifest(&manifest("b1", &[("big", &s1[0]), ("small", &s1[1])]))
+    repo.write_manifest(&manifest_for("b1", &[("big", &s1[0]), ("small", &s1[1])]))
         .await
         .expect("b1");
     // b2 shares `small` with b1 (deduplicated) and adds its own file.
     let s2 = store(&repo, &[&small, &other]).await;
-    repo.write_manifest(&manifest("b2", &[("small", &s2[0]), ("other", &s2[1])]))
+    repo.write_manifest(&manifest_for("b2", &[("small", &s2[0]), ("other", &s2[1])]))
         .await
         .expect("b2");
 
@@ -280,7 +248,7 @@ async fn storage_failures_are_errors_not_damage() {
         .await
         .expect("init");
     let s = store_one(&repo).await;
-    repo.write_manifest(&manifest("b1", &[("f", &s)]))
+    repo.write_manifest(&manifest_for("b1", &[("f", &s)]))
         .await
         .expect("manifest");
     let opts = VerifyOptions {
@@ -332,7 +300,7 @@ async fn wal_continuity_from_names_and_damage_from_reads() {
         .await
         .expect("bind");
     let s = store_one(&repo).await;
-    let mut m = manifest("pg1", &[("base/1/1259", &s)]);
+    let mut m = manifest_for("pg1", &[("base/1/1259", &s)]);
     m.kind = BackupKind::Full;
     m.postgres = Some(PgInfo {
         system_id: 42,

@@ -1,8 +1,8 @@
 //! Shared set-up for the engine's integration tests: repositories on real backends.
 #![allow(dead_code, unreachable_pub)]
 
-use pgkeep_engine::format::KdfParams;
-use pgkeep_engine::{InitOptions, Repository, Store};
+use pgkeep_engine::format::{BackupKind, BackupStats, FileEntry, FileType, KdfParams, Manifest};
+use pgkeep_engine::{InitOptions, Repository, Store, StoredStream};
 
 pub const PASS: &[u8] = b"test passphrase";
 
@@ -103,3 +103,47 @@ pub async fn bytes_under(store: &Store, prefix: &str) -> u64 {
         .sum()
 }
 pub mod pg;
+
+/// A manifest of kind Files holding `streams` as regular files of the cluster `main`; tests
+/// adjust the fields they care about.
+pub fn manifest_for(id: &str, streams: &[(&str, &StoredStream)]) -> Manifest {
+    Manifest {
+        backup_id: id.into(),
+        cluster: "main".into(),
+        kind: BackupKind::Files,
+        parent: None,
+        references: vec![],
+        label: id.into(),
+        start_time_us: 1,
+        stop_time_us: 2,
+        postgres: None,
+        tablespaces: vec![],
+        attachments: vec![],
+        stats: BackupStats::default(),
+        files: streams
+            .iter()
+            .map(|(name, s)| FileEntry {
+                tablespace: 0,
+                path: name.as_bytes().to_vec(),
+                file_type: FileType::Regular,
+                mode: 0o600,
+                size: s.size,
+                mtime: 0,
+                link_target: vec![],
+                extents: s.extents.clone(),
+            })
+            .collect(),
+        properties: vec![],
+    }
+}
+
+/// Reads a stored stream back, checking its length.
+pub async fn read_back(repo: &Repository, s: &StoredStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let n = repo
+        .write_extents(&s.extents, &mut out)
+        .await
+        .expect("read back");
+    assert_eq!(n, s.size);
+    out
+}
