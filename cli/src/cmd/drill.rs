@@ -251,24 +251,6 @@ fn scripts(a: &DrillArgs) -> anyhow::Result<Vec<Script>> {
         .collect()
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 pub(crate) async fn run(s: &Settings, a: &DrillArgs, out: &Output) -> anyhow::Result<()> {
     let cluster = cmd::cluster(s)?;
     let target = match &a.target_time {
@@ -313,7 +295,7 @@ pub(crate) async fn run(s: &Settings, a: &DrillArgs, out: &Output) -> anyhow::Re
     // is asked for.
     drill::preflight(&opts)?;
     let repo = cmd::open(s).await?;
-    let report = drill::run(&repo, &cluster, &opts, Box::pin(wait_for_signal()))
+    let report = drill::run(&repo, &cluster, &opts, Box::pin(cmd::wait_for_signal()))
         .await
         .context("planning the drill")?;
     let shown = report_out(&report);

@@ -59,3 +59,22 @@ pub(crate) fn conn_config(s: &Settings, flag: Option<String>) -> anyhow::Result<
     )
     .map_err(|e| UsageError(format!("PostgreSQL connection settings: {e}")))?)
 }
+
+/// Resolves on SIGTERM or SIGINT (the shutdown signals of `wal-stream` and `drill`).
+pub(crate) async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

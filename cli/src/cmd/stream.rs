@@ -55,7 +55,7 @@ pub(crate) async fn run(s: &Settings, a: &WalStreamArgs) -> anyhow::Result<()> {
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        cmd::wait_for_signal().await;
         let _ = stop_tx.send(true);
     });
     let archive = WalArchive::new(repo, cluster);
@@ -63,24 +63,6 @@ pub(crate) async fn run(s: &Settings, a: &WalStreamArgs) -> anyhow::Result<()> {
     receive(&archive, &conn, &opts, &status, stop_rx)
         .await
         .with_context(|| format!("streaming WAL from {}", conn.display_target()))
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// A minimal HTTP/1.0 responder: every request gets the metrics page. Enough for a
