@@ -9,15 +9,13 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use pgkeep_format::{FileEntry, FileType, Manifest};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWrite;
 
+use super::file_writer::BatchedFileWriter;
 use crate::error::{Error, Result};
 use crate::repository::Repository;
 
@@ -232,16 +230,15 @@ async fn restore_file(
         .mode(0o600)
         .open(&path)
         .await
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    let mut out = HashingWriter {
-        inner: file,
-        hasher: Sha256::new(),
-    };
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?
+        .into_std()
+        .await;
+    let mut out = BatchedFileWriter::new(file);
     let written = repo.write_extents(&f.extents, &mut out).await?;
-    out.inner
-        .sync_all()
+    let digest = out
+        .finish()
         .await
-        .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode & 0o7777))
         .await
         .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
@@ -254,7 +251,7 @@ async fn restore_file(
         )));
     }
     if let Some((size, sum)) = expected {
-        let actual = hex::encode(out.hasher.finalize());
+        let actual = hex::encode(digest);
         if *size != written || *sum != actual {
             return Err(Error::Corrupt {
                 object: format!("backup {} file {key}", f.path.escape_ascii()),
@@ -468,37 +465,6 @@ fn remove_extra(layout: &Layout, m: &Manifest) -> Result<u64> {
         }
     }
     Ok(removed)
-}
-
-/// An `AsyncWrite` that hashes what passes through.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for HashingWriter<W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                this.hasher.update(&buf[..n]);
-                Poll::Ready(Ok(n))
-            }
-            other => other,
-        }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

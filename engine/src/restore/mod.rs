@@ -8,6 +8,7 @@
 //! ```
 //! Nothing is written before the plan says the target is reachable.
 
+mod file_writer;
 pub mod materialize;
 pub mod plan;
 pub mod recovery;
