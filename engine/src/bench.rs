@@ -323,28 +323,33 @@ pub fn run_cpu(opts: &CpuOptions) -> Result<CpuReport> {
 }
 
 fn scale(keys: &Arc<RepoKeys>, opts: &CpuOptions, threads: usize) -> Result<ScalingResult> {
-    let start = Instant::now();
+    // Every thread builds its data first, then all start timing together.
+    let ready = Arc::new(std::sync::Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let keys = Arc::clone(keys);
+            let ready = Arc::clone(&ready);
             let (cs, d, level) = (opts.chunk_size, opts.duration, opts.scaling_level);
             std::thread::spawn(move || {
                 let data = bench_data(cs, 100 + t as u64);
-                timed(&data, cs, d, |c| worker_step(&keys, c, level)).0
+                ready.wait();
+                let (bytes, secs, _) = timed(&data, cs, d, |c| worker_step(&keys, c, level));
+                (bytes, secs)
             })
         })
         .collect();
-    let mut bytes = 0;
+    let (mut bytes, mut seconds) = (0, 0.0f64);
     for h in handles {
-        bytes += h
+        let (b, s) = h
             .join()
             .map_err(|_| Error::Pipeline("a benchmark thread panicked".into()))?;
+        bytes += b;
+        seconds = seconds.max(s);
     }
     Ok(ScalingResult {
         threads,
         bytes,
-        // Data generation runs inside the window too, but is small next to the stage.
-        seconds: start.elapsed().as_secs_f64(),
+        seconds,
     })
 }
 
@@ -815,6 +820,50 @@ mod tests {
         })
         .expect_err("zero threads");
         assert!(e.to_string().contains("at least 1"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_storage_run_still_deletes_its_objects() {
+        use pgkeep_testkit::faults::{FaultyStore, Op};
+        let dir = tempfile::tempdir().expect("tmp");
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("fs");
+        let faulty = FaultyStore::new(Arc::new(fs));
+        let store =
+            Store::from_object_store(faulty.clone(), "", "faulty").with_retry(crate::RetryPolicy {
+                attempts: 1,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
+            });
+        // Two puts succeed, then every put fails; the two must be deleted.
+        faulty.fail_after(Op::Put, "bench/", 2, usize::MAX);
+        let e = run_storage(
+            &store,
+            &StorageOptions {
+                object_size: 1024,
+                concurrency: vec![1],
+                duration: Duration::from_secs(5),
+            },
+        )
+        .await
+        .expect_err("puts fail");
+        assert!(e.to_string().contains("put"), "{e}");
+        assert!(faulty.injected() >= 1);
+        assert!(store.list(BENCH_PREFIX).await.expect("list").is_empty());
+
+        // A failing cleanup is reported rather than hidden.
+        faulty.heal();
+        faulty.fail(Op::Delete, "bench/", usize::MAX);
+        let e = run_storage(
+            &store,
+            &StorageOptions {
+                object_size: 1024,
+                concurrency: vec![1],
+                duration: Duration::from_millis(1),
+            },
+        )
+        .await
+        .expect_err("deletes fail");
+        assert!(e.to_string().contains("delete"), "{e}");
     }
 
     #[tokio::test]
