@@ -214,6 +214,10 @@ passphrase.\n\n\
 Examples:\n  pgkeep verify\n  pgkeep verify --read-data 10%\n  pgkeep --json verify --read-data"
     )]
     Verify(VerifyArgs),
+    /// Measure this machine's CPU and the configured storage: numbers for choosing the
+    /// compression level and upload concurrency.
+    #[command(after_help = BENCH_HELP)]
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -612,4 +616,46 @@ pub(crate) struct VerifyArgs {
     /// checked). Also PGKEEP_JOBS; config key: jobs. [default: one per core]
     #[arg(long, value_name = "N")]
     pub(crate) jobs: Option<usize>,
+}
+
+const BENCH_HELP: &str = "CPU stages run on one core for --seconds each, on synthetic PostgreSQL \
+heap pages cut into the repository's chunk size: chunk id (keyed BLAKE3), zstd at each --levels \
+level (speed and ratio), AES-256-GCM sealing, and the whole per-chunk worker path (id, compress, \
+seal); then the worker path at the repository's level on 1 to all cores. MB/s are of plaintext \
+(10^6 bytes per second). Storage: puts, then gets, of pack-sized objects of random bytes at each \
+--concurrency, with per-object latency, under bench/<random>/ in the repository, deleted \
+afterwards (no other command reads bench/). The recommendation names the lowest concurrency \
+that no higher one beats by more than 10%, and the highest level at which all cores compress \
+faster than storage takes the result. --cpu-only needs no repository or passphrase.\n\n\
+Examples:\n  pgkeep bench --cpu-only\n  pgkeep bench --levels 1,3,9 --concurrency 1,4,16 --seconds 3\n  \
+pgkeep --json bench --object-mib 64";
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Measure the CPU only: no repository, storage or passphrase needed.
+    #[arg(long)]
+    pub(crate) cpu_only: bool,
+    /// How long each stage (and each storage put and get run) goes on, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "1")]
+    pub(crate) seconds: f64,
+    /// zstd levels to measure (0 = none, 1 to 22), comma-separated.
+    #[arg(
+        long,
+        value_name = "LEVELS",
+        value_delimiter = ',',
+        default_value = "1,3,6,9,19"
+    )]
+    pub(crate) levels: Vec<i8>,
+    /// Objects put (and got) at once, one run per value, comma-separated.
+    #[arg(
+        long,
+        value_name = "N,...",
+        value_delimiter = ',',
+        default_value = "1,2,4,8"
+    )]
+    pub(crate) concurrency: Vec<usize>,
+    /// Size of the storage test objects in MiB (1 to 256). [default: the repository's pack
+    /// size]
+    #[arg(long, value_name = "MIB", conflicts_with = "cpu_only")]
+    pub(crate) object_mib: Option<u32>,
 }

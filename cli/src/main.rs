@@ -75,6 +75,7 @@ fn main() -> ExitCode {
             Command::Check(a) => return cmd::check::run(&settings, a, &out).await,
             // Exit 5 when damage is found, with the report printed.
             Command::Verify(a) => return cmd::verify::run(&settings, a, &out).await,
+            Command::Bench(a) => cmd::bench::run(&settings, a, &out).await,
         };
         match result {
             Ok(()) => exit::OK,

@@ -5,6 +5,7 @@
 //! crate adds I/O: storage access, concurrency and the operations built on them.
 
 pub mod backup;
+pub mod bench;
 pub mod check;
 pub mod chunker;
 pub mod conninfo;

@@ -376,6 +376,22 @@ impl Store {
         Ok(())
     }
 
+    /// On local stores: removes the directory `prefix` names and its parents up to the root,
+    /// each only if empty (object stores have no directories; local ones leave them behind
+    /// after deletes). Best effort: a directory another writer filled again stays.
+    pub fn remove_empty_local_dirs(&self, prefix: &str) {
+        let Some(root) = &self.local_root else {
+            return;
+        };
+        let mut dir = root.join(prefix.trim_end_matches('/'));
+        while dir.starts_with(root) && dir != *root && std::fs::remove_dir(&dir).is_ok() {
+            match dir.parent() {
+                Some(p) => dir = p.to_path_buf(),
+                None => break,
+            }
+        }
+    }
+
     /// On local stores: makes the object's file and directory entry durable, and private.
     async fn sync_local(&self, name: &str) -> Result<()> {
         let Some(root) = &self.local_root else {

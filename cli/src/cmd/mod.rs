@@ -1,6 +1,7 @@
 //! One module per command. Each takes resolved settings and prints through `output`.
 
 pub(crate) mod backup;
+pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod drill;
 pub(crate) mod events;
