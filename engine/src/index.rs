@@ -103,6 +103,24 @@ fn parse_segment_name(name: &str) -> Option<IndexId> {
 }
 
 impl Repository {
+    /// The ids of the index segments in storage.
+    pub async fn index_segment_ids(&self) -> Result<Vec<IndexId>> {
+        Ok(self
+            .store()
+            .list(layout::INDEX_DIR)
+            .await?
+            .iter()
+            .filter_map(|o| parse_segment_name(&o.name))
+            .collect())
+    }
+
+    /// Reads and decodes one index segment.
+    pub async fn read_index_segment(&self, id: &IndexId) -> Result<IndexSegment> {
+        let name = layout::index_segment(id);
+        let plain = self.get_object(Kind::Index, &name, limits::INDEX).await?;
+        IndexSegment::decode(&plain).map_err(|e| Error::corrupt(&name, e))
+    }
+
     /// Loads every index segment not loaded yet (all of them on first call).
     ///
     /// When a segment loaded earlier is gone, `prune` has rewritten the index and may have
@@ -110,13 +128,7 @@ impl Repository {
     /// against a chunk that no longer exists.
     pub async fn load_index(&self) -> Result<()> {
         let mut loaded = self.inner.index.loaded.lock().await;
-        let listed: HashSet<IndexId> = self
-            .store()
-            .list(layout::INDEX_DIR)
-            .await?
-            .iter()
-            .filter_map(|o| parse_segment_name(&o.name))
-            .collect();
+        let listed: HashSet<IndexId> = self.index_segment_ids().await?.into_iter().collect();
         let mut known: HashSet<IndexId> = self.read_index(|i| i.segments.clone());
         if !known.is_subset(&listed) {
             *self.write_index() = ChunkIndex::default();
@@ -127,12 +139,7 @@ impl Repository {
             .filter(|id| !known.contains(id))
             .collect();
         let segments: Vec<(IndexId, IndexSegment)> = futures::stream::iter(todo)
-            .map(|id| async move {
-                let name = layout::index_segment(&id);
-                let plain = self.get_object(Kind::Index, &name, limits::INDEX).await?;
-                let seg = IndexSegment::decode(&plain).map_err(|e| Error::corrupt(&name, e))?;
-                Ok::<_, Error>((id, seg))
-            })
+            .map(|id| async move { Ok::<_, Error>((id, self.read_index_segment(&id).await?)) })
             .buffer_unordered(8)
             .try_collect()
             .await?;

@@ -18,7 +18,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use pgkeep_format::{layout, LockId, LockInfo, LockMode};
 use tokio::sync::watch;
 
@@ -84,14 +83,6 @@ pub struct RepoLock {
     heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 impl Repository {
     /// Every lock object in the repository, with its staleness under `stale_after`.
     pub async fn list_locks(&self, stale_after: Duration) -> Result<Vec<HeldLock>> {
@@ -130,7 +121,7 @@ impl Repository {
         let created_us = now_us();
         let mut info = LockInfo {
             mode,
-            hostname: hostname(),
+            hostname: crate::repository::host_name(),
             pid: std::process::id(),
             operation: operation.to_owned(),
             created_us,
@@ -205,20 +196,10 @@ impl Repository {
     }
 
     async fn rewrite_lock(&self, object: &str, info: &LockInfo) -> Result<()> {
-        let repo = self.clone();
-        let (name, plain) = (object.to_owned(), info.encode());
-        let sealed = crate::repository::blocking(move || {
-            pgkeep_format::seal_object(
-                repo.keys(),
-                pgkeep_format::Kind::Lock,
-                &name,
-                random_bytes(),
-                &plain,
-                0,
-            )
-        })
-        .await?;
-        self.store().put(object, Bytes::from(sealed)).await
+        let sealed = self
+            .seal(pgkeep_format::Kind::Lock, object, info.encode(), 0)
+            .await?;
+        self.store().put(object, sealed).await
     }
 
     /// Deletes stale locks (holders that died); returns what it removed.

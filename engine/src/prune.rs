@@ -26,12 +26,12 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use pgkeep_format::pack::{PackEntry, PackWriter};
 use pgkeep_format::{
-    layout, ChunkId, ClusterName, IndexId, IndexSegment, IndexedPack, Kind, LockMode, PackId,
+    layout, ChunkId, ClusterName, IndexId, IndexSegment, IndexedPack, LockMode, PackId,
 };
 
 use crate::error::{Error, Result};
 use crate::lock::LockOptions;
-use crate::repository::{limits, random_bytes, Repository};
+use crate::repository::{random_bytes, Repository};
 
 /// How `prune` runs.
 #[derive(Debug, Clone, Copy)]
@@ -137,19 +137,9 @@ pub async fn clusters(repo: &Repository) -> Result<Vec<ClusterName>> {
 
 /// Reads every index segment, merging the descriptions of each pack.
 async fn read_segments(repo: &Repository) -> Result<(Vec<IndexId>, BTreeMap<PackId, PackFacts>)> {
-    let ids: Vec<IndexId> = repo
-        .store()
-        .list(layout::INDEX_DIR)
-        .await?
-        .iter()
-        .filter_map(|o| o.name.strip_prefix(layout::INDEX_DIR)?.parse().ok())
-        .collect();
+    let ids = repo.index_segment_ids().await?;
     let segments: Vec<IndexSegment> = futures::stream::iter(ids.clone())
-        .map(|id| async move {
-            let name = layout::index_segment(&id);
-            let plain = repo.get_object(Kind::Index, &name, limits::INDEX).await?;
-            IndexSegment::decode(&plain).map_err(|e| Error::corrupt(&name, e))
-        })
+        .map(|id| async move { repo.read_index_segment(&id).await })
         .buffered(8)
         .try_collect()
         .await?;

@@ -45,10 +45,16 @@ impl Default for InitOptions {
 /// `user@host`, the default label for new keys.
 pub fn default_key_label() -> String {
     let user = os_user_name().unwrap_or_else(|| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname")
+    format!("{user}@{}", host_name())
+}
+
+/// This machine's name from /etc/hostname, or `localhost`.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{user}@{host}")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The name of the user running this process: `$USER`, `$LOGNAME`, or /etc/passwd (libpq's
@@ -278,14 +284,14 @@ impl Repository {
         self.inner.config.repo_id
     }
 
-    /// Seals `plaintext` as an object of `kind` and writes it create-if-absent.
-    pub(crate) async fn put_new_object(
+    /// Seals `plaintext` as an object of `kind` named `name` (off the async runtime).
+    pub(crate) async fn seal(
         &self,
         kind: Kind,
         name: &str,
         plaintext: Vec<u8>,
         level: i8,
-    ) -> Result<Created> {
+    ) -> Result<Bytes> {
         let repo = self.clone();
         let owned = name.to_owned();
         let sealed = blocking(move || {
@@ -299,7 +305,19 @@ impl Repository {
             )
         })
         .await?;
-        self.inner.store.put_new(name, Bytes::from(sealed)).await
+        Ok(Bytes::from(sealed))
+    }
+
+    /// Seals `plaintext` as an object of `kind` and writes it create-if-absent.
+    pub(crate) async fn put_new_object(
+        &self,
+        kind: Kind,
+        name: &str,
+        plaintext: Vec<u8>,
+        level: i8,
+    ) -> Result<Created> {
+        let sealed = self.seal(kind, name, plaintext, level).await?;
+        self.inner.store.put_new(name, sealed).await
     }
 
     /// Reads and opens an object of `kind`.

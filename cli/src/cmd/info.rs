@@ -1,7 +1,7 @@
 //! `pgkeep info`: a cluster's backups, WAL archive, recoverable windows, and the repository's
 //! space, at a glance. The JSON schema is documented in docs/info-json.md.
 
-use pgkeep_engine::format::{BackupKind, Lsn, Manifest, SegmentName, TimelineId};
+use pgkeep_engine::format::{Lsn, Manifest, SegmentName, TimelineId};
 use pgkeep_engine::prune::usage_of;
 use pgkeep_engine::timestamp::{format_timestamp_us, now_us};
 use pgkeep_engine::wal::catalog::{timelines, TimelineWal};
@@ -9,6 +9,7 @@ use pgkeep_engine::wal::WalArchive;
 use serde::Serialize;
 
 use crate::cmd;
+use crate::cmd::list::kind_name;
 use crate::output::{format_bytes, Output, Table};
 use crate::settings::Settings;
 
@@ -96,14 +97,6 @@ struct Totals {
     reclaimable_bytes: u64,
     wal_bytes: u64,
     missing_packs: u64,
-}
-
-fn kind_name(k: BackupKind) -> &'static str {
-    match k {
-        BackupKind::Full => "full",
-        BackupKind::Incremental => "incremental",
-        BackupKind::Files => "files",
-    }
 }
 
 fn backup_info(m: &Manifest) -> BackupInfo {

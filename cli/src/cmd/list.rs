@@ -35,7 +35,7 @@ struct BackupRow {
     pin_note: Option<String>,
 }
 
-fn kind_name(k: BackupKind) -> &'static str {
+pub(crate) fn kind_name(k: BackupKind) -> &'static str {
     match k {
         BackupKind::Full => "full",
         BackupKind::Incremental => "incremental",

@@ -198,6 +198,19 @@ async fn verify_locked(repo: &Repository, opts: VerifyOptions) -> Result<VerifyR
 }
 
 impl Verifier {
+    /// Records that problem `i` breaks these files of backup `m`.
+    fn affect_files(&mut self, i: usize, m: &Manifest, files: Vec<String>) {
+        self.report.problems[i]
+            .affects
+            .backups
+            .push(AffectedBackup {
+                cluster: m.cluster.clone(),
+                backup_id: m.backup_id.clone(),
+                files,
+                whole: false,
+            });
+    }
+
     fn problem(
         &mut self,
         severity: Severity,
@@ -265,14 +278,7 @@ impl Verifier {
     }
 
     async fn load_index(&mut self) -> Result<Index> {
-        let ids: Vec<IndexId> = self
-            .repo
-            .store()
-            .list(layout::INDEX_DIR)
-            .await?
-            .iter()
-            .filter_map(|o| o.name.strip_prefix(layout::INDEX_DIR)?.parse().ok())
-            .collect();
+        let ids = self.repo.index_segment_ids().await?;
         self.report.checked.index_segments = ids.len();
         let repo = self.repo.clone();
         let mut reads = stream::iter(ids)
@@ -280,12 +286,7 @@ impl Verifier {
                 let repo = repo.clone();
                 async move {
                     let name = layout::index_segment(&id);
-                    let seg = match repo.get_object(Kind::Index, &name, limits::INDEX).await {
-                        Ok(plain) => {
-                            IndexSegment::decode(&plain).map_err(|e| Error::corrupt(&name, e))
-                        }
-                        Err(e) => Err(e),
-                    };
+                    let seg = repo.read_index_segment(&id).await;
                     (id, name, seg)
                 }
             })
@@ -687,27 +688,11 @@ impl Verifier {
                     refs.len()
                 ),
             );
-            self.report.problems[i]
-                .affects
-                .backups
-                .push(AffectedBackup {
-                    cluster: m.cluster.clone(),
-                    backup_id: m.backup_id.clone(),
-                    files,
-                    whole: false,
-                });
+            self.affect_files(i, m, files);
         }
         for (i, files) in damaged_files(m, |c| self.bad.get(c).copied()) {
             damaged = true;
-            self.report.problems[i]
-                .affects
-                .backups
-                .push(AffectedBackup {
-                    cluster: m.cluster.clone(),
-                    backup_id: m.backup_id.clone(),
-                    files,
-                    whole: false,
-                });
+            self.affect_files(i, m, files);
         }
         self.report.backups.push(BackupStatus {
             cluster: m.cluster.clone(),
