@@ -80,9 +80,11 @@ fn zstd(c: &mut Criterion) {
 /// Sealing and opening a 1 MiB chunk stored raw (level 0), so the cost is the format's own:
 /// subkey derivation (one short BLAKE3), AES-256-GCM, and buffer copies. Opening also
 /// re-hashes the plaintext to check it against the chunk id, so it includes one `chunk_id`.
-/// `raw_encrypt_in_place` is the `aes-gcm` crate alone, the floor `seal_chunk` builds on;
-/// `raw_ghash_only` and `raw_aes256_blocks` split that floor into GCM's two passes (aes-gcm
-/// 0.10 runs them one after the other, not interleaved), to show which one limits it.
+/// The format's AES-256-GCM is `ring`'s (format-spec/src/aead.rs). The `raw_*` benchmarks are
+/// the RustCrypto `aes-gcm` crate the format used before, kept to show why it changed:
+/// `raw_encrypt_in_place` is that crate alone, and `raw_ghash_only` and `raw_aes256_blocks`
+/// split it into GCM's two passes (aes-gcm 0.10 runs them one after the other, not
+/// interleaved, and its one-block GHASH is what limits it).
 fn aes_gcm(c: &mut Criterion) {
     let keys = bench_keys();
     let data = heap_pages(MIB, 3);

@@ -519,6 +519,11 @@ pub(crate) struct BackupArgs {
     /// key: jobs. [default: one per core]
     #[arg(long, value_name = "N")]
     pub(crate) jobs: Option<usize>,
+    /// Packs uploading at once (1 to 64); `pgkeep bench` measures which value the storage
+    /// rewards. Each costs one pack of memory. Also PGKEEP_UPLOADS; config key: uploads.
+    /// [default: 3]
+    #[arg(long, value_name = "N")]
+    pub(crate) uploads: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -34,6 +34,8 @@ pub(crate) struct ConfigFile {
     pub(crate) max_rate: Option<u32>,
     pub(crate) timeout: Option<u64>,
     pub(crate) jobs: Option<usize>,
+    /// `backup`: packs uploading at once.
+    pub(crate) uploads: Option<usize>,
     /// `wal-push`: further ready segments stored per call.
     pub(crate) lookahead: Option<usize>,
     /// `wal-fetch`: segments downloaded ahead.

@@ -61,9 +61,22 @@ fn backup_list_incremental_and_failures_through_the_cli() {
         "{table}"
     );
 
-    // --full forces a full backup.
-    let (out, _) = e.expect(&["--json", "backup", "--pg", &conn, "--full"], 0);
+    // --full forces a full backup; one upload at a time works, none is refused.
+    let (out, _) = e.expect(
+        &[
+            "--json",
+            "backup",
+            "--pg",
+            &conn,
+            "--full",
+            "--uploads",
+            "1",
+        ],
+        0,
+    );
     assert!(out.contains("\"kind\": \"full\""), "{out}");
+    let (_, err) = e.expect(&["backup", "--pg", &conn, "--uploads", "0"], 2);
+    assert!(err.contains("uploads 0 is outside 1..=64"), "{err}");
 
     // PostgreSQL refusing the password: exit 6, the server's message, no password shown.
     let bad = format!("{conn} password=wrong-password");
@@ -158,6 +171,8 @@ fn list_of_an_empty_cluster_and_help() {
         "--full",
         "--checkpoint",
         "--max-rate",
+        "--uploads",
+        "PGKEEP_UPLOADS",
         "PGHOST",
         "Example",
     ] {

@@ -127,6 +127,8 @@ async fn pg18_server_side_incremental_reconstructs_whole_files() {
         .start()
         .expect("cluster");
     pg.pgbench_init(5).expect("pgbench -i");
+    pg.psql("CREATE TABLE copied (id int, t text); INSERT INTO copied VALUES (0, 'before')")
+        .expect("copied");
     let (_repo_dir, repo, cluster) = fresh_repo().await;
     let cfg = conn(&pg);
     let full = take_backup(
@@ -146,6 +148,24 @@ async fn pg18_server_side_incremental_reconstructs_whole_files() {
          TRUNCATE pgbench_history;",
     )
     .expect("workload");
+    // COPY extends a relation many blocks at a time (PostgreSQL 16+) and WAL-logs only the
+    // blocks it fills: the rest are zeros on disk that no WAL summary mentions, below the
+    // incremental file's truncation length and beyond the parent's copy of the file.
+    pg.psql("COPY copied (id) FROM PROGRAM 'seq 1 300000'")
+        .expect("copy");
+    let blocks: Vec<u64> = pg
+        .psql(
+            "SELECT pg_relation_size('copied') / 8192,              (SELECT max((ctid::text::point)[0])::bigint + 1 FROM copied)",
+        )
+        .expect("sizes")
+        .trim()
+        .split('|')
+        .map(|v| v.trim().parse().expect("a number"))
+        .collect();
+    assert!(
+        blocks[0] > blocks[1],
+        "COPY left no unused extended block ({blocks:?}): the case below is not exercised"
+    );
     let server_side = BackupOptions {
         incremental_method: IncrementalMethod::Server,
         ..BackupOptions::default()

@@ -5,10 +5,9 @@
 //! under a key used exactly once: the all-zero nonce is then safe, and no nonce counter or
 //! message limit ever needs tracking across processes (see SPEC.md, "Encryption").
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use crate::aead;
 use crate::body;
 use crate::envelope::{Header, Kind, HEADER_LEN};
 use crate::error::FormatError;
@@ -17,7 +16,7 @@ use crate::ids::{ChunkId, MasterKeyId, RepoId};
 /// Bytes of random salt at the start of every sealed unit.
 pub const SALT_LEN: usize = 24;
 /// Bytes of the AES-GCM authentication tag at the end of every sealed unit.
-pub const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = crate::aead::TAG_LEN;
 /// What sealing adds to a body: salt and tag.
 pub const SEAL_OVERHEAD: usize = SALT_LEN + TAG_LEN;
 
@@ -115,12 +114,11 @@ impl RepoKeys {
         aad
     }
 
-    fn unit_cipher(&self, salt: &[u8; SALT_LEN]) -> Aes256Gcm {
+    fn unit_key(&self, salt: &[u8; SALT_LEN]) -> Zeroizing<[u8; 32]> {
         let mut material = Zeroizing::new([0u8; 32 + SALT_LEN]);
         material[..32].copy_from_slice(&self.encryption_root);
         material[32..].copy_from_slice(salt);
-        let subkey = Zeroizing::new(blake3::derive_key(context::UNIT_SUBKEY, &material[..]));
-        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&subkey[..]))
+        Zeroizing::new(blake3::derive_key(context::UNIT_SUBKEY, &material[..]))
     }
 
     /// Compresses `data` at `level` (0 = store raw; raw too when zstd saves too little), then
@@ -137,10 +135,7 @@ impl RepoKeys {
         unit.extend_from_slice(&salt);
         body::encode_into(&mut unit, data, level);
         let aad = self.aad(&header.encode(), name);
-        let tag = self
-            .unit_cipher(&salt)
-            .encrypt_in_place_detached(Nonce::from_slice(&[0u8; 12]), &aad, &mut unit[SALT_LEN..])
-            .expect("AES-GCM encrypts any buffer shorter than 64 GiB");
+        let tag = aead::seal_in_place(&self.unit_key(&salt), &aad, &mut unit[SALT_LEN..]);
         unit.extend_from_slice(&tag);
         unit
     }
@@ -161,15 +156,16 @@ impl RepoKeys {
         let mut salt = [0u8; SALT_LEN];
         salt.copy_from_slice(&unit[..SALT_LEN]);
         let (ct, tag) = unit[SALT_LEN..].split_at(unit.len() - SEAL_OVERHEAD);
+        let mut tag_bytes = [0u8; TAG_LEN];
+        tag_bytes.copy_from_slice(tag);
         let mut plain = ct.to_vec();
-        self.unit_cipher(&salt)
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&[0u8; 12]),
-                &self.aad(&header.encode(), name),
-                &mut plain,
-                Tag::from_slice(tag),
-            )
-            .map_err(|_| FormatError::Authentication { what })?;
+        aead::open_in_place(
+            &self.unit_key(&salt),
+            &self.aad(&header.encode(), name),
+            &mut plain,
+            &tag_bytes,
+        )
+        .map_err(|_| FormatError::Authentication { what })?;
         body::decode(plain, limit, what)
     }
 

@@ -3,10 +3,9 @@
 //! A repository has one key file per passphrase. Adding, changing or removing a passphrase
 //! touches only key files; no data object is re-encrypted.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
 use zeroize::Zeroizing;
 
+use crate::aead;
 use crate::crypto::{MasterKey, TAG_LEN};
 use crate::envelope::{Header, Kind, HEADER_LEN};
 use crate::error::FormatError;
@@ -152,15 +151,9 @@ impl KeyFile {
             wrapped: [0u8; 32 + TAG_LEN],
         };
         let kek = kdf.derive(passphrase, &salt)?;
-        let mut buf = *master.as_bytes();
-        let tag = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&kek[..]))
-            .encrypt_in_place_detached(
-                Nonce::from_slice(&[0u8; 12]),
-                &kf.authenticated_prefix(),
-                &mut buf,
-            )
-            .map_err(|_| FormatError::Kdf("AES-GCM wrap failed".into()))?;
-        kf.wrapped[..32].copy_from_slice(&buf);
+        let mut buf = Zeroizing::new(*master.as_bytes());
+        let tag = aead::seal_in_place(&kek, &kf.authenticated_prefix(), &mut buf[..]);
+        kf.wrapped[..32].copy_from_slice(&buf[..]);
         kf.wrapped[32..].copy_from_slice(&tag);
         Ok(kf)
     }
@@ -171,13 +164,9 @@ impl KeyFile {
         let kek = self.kdf.derive(passphrase, &self.salt)?;
         let mut buf = Zeroizing::new([0u8; 32]);
         buf.copy_from_slice(&self.wrapped[..32]);
-        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&kek[..]))
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&[0u8; 12]),
-                &self.authenticated_prefix(),
-                &mut buf[..],
-                Tag::from_slice(&self.wrapped[32..]),
-            )
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&self.wrapped[32..]);
+        aead::open_in_place(&kek, &self.authenticated_prefix(), &mut buf[..], &tag)
             .map_err(|_| FormatError::Authentication { what: "key file" })?;
         Ok(MasterKey::from_bytes(*buf))
     }

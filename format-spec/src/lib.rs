@@ -4,6 +4,7 @@
 //! does no I/O: callers hand in bytes (and random salts) and get bytes or values back, which
 //! keeps every decoder fuzzable and every encoder reproducible for test vectors.
 
+mod aead;
 pub mod body;
 pub mod config;
 pub mod crypto;

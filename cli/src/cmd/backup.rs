@@ -135,6 +135,11 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
             return Err(UsageError(format!("max rate {r} kB/s is outside 32..=1048576")).into());
         }
     }
+    let uploads = pick(a.uploads, "PGKEEP_UPLOADS", s.file.uploads)?
+        .unwrap_or(WriteOptions::default().max_uploads);
+    if !(1..=64).contains(&uploads) {
+        return Err(UsageError(format!("uploads {uploads} is outside 1..=64")).into());
+    }
     let opts = BackupOptions {
         label: a.label.clone(),
         fast_checkpoint: checkpoint == "fast",
@@ -148,6 +153,7 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
         },
         write: WriteOptions {
             jobs: pick(a.jobs, "PGKEEP_JOBS", s.file.jobs)?.unwrap_or(0),
+            max_uploads: uploads,
             ..WriteOptions::default()
         },
         lock: s.lock_options()?,

@@ -346,7 +346,8 @@ fn human(
         (Some(c), Some(put), Some(level)) => {
             out.push_str(&format!(
                 "- Concurrency {c}: no higher value puts more than 10% faster ({:.1} MB/s). \
-                 Backups upload up to {uploads} packs at once.\n",
+                 Backups upload {uploads} packs at once by default; set `uploads` (`--uploads`, \
+                 PGKEEP_UPLOADS) to {c} to match.\n",
                 mbps(put)
             ));
             if rec.cpu_keeps_up {

@@ -440,6 +440,12 @@ impl<'s> Ingest<'s> {
 
     /// Emits the blocks of a reconstructed file before `until` that the incremental file
     /// does not carry: the parent's below the truncation length, zeros above it.
+    ///
+    /// A block below the truncation length that the parent does not have is zeros too, as
+    /// `pg_combinebackup` reconstructs it: PostgreSQL 16+ extends relations many blocks at a
+    /// time and WAL-logs only those it fills, so the rest exist on disk as zeros that no WAL
+    /// summary mentions. Like the server, pgkeep cannot tell such a block from one that held
+    /// data without WAL; the parent not having it at all is what makes zeros the answer.
     async fn fill_until(&mut self, cur: &mut Current, until: u32) -> Result<()> {
         let Some(inc) = cur.incremental.as_ref() else {
             return Ok(());
@@ -455,10 +461,10 @@ impl<'s> Ingest<'s> {
                     .as_ref()
                     .is_some_and(|p| p.slice(&cur.key, cur.offset, PAGE as u64, &mut slice));
                 if !found {
-                    return Err(Error::InvalidInput(format!(
-                        "{}: block {block} is neither in the incremental file nor in the parent backup",
-                        String::from_utf8_lossy(&cur.key.1)
-                    )));
+                    self.interrupt_run(cur).await?;
+                    self.stats.zero_pages += 1;
+                    self.push_done(cur.file, Extent::Zeros { len: PAGE as u64 });
+                    continue;
                 }
                 self.interrupt_run(cur).await?;
                 self.stats.reused_pages += 1;
