@@ -171,9 +171,10 @@ fn no_secret_in_logs_objects_or_child_processes_and_private_files() {
         &mut transcript,
     );
     assert_eq!(mode(&pgdata), 0o700, "restored PGDATA");
+    // Recovery replays the whole archive: both inserts.
     assert_eq!(
         a.query_restored(&pgdata, port, "SELECT count(*) FROM t"),
-        "1000"
+        "2000"
     );
     let pid = std::fs::read_to_string(pgdata.join("postmaster.pid")).expect("postmaster.pid");
     let pid = pid.lines().next().expect("pid").trim().to_owned();
