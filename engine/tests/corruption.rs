@@ -271,7 +271,7 @@ async fn build() -> Template {
         stale_after: Duration::from_secs(3600),
     };
     let lock = repo
-        .lock(pgkeep_format_lock_mode(), "backup", opts.clone())
+        .lock(pgkeep_format_lock_mode(), "backup", opts)
         .await
         .expect("lock");
     names.lock = lock.object().to_owned();
