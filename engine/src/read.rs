@@ -23,10 +23,12 @@ impl Repository {
             })?;
         let pack = layout::pack(&loc.pack_id);
         let start = u64::from(loc.offset);
-        let unit = self
-            .store()
-            .get_range(&pack, start..start + u64::from(loc.stored_len))
-            .await?;
+        let end = start + u64::from(loc.stored_len);
+        let unit = match self.store().get_range(&pack, start..end).await {
+            Ok(unit) => unit,
+            Err(e @ Error::Storage { .. }) => return Err(self.short_pack(&pack, end, e).await),
+            Err(e) => return Err(e),
+        };
         let repo = self.clone();
         let id = *id;
         let data = tokio::task::spawn_blocking(move || {
@@ -50,6 +52,24 @@ impl Repository {
             ));
         }
         Ok(Bytes::from(data))
+    }
+
+    /// Explains a failed ranged read of a pack: when the pack is shorter than the index says
+    /// (truncated or emptied in storage), that is damage to the pack, not a storage failure
+    /// a retry could fix; otherwise the storage error stands.
+    async fn short_pack(&self, pack: &str, end: u64, err: Error) -> Error {
+        match self.store().head(pack).await {
+            Ok(Some(size)) if size < end => Error::corrupt(
+                pack,
+                pgkeep_format::FormatError::Invalid {
+                    what: "pack",
+                    reason: format!(
+                        "is {size} bytes long, but the index places a chunk up to byte {end} (truncated in storage)"
+                    ),
+                },
+            ),
+            _ => err,
+        }
     }
 
     /// Writes the content described by `extents` to `out`, fetching chunks ahead in parallel.

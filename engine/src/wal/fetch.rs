@@ -92,7 +92,7 @@ async fn prefetch(archive: &WalArchive, name: &WalFileName, size: u32, spool: &P
     else {
         return;
     };
-    if let Err(e) = tokio::fs::create_dir_all(spool).await {
+    if let Err(e) = private_dir(spool).await {
         tracing::debug!(error = %e, spool = %spool.display(), "no spool directory; no prefetch");
         return;
     }
@@ -142,8 +142,22 @@ async fn trim_spool(spool: &Path, current: &WalFileName, last: Option<&WalFileNa
 /// Writes `data` to a temporary name beside `dest`, then renames: whoever sees `dest` sees
 /// all of it.
 async fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
     let tmp = temp_path(dest);
-    tokio::fs::write(&tmp, data)
+    // WAL holds the database's content in the clear: owner-only, whatever the umask of the
+    // process that runs restore_command (PostgreSQL's own files in pg_wal are 0600 too).
+    let write = async {
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await?;
+        f.write_all(data).await?;
+        f.flush().await
+    };
+    write
         .await
         .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     tokio::fs::rename(&tmp, dest).await.map_err(|e| {
@@ -153,6 +167,16 @@ async fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
             e,
         )
     })
+}
+
+/// Creates the spool directory (and missing parents) readable by its owner only: spooled
+/// segments are plaintext WAL.
+pub(crate) async fn private_dir(dir: &Path) -> std::io::Result<()> {
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .await
 }
 
 /// Moves a spooled file into place: a rename on the same file system, else copy then rename.

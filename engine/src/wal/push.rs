@@ -414,7 +414,7 @@ async fn bind(archive: &WalArchive, id: &SegmentIdentity) -> Result<()> {
 /// call a read and a hash.
 async fn write_marker(markers: &Path, name: &WalFileName, marker: &Marker) {
     let write = async {
-        tokio::fs::create_dir_all(markers).await?;
+        crate::wal::fetch::private_dir(markers).await?;
         let tmp = markers.join(format!("{name}.tmp"));
         tokio::fs::write(&tmp, marker.encode()).await?;
         tokio::fs::rename(&tmp, markers.join(name.as_str())).await
