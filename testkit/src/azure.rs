@@ -188,8 +188,8 @@ impl AzuriteServer {
             // In memory: nothing to clean up, and fast. No telemetry: the test network is
             // loopback only. Any API version: object_store may be newer than this Azurite.
             .args(["--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck"])
-            .arg("--location")
-            .arg(dir.path())
+            // (`--location` and in-memory exclude each other; anything Azurite might still
+            // write, such as a debug log, lands in the private directory.)
             .current_dir(dir.path())
             .stdin(Stdio::piped())
             .stdout(log)
