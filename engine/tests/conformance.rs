@@ -34,12 +34,8 @@ fn local() -> Backend {
     let dir = tempfile::tempdir().expect("tmp");
     let root = dir.path().join("repo");
     let store = Store::open(root.to_str().expect("utf-8"), &[], true).expect("local store");
-    let sibling = Store::open(
-        dir.path().join("other").to_str().expect("utf-8"),
-        &[],
-        true,
-    )
-    .expect("sibling");
+    let sibling =
+        Store::open(dir.path().join("other").to_str().expect("utf-8"), &[], true).expect("sibling");
     let raw = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).expect("fs"));
     Backend {
         name: "file",
@@ -123,16 +119,32 @@ async fn conformance(b: Backend) {
     let body = Bytes::from(data(300_000, 1, false));
     s.put("data/ab/obj", body.clone()).await.expect("put");
     let after = now_us();
-    assert_eq!(s.get("data/ab/obj").await.expect("get"), body, "{n}: round trip");
-    assert_eq!(s.head("data/ab/obj").await.expect("head"), Some(300_000), "{n}");
-    let modified = s.modified_us("data/ab/obj").await.expect("mtime").expect("exists");
+    assert_eq!(
+        s.get("data/ab/obj").await.expect("get"),
+        body,
+        "{n}: round trip"
+    );
+    assert_eq!(
+        s.head("data/ab/obj").await.expect("head"),
+        Some(300_000),
+        "{n}"
+    );
+    let modified = s
+        .modified_us("data/ab/obj")
+        .await
+        .expect("mtime")
+        .expect("exists");
     // Stores keep whole seconds at worst; allow for that and a little clock skew.
     assert!(
         (before - 2_000_000..=after + 2_000_000).contains(&modified),
         "{n}: modified {modified} not within [{before}, {after}]"
     );
     assert_eq!(s.head("data/ab/missing").await.expect("head"), None, "{n}");
-    assert_eq!(s.modified_us("data/ab/missing").await.expect("mtime"), None, "{n}");
+    assert_eq!(
+        s.modified_us("data/ab/missing").await.expect("mtime"),
+        None,
+        "{n}"
+    );
     match s.get("data/ab/missing").await {
         Err(Error::NotFound { object }) => assert_eq!(object, "data/ab/missing", "{n}"),
         other => panic!("{n}: get of a missing object: {other:?}"),
@@ -142,7 +154,11 @@ async fn conformance(b: Backend) {
     s.put("data/ab/obj", Bytes::from_static(b"second"))
         .await
         .expect("overwrite");
-    assert_eq!(&s.get("data/ab/obj").await.expect("get")[..], b"second", "{n}");
+    assert_eq!(
+        &s.get("data/ab/obj").await.expect("get")[..],
+        b"second",
+        "{n}"
+    );
     s.put("empty", Bytes::new()).await.expect("empty put");
     assert!(s.get("empty").await.expect("empty get").is_empty(), "{n}");
     assert_eq!(s.head("empty").await.expect("head"), Some(0), "{n}");
@@ -167,9 +183,15 @@ async fn conformance(b: Backend) {
 
     // Create-if-absent: new, identical retry, different content refused and unchanged.
     let first = Bytes::from_static(b"config v1");
-    assert_eq!(s.put_new("config", first.clone()).await.expect("create"), Created::New, "{n}");
     assert_eq!(
-        s.put_new("config", first.clone()).await.expect("same again"),
+        s.put_new("config", first.clone()).await.expect("create"),
+        Created::New,
+        "{n}"
+    );
+    assert_eq!(
+        s.put_new("config", first.clone())
+            .await
+            .expect("same again"),
         Created::Identical,
         "{n}"
     );
@@ -202,7 +224,13 @@ async fn conformance(b: Backend) {
     );
 
     // Listing: by directory prefix (not by string prefix), sorted, sizes, relative names.
-    for (name, len) in [("a/1", 1), ("a/2", 2), ("a/sub/3", 3), ("ab/4", 4), ("b/5", 5)] {
+    for (name, len) in [
+        ("a/1", 1),
+        ("a/2", 2),
+        ("a/sub/3", 3),
+        ("ab/4", 4),
+        ("b/5", 5),
+    ] {
         s.put(name, Bytes::from(vec![7; len])).await.expect("put");
     }
     let listed: Vec<(String, u64)> = s
@@ -218,9 +246,24 @@ async fn conformance(b: Backend) {
         "{n}"
     );
     assert!(s.list("nothing/").await.expect("list").is_empty(), "{n}");
-    let all: BTreeSet<String> = s.list("").await.expect("list all").into_iter().map(|o| o.name).collect();
+    let all: BTreeSet<String> = s
+        .list("")
+        .await
+        .expect("list all")
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
     let expected: BTreeSet<String> = [
-        "a/1", "a/2", "a/sub/3", "ab/4", "b/5", "config", "data/ab/obj", "empty", "race", "ranged",
+        "a/1",
+        "a/2",
+        "a/sub/3",
+        "ab/4",
+        "b/5",
+        "config",
+        "data/ab/obj",
+        "empty",
+        "race",
+        "ranged",
     ]
     .into_iter()
     .map(String::from)
@@ -228,25 +271,44 @@ async fn conformance(b: Backend) {
     assert_eq!(all, expected, "{n}: everything, nothing else");
 
     // Directory listing: the names directly below, not files, not deeper levels.
-    for name in ["clusters/main/b1", "clusters/main/b2", "clusters/other/x/y", "clusters/file"] {
+    for name in [
+        "clusters/main/b1",
+        "clusters/main/b2",
+        "clusters/other/x/y",
+        "clusters/file",
+    ] {
         s.put(name, Bytes::from_static(b"x")).await.expect("put");
     }
-    assert_eq!(s.list_dirs("clusters/").await.expect("dirs"), ["main", "other"], "{n}");
+    assert_eq!(
+        s.list_dirs("clusters/").await.expect("dirs"),
+        ["main", "other"],
+        "{n}"
+    );
     assert!(s.list_dirs("none/").await.expect("dirs").is_empty(), "{n}");
 
     // Prefixes isolate: the sibling location sees none of this, and its objects stay its own.
-    assert!(b.sibling.list("").await.expect("sibling list").is_empty(), "{n}");
+    assert!(
+        b.sibling.list("").await.expect("sibling list").is_empty(),
+        "{n}"
+    );
     b.sibling
         .put("config", Bytes::from_static(b"sibling"))
         .await
         .expect("sibling put");
-    assert_eq!(s.get("config").await.expect("get"), first, "{n}: not the sibling's");
+    assert_eq!(
+        s.get("config").await.expect("get"),
+        first,
+        "{n}: not the sibling's"
+    );
 
     // Delete: gone from get and list; deleting a missing object is fine.
     s.delete("a/sub/3").await.expect("delete");
     s.delete("a/sub/3").await.expect("delete again");
     s.delete("never/was").await.expect("delete missing");
-    assert!(matches!(s.get("a/sub/3").await, Err(Error::NotFound { .. })), "{n}");
+    assert!(
+        matches!(s.get("a/sub/3").await, Err(Error::NotFound { .. })),
+        "{n}"
+    );
     assert_eq!(s.list("a/").await.expect("list").len(), 2, "{n}");
 
     // Emptied directories: removed on local stores (objects stores have none to leave).
@@ -255,9 +317,15 @@ async fn conformance(b: Backend) {
     s.remove_empty_local_dirs("b/");
     s.remove_empty_local_dirs("a/");
     if let Some((_, root)) = &b.local {
-        assert!(!root.join("a/sub").exists(), "{n}: empty directory left behind");
+        assert!(
+            !root.join("a/sub").exists(),
+            "{n}: empty directory left behind"
+        );
         assert!(!root.join("b").exists(), "{n}: empty directory left behind");
-        assert!(root.join("a").is_dir(), "{n}: a directory that still has objects stays");
+        assert!(
+            root.join("a").is_dir(),
+            "{n}: a directory that still has objects stays"
+        );
     }
     assert_eq!(s.list("a/").await.expect("list").len(), 2, "{n}");
     assert!(s.list("b/").await.expect("list").is_empty(), "{n}");
@@ -270,9 +338,18 @@ async fn conformance(b: Backend) {
     let mut w = WriteMultipart::new_with_chunk_size(upload, 5 << 20);
     w.write(&big);
     w.finish().await.expect("finish multipart");
-    assert!(s.get("multi/big").await.expect("get") == big, "{n}: multipart round trip");
-    let tail = s.get_range("multi/big", (5 << 20) - 10..(5 << 20) + 10).await.expect("range");
-    assert!(tail[..] == big[(5 << 20) - 10..(5 << 20) + 10], "{n}: across the part boundary");
+    assert!(
+        s.get("multi/big").await.expect("get") == big,
+        "{n}: multipart round trip"
+    );
+    let tail = s
+        .get_range("multi/big", (5 << 20) - 10..(5 << 20) + 10)
+        .await
+        .expect("range");
+    assert!(
+        tail[..] == big[(5 << 20) - 10..(5 << 20) + 10],
+        "{n}: across the part boundary"
+    );
     let mut aborted = b
         .raw
         .put_multipart(&Path::from(format!("{}multi/aborted", b.raw_prefix)))
@@ -285,7 +362,12 @@ async fn conformance(b: Backend) {
     aborted.abort().await.expect("abort");
     assert_eq!(s.head("multi/aborted").await.expect("head"), None, "{n}");
     assert_eq!(
-        s.list("multi/").await.expect("list").iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+        s.list("multi/")
+            .await
+            .expect("list")
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect::<Vec<_>>(),
         ["multi/big"],
         "{n}"
     );

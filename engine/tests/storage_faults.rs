@@ -17,13 +17,13 @@ use common::pg::{conn, extract, verify_against_backup_manifest};
 use common::*;
 use pgkeep_engine::backup::{take_backup, BackupOptions, NoProgress};
 use pgkeep_engine::format::{layout, ClusterName, Manifest, TimelineId, WalFileName};
+use pgkeep_engine::lock::LockOptions;
 use pgkeep_engine::prune::{prune, usage_of, PruneOptions};
 use pgkeep_engine::restore::{
     restore, tablespace_layout, Plan, RecoverySettings, RecoveryTarget, TargetAction,
 };
 use pgkeep_engine::verify::{verify, VerifyOptions};
 use pgkeep_engine::wal::{fetch_file, FetchOptions, FetchOutcome, PushOutcome, WalArchive};
-use pgkeep_engine::lock::LockOptions;
 use pgkeep_engine::{Chunking, Repository, RetryPolicy, Store, WriteOptions};
 use pgkeep_testkit::faults::{FaultyStore, Op};
 use pgkeep_testkit::pg::{Auth, PgCluster, PgVersion};
@@ -69,7 +69,10 @@ async fn assert_verifies(repo: &Repository, when: &str) {
     .await
     .unwrap_or_else(|e| panic!("{when}: verify could not run: {e}"));
     assert!(!report.damaged(), "{when}: {:#?}", report.problems);
-    assert!(report.checked.packs > 0 || report.backups.is_empty(), "{when}: read nothing");
+    assert!(
+        report.checked.packs > 0 || report.backups.is_empty(),
+        "{when}: read nothing"
+    );
 }
 
 /// A PostgreSQL 15 server with some data and WAL archiving into a plain directory
@@ -146,9 +149,15 @@ async fn backup_wal_and_restore_survive_random_faults_latency_and_short_reads() 
     faulty.fail_nth(Op::Put, 2);
     faulty.fail(Op::Put, "/wal/", 2);
 
-    let backup = take_backup(&repo, &cluster(), &conn(&pg), &BackupOptions::default(), &NoProgress)
-        .await
-        .expect("backup despite transient faults");
+    let backup = take_backup(
+        &repo,
+        &cluster(),
+        &conn(&pg),
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("backup despite transient faults");
     switch_and_wait(&pg, &archive_dir);
     let archive = WalArchive::new(repo.clone(), cluster());
     let pushed = push_all(&archive, &archive_dir).await;
@@ -159,7 +168,10 @@ async fn backup_wal_and_restore_survive_random_faults_latency_and_short_reads() 
         faulty.seen(Op::Get),
         faulty.seen(Op::List)
     );
-    assert!(injected_while_writing >= 3, "too few faults: {injected_while_writing}");
+    assert!(
+        injected_while_writing >= 3,
+        "too few faults: {injected_while_writing}"
+    );
 
     // Restore through a fresh handle while reads keep failing and some come back short.
     faulty.truncate_reads(layout::DATA_DIR, 3);
@@ -183,10 +195,20 @@ async fn backup_wal_and_restore_survive_random_faults_latency_and_short_reads() 
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(matches!(outcome, FetchOutcome::Restored { .. }), "{name}");
-        assert!(std::fs::read(&dest).expect("fetched") == *file, "{name}: bytes differ");
+        assert!(
+            std::fs::read(&dest).expect("fetched") == *file,
+            "{name}: bytes differ"
+        );
     }
-    assert_eq!(faulty.truncated(), 5, "every short read was served (and caught)");
-    assert!(faulty.injected() > injected_while_writing, "reads saw faults too");
+    assert_eq!(
+        faulty.truncated(),
+        5,
+        "every short read was served (and caught)"
+    );
+    assert!(
+        faulty.injected() > injected_while_writing,
+        "reads saw faults too"
+    );
 
     // A segment whose reads always come back short: wal-fetch fails, and leaves no file
     // for PostgreSQL to replay.
@@ -221,14 +243,21 @@ async fn persistent_faults_fail_cleanly_and_lose_nothing_acknowledged() {
     let (pg, archive_dir) = cluster_with_archive();
     let (_dir, faulty, store, repo) = faulty_repo().await;
     let cfg = conn(&pg);
-    let first = take_backup(&repo, &cluster(), &cfg, &BackupOptions::default(), &NoProgress)
-        .await
-        .expect("first backup");
+    let first = take_backup(
+        &repo,
+        &cluster(),
+        &cfg,
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("first backup");
     switch_and_wait(&pg, &archive_dir);
     push_all(&WalArchive::new(repo.clone(), cluster()), &archive_dir).await;
 
     // Every pack upload after the first fails, however often retried.
-    pg.psql("UPDATE t SET h = md5(h) WHERE g % 3 = 0").expect("change");
+    pg.psql("UPDATE t SET h = md5(h) WHERE g % 3 = 0")
+        .expect("change");
     faulty.fail_after(Op::Put, layout::DATA_DIR, 1, usize::MAX);
     let opts = BackupOptions {
         full: true,
@@ -239,13 +268,16 @@ async fn persistent_faults_fail_cleanly_and_lose_nothing_acknowledged() {
         .expect_err("uploads keep failing");
     let text = err.to_string();
     println!("persistent upload failure: {text}");
-    assert!(text.contains("data/") && text.contains("injected"), "{text}");
+    assert!(
+        text.contains("data/") && text.contains("injected"),
+        "{text}"
+    );
     faulty.heal();
 
     let fresh = Repository::open(store.clone(), PASS).await.expect("open");
     assert_eq!(
         fresh.list_backups(&cluster()).await.expect("list"),
-        [first.manifest.backup_id.clone()],
+        std::slice::from_ref(&first.manifest.backup_id),
         "the failed backup left no manifest"
     );
     assert_verifies(&fresh, "after the failed backup").await;
@@ -299,7 +331,13 @@ impl Tmpfs {
     fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().expect("mount point");
         let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .output()
             .expect("run mount");
@@ -349,16 +387,33 @@ async fn restore_into_a_full_disk(repo: &Repository, m: &Manifest) {
         action: TargetAction::Pause,
         comment: "disk full test".into(),
     };
-    let err = restore(repo, &plan, &layout, &settings, 4, false, LockOptions::default())
-        .await
-        .expect_err("8 MiB cannot hold the cluster");
+    let err = restore(
+        repo,
+        &plan,
+        &layout,
+        &settings,
+        4,
+        false,
+        LockOptions::default(),
+    )
+    .await
+    .expect_err("8 MiB cannot hold the cluster");
     let text = err.to_string();
     println!("restore into a full disk: {text}");
     assert!(text.contains("No space left on device"), "{text}");
-    assert!(text.contains(&pgdata.display().to_string()), "names the file: {text}");
-    assert!(!pgdata.join("recovery.signal").exists(), "looks like a finished restore");
+    assert!(
+        text.contains(&pgdata.display().to_string()),
+        "names the file: {text}"
+    );
+    assert!(
+        !pgdata.join("recovery.signal").exists(),
+        "looks like a finished restore"
+    );
     let auto = std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap_or_default();
-    assert!(!auto.contains("pgkeep restore"), "recovery settings written: {auto}");
+    assert!(
+        !auto.contains("pgkeep restore"),
+        "recovery settings written: {auto}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,14 +444,24 @@ async fn a_full_repository_disk_fails_the_write_and_keeps_what_was_stored() {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                assert!(!p.to_string_lossy().contains('#'), "staging file left: {}", p.display());
+                assert!(
+                    !p.to_string_lossy().contains('#'),
+                    "staging file left: {}",
+                    p.display()
+                );
             }
         }
     }
     let fresh = Repository::open(store, PASS).await.expect("open");
-    assert_eq!(fresh.list_backups(&cluster()).await.expect("list"), ["small"]);
+    assert_eq!(
+        fresh.list_backups(&cluster()).await.expect("list"),
+        ["small"]
+    );
     assert_verifies(&fresh, "after the disk filled").await;
-    assert!(read_back(&fresh, &kept).await == small, "acknowledged data lost");
+    assert!(
+        read_back(&fresh, &kept).await == small,
+        "acknowledged data lost"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,6 +516,7 @@ async fn store_backup(
         Err(e) => return Err(e),
     };
     session.finish().await?;
-    repo.write_manifest(&manifest_for(id, &[("file", &s)])).await?;
+    repo.write_manifest(&manifest_for(id, &[("file", &s)]))
+        .await?;
     Ok(s)
 }

@@ -184,10 +184,19 @@ impl AzuriteServer {
             .arg("pgkeep-azurite-watchdog")
             .arg(dir.path())
             .arg(exe)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &addr.port().to_string()])
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &addr.port().to_string(),
+            ])
             // In memory: nothing to clean up, and fast. No telemetry: the test network is
             // loopback only. Any API version: object_store may be newer than this Azurite.
-            .args(["--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck"])
+            .args([
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+            ])
             // (`--location` and in-memory exclude each other; anything Azurite might still
             // write, such as a debug log, lands in the private directory.)
             .current_dir(dir.path())

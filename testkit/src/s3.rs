@@ -29,7 +29,8 @@ pub const MOTO_SERVER_ENV: &str = "PGKEEP_MOTO_SERVER";
 /// binaries at once can be slow to import moto.
 pub const START_TIMEOUT_ENV: &str = "PGKEEP_MOTO_START_TIMEOUT_SECS";
 
-pub(crate) const INSTALL_HINT: &str = "run `bash scripts/install-test-deps.sh` from the repository root";
+pub(crate) const INSTALL_HINT: &str =
+    "run `bash scripts/install-test-deps.sh` from the repository root";
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
