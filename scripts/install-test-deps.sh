@@ -9,6 +9,9 @@
 # Components:
 #   moto       - moto's S3-compatible server (`moto_server`) in a Python venv at
 #                .tools/venv; used by the `pgkeep-testkit` crate (S3Server).
+#   azurite    - Azure's storage emulator (npm package azurite, pinned) under
+#                .tools/azurite (node_modules/.bin/azurite-blob), with the
+#                machine's node and npm; used by the testkit (AzuriteServer).
 #   openssl    - the openssl CLI (Debian package), which the testkit uses to make
 #                throwaway CAs and server certificates for TLS tests.
 #   postgres15 - PostgreSQL 15 server and client programs from Debian
@@ -40,6 +43,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$REPO/.tools"
 VENV="$TOOLS/venv"
 MOTO_VERSION="5.2.5"
+AZURITE_VERSION="3.37.0"
 PG15_BIN="/usr/lib/postgresql/15/bin"
 PG18_VERSION="18.6.3"
 if [[ $(id -u) -eq 0 ]]; then
@@ -149,6 +153,28 @@ install_moto() {
     [[ -x "$VENV/bin/moto_server" ]] || die "pip finished but $VENV/bin/moto_server is missing"
     touch "$stamp"
     say "moto_server ready: .tools/venv/bin/moto_server"
+}
+
+install_azurite() {
+    local dir="$TOOLS/azurite"
+    local stamp="$dir/.pgkeep-azurite-$AZURITE_VERSION"
+    if [[ -f "$stamp" && -x "$dir/node_modules/.bin/azurite-blob" ]]; then
+        say "azurite@$AZURITE_VERSION already installed"
+        return 0
+    fi
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 ||
+        die "azurite needs node and npm (Debian: apt-get install nodejs npm)"
+    say "installing azurite@$AZURITE_VERSION into .tools/azurite"
+    rm -f "$dir"/.pgkeep-azurite-*
+    mkdir -p "$dir"
+    # --prefix keeps it out of any global or parent node_modules; no audit or fund
+    # requests (only the registry is reachable).
+    npm install --prefix "$dir" --no-audit --no-fund --no-update-notifier --silent \
+        "azurite@$AZURITE_VERSION" >/dev/null || die "npm install azurite@$AZURITE_VERSION failed"
+    [[ -x "$dir/node_modules/.bin/azurite-blob" ]] ||
+        die "npm finished but $dir/node_modules/.bin/azurite-blob is missing"
+    touch "$stamp"
+    say "azurite-blob ready: .tools/azurite/node_modules/.bin/azurite-blob"
 }
 
 # Runs `apt-get update` the first time this run needs Debian packages, and
@@ -297,6 +323,7 @@ install_postgres18() {
 main() {
     take_lock
     install_moto
+    install_azurite
     install_openssl
     install_postgres15
     install_postgres18

@@ -231,28 +231,33 @@ impl Store {
         }
     }
 
+    /// Reads a whole object. A body shorter than the size the store reported (a connection
+    /// cut mid-body that a proxy turned into a clean end, a file shortened underneath) is a
+    /// transient error, retried, and never returned as if it were the object.
     pub async fn get(&self, name: &str) -> Result<Bytes> {
         let path = self.path(name);
-        self.retrying(|_| async { self.inner.get(&path).await?.bytes().await })
-            .await
-            .map_err(|(e, _)| self.storage_error("get", name, e))
+        self.retrying(|_| async {
+            let result = self.inner.get(&path).await?;
+            let want = result.range.end - result.range.start;
+            let bytes = result.bytes().await?;
+            check_length(&path, want, &bytes)?;
+            Ok(bytes)
+        })
+        .await
+        .map_err(|(e, _)| self.storage_error("get", name, e))
     }
 
+    /// Reads `range` of an object; a short answer is retried like [`Store::get`]'s.
     pub async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes> {
         let path = self.path(name);
         let want = range.end - range.start;
-        let bytes = self
-            .retrying(|_| self.inner.get_range(&path, range.clone()))
-            .await
-            .map_err(|(e, _)| self.storage_error("get", name, e))?;
-        if bytes.len() as u64 != want {
-            return Err(Error::Storage {
-                op: "get",
-                object: name.to_owned(),
-                message: format!("asked for {want} bytes, got {}", bytes.len()),
-            });
-        }
-        Ok(bytes)
+        self.retrying(|_| async {
+            let bytes = self.inner.get_range(&path, range.clone()).await?;
+            check_length(&path, want, &bytes)?;
+            Ok(bytes)
+        })
+        .await
+        .map_err(|(e, _)| self.storage_error("get", name, e))
     }
 
     /// Size of an object, or `None` if it does not exist.
@@ -409,6 +414,22 @@ impl Store {
         .await
         .map_err(|e| Error::io("syncing a file", std::io::Error::other(e)))?
     }
+}
+
+/// A read that returned other than `want` bytes, as a transient (`Generic`) error so that
+/// [`Store::retrying`] tries again.
+fn check_length(path: &Path, want: u64, bytes: &Bytes) -> object_store::Result<()> {
+    if bytes.len() as u64 == want {
+        return Ok(());
+    }
+    Err(object_store::Error::Generic {
+        store: "pgkeep",
+        source: format!(
+            "short read of {path}: asked for {want} bytes, got {}",
+            bytes.len()
+        )
+        .into(),
+    })
 }
 
 /// The innermost distinct messages of an error chain, joined: object_store errors embed

@@ -25,16 +25,23 @@
 //! create-only writes (`object_store`'s `PutMode::Create`) behave as on AWS.
 
 //!
+//! # Azure Blob
+//!
+//! [`AzuriteServer`] runs Azurite's blob service (Microsoft's emulator) on `127.0.0.1`, in
+//! memory; [`AzuriteServer::env`] gives the `AZURE_*` settings for pgkeep's `az://` stores.
+//!
 //! # Faults
 //!
 //! [`faults::FaultyStore`] wraps any `ObjectStore` and fails chosen operations, for tests of
 //! retries and clean failure (in addition to the real backends, never instead of them).
 
+mod azure;
 pub mod faults;
 mod http;
 pub mod pg;
 mod s3;
 pub mod walsender;
 
+pub use azure::{AzuriteServer, AZURITE_ENV, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
 pub use http::HttpResponse;
 pub use s3::{Error, S3Server, MOTO_SERVER_ENV, START_TIMEOUT_ENV};

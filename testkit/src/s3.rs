@@ -29,7 +29,8 @@ pub const MOTO_SERVER_ENV: &str = "PGKEEP_MOTO_SERVER";
 /// binaries at once can be slow to import moto.
 pub const START_TIMEOUT_ENV: &str = "PGKEEP_MOTO_START_TIMEOUT_SECS";
 
-const INSTALL_HINT: &str = "run `bash scripts/install-test-deps.sh` from the repository root";
+pub(crate) const INSTALL_HINT: &str =
+    "run `bash scripts/install-test-deps.sh` from the repository root";
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,7 +63,7 @@ const DUMMY_AUTHORIZATION: &str = "AWS4-HMAC-SHA256 \
 /// main shell `exec`s moto, so `$$` (the same in the subshell) is moto's PID,
 /// and so is the PID of the `Child` we hold. The subshell's stdin comes via
 /// fd 3 because POSIX sh gives background jobs /dev/null as stdin.
-const WATCHDOG: &str = r#"dir=$1
+pub(crate) const WATCHDOG: &str = r#"dir=$1
 shift
 exec 3<&0
 ( while read -r _; do :; done; kill -TERM $$ 2>/dev/null; rm -rf "$dir" ) <&3 >/dev/null 2>&1 &
@@ -79,7 +80,7 @@ pub struct Error {
 }
 
 impl Error {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
         }
@@ -376,7 +377,7 @@ impl Drop for S3Server {
 
 /// A port the OS reports free on 127.0.0.1. Another process may take it
 /// before moto binds; [`S3Server::start`] retries that case.
-fn free_loopback_addr() -> std::io::Result<SocketAddr> {
+pub(crate) fn free_loopback_addr() -> std::io::Result<SocketAddr> {
     TcpListener::bind(("127.0.0.1", 0))?.local_addr()
 }
 
@@ -397,7 +398,7 @@ fn start_timeout() -> Result<Duration, Error> {
 
 /// The repository root: the nearest ancestor of this crate holding the
 /// install script, so `.tools/` is found however the workspace is laid out.
-fn repo_root() -> Option<&'static Path> {
+pub(crate) fn repo_root() -> Option<&'static Path> {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .find(|dir| dir.join("scripts/install-test-deps.sh").is_file())
@@ -455,7 +456,7 @@ fn locate_moto_server(
     )))
 }
 
-fn is_executable(path: &Path) -> bool {
+pub(crate) fn is_executable(path: &Path) -> bool {
     let Ok(meta) = path.metadata() else {
         return false;
     };
@@ -486,7 +487,7 @@ fn validate_bucket_name(name: &str) -> Result<(), Error> {
 /// `PREFIX-PID-COUNTER-RANDOM`: the counter makes names unique within the
 /// process, the PID and random part across processes (which, with one server
 /// per process, only matters for a server passed between processes).
-fn unique_bucket_name(prefix: &str) -> String {
+pub(crate) fn unique_bucket_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
 
@@ -511,7 +512,7 @@ fn unique_bucket_name(prefix: &str) -> String {
 
 /// Non-cryptographic randomness from std alone: `RandomState` is seeded
 /// randomly per process, mixed with the clock.
-fn random_u32() -> u32 {
+pub(crate) fn random_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -525,7 +526,7 @@ fn random_u32() -> u32 {
 
 /// The last lines of moto's log, without the ANSI colours werkzeug adds even
 /// when writing to a file.
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = match std::fs::read(path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) => return format!("(could not read {}: {e})", path.display()),

@@ -64,8 +64,32 @@ pub fn s3() -> Backend {
     }
 }
 
+/// The environment of the loopback Azurite server, as `object_store` configuration keys.
+pub fn azure_options(server: &pgkeep_testkit::AzuriteServer) -> Vec<(String, String)> {
+    server
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
+}
+
+/// A repository location on the loopback Azurite server, opened the way pgkeep opens any
+/// `az://` location.
+pub fn azure() -> Backend {
+    let server = pgkeep_testkit::AzuriteServer::shared()
+        .expect("Azurite test server (run scripts/install-test-deps.sh)");
+    let container = server.unique_container("eng").expect("container");
+    let url = format!("az://{container}/some/prefix");
+    let store = Store::open(&url, &azure_options(server), false).expect("azure store");
+    Backend {
+        name: "azure",
+        store,
+        dir: None,
+    }
+}
+
 pub fn backends() -> Vec<Backend> {
-    vec![local(), s3()]
+    vec![local(), s3(), azure()]
 }
 
 pub async fn init(b: &Backend) -> Repository {
