@@ -477,7 +477,7 @@ pub(crate) struct InitArgs {
     #[arg(long, value_name = "MIB")]
     pub(crate) pack_size_mib: Option<u32>,
     /// Default zstd level for stored data (0 = none, 1 to 22). Also PGKEEP_COMPRESSION;
-    /// config key: compression. [default: 3]
+    /// config key: compression. [default: 1]
     #[arg(long, value_name = "LEVEL")]
     pub(crate) compression: Option<i8>,
 }

@@ -37,7 +37,8 @@ impl Default for InitOptions {
             kdf: KdfParams::DEFAULT,
             key_label: default_key_label(),
             pack_target_size: RepoConfig::DEFAULT_PACK_TARGET,
-            compression_level: 3,
+            // Level 1: see docs/design.md, "Compression level".
+            compression_level: 1,
         }
     }
 }

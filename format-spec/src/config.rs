@@ -35,7 +35,7 @@ impl RepoConfig {
             repo_id,
             created,
             pack_target_size: Self::DEFAULT_PACK_TARGET,
-            compression_level: 3,
+            compression_level: 1,
             cdc_min: 256 << 10,
             cdc_avg: 1 << 20,
             cdc_max: 4 << 20,
