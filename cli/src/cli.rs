@@ -337,8 +337,9 @@ pub(crate) struct WalStreamArgs {
     /// key: metrics_addr.
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) metrics_addr: Option<String>,
-    /// Reconnect when the server sends nothing (not even a keepalive) this many seconds.
-    /// Also PGKEEP_TIMEOUT; config key: timeout. [default: 300]
+    /// Reconnect when the server sends nothing (not even a keepalive) this many seconds;
+    /// also bounds connecting (unless --pg sets connect_timeout) and the setup queries
+    /// (0: wait forever). Also PGKEEP_TIMEOUT; config key: timeout. [default: 300]
     #[arg(long, value_name = "SECONDS")]
     pub(crate) timeout: Option<u64>,
 }
@@ -508,8 +509,9 @@ pub(crate) struct BackupArgs {
     #[arg(long, value_name = "KB_PER_S")]
     pub(crate) max_rate: Option<u32>,
     /// Fail when the server sends nothing for this many seconds once the backup data flows
-    /// (0: wait forever). The initial checkpoint is not timed. Also PGKEEP_TIMEOUT; config
-    /// key: timeout. [default: 300]
+    /// (0: wait forever); also bounds connecting (unless --pg sets connect_timeout) and the
+    /// queries before the backup. The initial checkpoint is not timed. Also PGKEEP_TIMEOUT;
+    /// config key: timeout. [default: 300]
     #[arg(long, value_name = "SECONDS")]
     pub(crate) timeout: Option<u64>,
     /// Do not ask the server to verify data checksums while sending.

@@ -81,12 +81,30 @@ fn main() -> ExitCode {
             Ok(()) => exit::OK,
             Err(e) => {
                 // `{:#}` prints the context chain on one line: "opening repository x: wrong passphrase: ...".
-                eprintln!("pgkeep: {e:#}");
+                eprintln!("pgkeep: {}", one_line(&e));
                 exit::code_for(&e)
             }
         }
     });
     ExitCode::from(code)
+}
+
+/// The error and its causes on one line, as `{:#}` prints them, but without a cause whose
+/// text its parent already ends with (engine errors that show their source, such as
+/// "PostgreSQL: server error: ...", would otherwise repeat it).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn init_logging(filter: &str) {

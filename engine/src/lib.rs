@@ -9,6 +9,7 @@ pub mod bench;
 pub mod check;
 pub mod chunker;
 pub mod conninfo;
+mod dead_holder;
 pub mod drill;
 pub mod error;
 pub mod index;

@@ -9,7 +9,10 @@
 //!
 //! Holders rewrite their lock every [`LockOptions::refresh`] (the heartbeat). A lock whose
 //! heartbeat is older than [`LockOptions::stale_after`] belongs to a process that died: it no
-//! longer blocks anyone, and `prune` deletes it. The heartbeat is the holder's clock, so hosts
+//! longer blocks anyone, and `prune` deletes it. A lock whose holder provably died on this
+//! machine (same host, a private marker of the same boot and pid namespace, the pid gone: see
+//! the `dead_holder` module) counts as stale at once, so the rerun after a SIGKILL or a crash
+//! is not blocked for the stale timeout. The heartbeat is the holder's clock, so hosts
 //! sharing a repository need clocks within a small fraction of `stale_after` (default
 //! 10 minutes) of each other.
 //!
@@ -51,7 +54,8 @@ impl Default for LockOptions {
 pub struct HeldLock {
     pub object: String,
     pub info: LockInfo,
-    /// Whether its heartbeat is older than the stale timeout.
+    /// Whether its heartbeat is older than the stale timeout, or its holder provably died
+    /// on this machine.
     pub stale: bool,
 }
 
@@ -81,6 +85,8 @@ pub struct RepoLock {
     object: String,
     stop: Option<watch::Sender<bool>>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// This machine's proof of who holds the lock; removed with it.
+    _marker: Option<crate::dead_holder::Marker>,
 }
 
 impl Repository {
@@ -99,7 +105,8 @@ impl Repository {
                 Err(e) => return Err(e),
             };
             let age = now.saturating_sub(info.refreshed_us);
-            let stale = age > stale_after.as_micros() as i64;
+            let stale = age > stale_after.as_micros() as i64
+                || crate::dead_holder::is_dead(&obj.name, &info.hostname, info.pid);
             out.push(HeldLock {
                 object: obj.name,
                 info,
@@ -131,6 +138,8 @@ impl Repository {
         loop {
             let object = layout::lock(&LockId(random_bytes()));
             info.refreshed_us = now_us();
+            // The marker first: a process killed right after storing its lock leaves both.
+            let marker = crate::dead_holder::mark(&object);
             self.put_new_object(pgkeep_format::Kind::Lock, &object, info.encode(), 0)
                 .await?;
             let conflict = match self.list_locks(opts.stale_after).await {
@@ -145,7 +154,7 @@ impl Repository {
                 }
             };
             let Some(holder) = conflict else {
-                return Ok(self.hold(object, info, opts.refresh));
+                return Ok(self.hold(object, info, opts.refresh, marker));
             };
             self.store().delete(&object).await?;
             if tokio::time::Instant::now() >= deadline {
@@ -170,7 +179,13 @@ impl Repository {
         }
     }
 
-    fn hold(&self, object: String, info: LockInfo, refresh: Duration) -> RepoLock {
+    fn hold(
+        &self,
+        object: String,
+        info: LockInfo,
+        refresh: Duration,
+        marker: Option<crate::dead_holder::Marker>,
+    ) -> RepoLock {
         let (stop, mut stopped) = watch::channel(false);
         let repo = self.clone();
         let name = object.clone();
@@ -192,6 +207,7 @@ impl Repository {
             object,
             stop: Some(stop),
             heartbeat: Some(heartbeat),
+            _marker: marker,
         }
     }
 
@@ -213,6 +229,7 @@ impl Repository {
         for l in &stale {
             tracing::warn!("removing stale lock {}: {}", l.object, l.describe());
             self.store().delete(&l.object).await?;
+            crate::dead_holder::forget(&l.object);
         }
         Ok(stale)
     }

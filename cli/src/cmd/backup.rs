@@ -102,7 +102,7 @@ fn summarize(s: &BackupSummary) -> Summary<'_> {
 
 pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::Result<()> {
     let cluster = cmd::cluster(s)?;
-    let conn = cmd::conn_config(s, a.pg.clone())?;
+    let mut conn = cmd::conn_config(s, a.pg.clone())?;
     let checkpoint = pick(
         a.checkpoint.clone(),
         "PGKEEP_CHECKPOINT",
@@ -158,6 +158,11 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
         },
         lock: s.lock_options()?,
     };
+    // Without connect_timeout in the connection settings, --timeout bounds connecting too:
+    // a server that accepts the connection and then answers nothing must not hang a backup.
+    if conn.connect_timeout.is_none() {
+        conn.connect_timeout = opts.read_timeout;
+    }
     let repo = cmd::open(s).await?;
     let bar = Bar::new(out.json);
     tracing::info!(server = %conn.display_target(), cluster = %cluster, "starting backup");

@@ -19,7 +19,7 @@ use crate::settings::{pick, Settings};
 
 pub(crate) async fn run(s: &Settings, a: &WalStreamArgs) -> anyhow::Result<()> {
     let cluster = cmd::cluster(s)?;
-    let conn = cmd::conn_config(s, a.pg.clone())?;
+    let mut conn = cmd::conn_config(s, a.pg.clone())?;
     let partial = pick(
         a.partial_interval,
         "PGKEEP_PARTIAL_INTERVAL",
@@ -35,6 +35,10 @@ pub(crate) async fn run(s: &Settings, a: &WalStreamArgs) -> anyhow::Result<()> {
         "PGKEEP_METRICS_ADDR",
         s.file.metrics_addr.clone(),
     )?;
+    // As for backup: --timeout bounds connecting too unless connect_timeout is set.
+    if conn.connect_timeout.is_none() && timeout != 0 {
+        conn.connect_timeout = Some(Duration::from_secs(timeout));
+    }
     let repo = cmd::open(s).await?;
     let opts = StreamOptions {
         slot: pick(a.slot.clone(), "PGKEEP_SLOT", s.file.slot.clone())?

@@ -245,6 +245,8 @@ pub async fn take_backup(
     let clock = Instant::now();
     let started = SystemTime::now();
     let mut conn = PgConnection::connect(conn_cfg, ReplicationMode::Physical).await?;
+    // The setup queries answer at once on a healthy server: a stopped one must not hang us.
+    conn.set_read_timeout(opts.read_timeout);
     let server = identify(&mut conn).await?;
     repo.bind_cluster(cluster, server.system_id, server.version_num)
         .await?;
@@ -472,6 +474,9 @@ async fn run_base_backup(
     progress: &dyn Progress,
 ) -> Result<StreamOutcome> {
     let modern = version_num >= 150_000;
+    // The checkpoint before the start position may take as long as the server's
+    // checkpoint_timeout (spread) or its dirty buffers (fast): not timed.
+    conn.set_read_timeout(None);
     conn.send_query(&request.command(version_num)).await?;
 
     // 1. Start position; 2. tablespaces (the data directory last).

@@ -150,6 +150,14 @@ pub async fn run(
     }
 }
 
+/// Sleeps until `deadline`; forever without one (a timeout too long to represent).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Errors a reconnect cannot fix.
 fn is_permanent(e: &Error) -> bool {
     matches!(
@@ -180,6 +188,11 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd> {
     let mut conn = PgConnection::connect(cfg, ReplicationMode::Physical).await?;
+    // A server that stops answering the setup queries is retried like one that stops
+    // streaming (the receive loop times out on its own).
+    if opts.timeout < Duration::from_secs(u64::from(u32::MAX)) {
+        conn.set_read_timeout(Some(opts.timeout));
+    }
     let server = identify(&mut conn).await?;
     archive
         .repository()
@@ -439,7 +452,12 @@ impl<'a> Receiver<'a> {
         let mut status_tick = tokio::time::interval(self.opts.status_interval);
         partial_tick.reset();
         loop {
+            // Checked on its own clock, not only at status ticks: a short --timeout holds.
+            let silence_ends = self.last_message.checked_add(self.opts.timeout);
             tokio::select! {
+                () = sleep_until(silence_ends) => {
+                    return Err(PgError::Timeout(self.opts.timeout).into());
+                }
                 event = conn.next_event() => {
                     self.last_message = Instant::now();
                     match event? {
