@@ -7,6 +7,7 @@
 pub mod body;
 pub mod config;
 pub mod crypto;
+pub mod dump;
 pub mod envelope;
 pub mod error;
 pub mod ids;
@@ -20,6 +21,7 @@ pub mod wal;
 mod wire;
 
 pub use config::{BackupPin, ClusterBinding, LockInfo, LockMode, RepoConfig};
+pub use dump::{DumpFormat, DumpManifest, DumpSource, RowFilter};
 pub use crypto::{MasterKey, RepoKeys, SALT_LEN, SEAL_OVERHEAD};
 pub use envelope::{open_object, seal_object, Header, Kind, FORMAT_MAJOR, FORMAT_MINOR};
 pub use error::FormatError;
