@@ -10,6 +10,7 @@ pub mod check;
 pub mod chunker;
 pub mod conninfo;
 pub mod drill;
+pub mod dump;
 pub mod error;
 pub mod index;
 pub mod lock;
