@@ -36,9 +36,28 @@ fn snapshot(source: &Path, snapshot: &Path) -> Result<()> {
         .map_err(sqlite_err(format!("creating {}", snapshot.display())))?;
     let backup = Backup::new(&src, &mut dst)
         .map_err(sqlite_err(format!("starting the backup of {}", source.display())))?;
-    backup
-        .run_to_completion(-1, Duration::from_millis(50), None)
-        .map_err(sqlite_err(format!("copying {}", source.display())))?;
+    // -1: every page in one step, under one read transaction. Busy/Locked: a writer holds
+    // a lock SQLite's step cannot wait on (rollback-journal mode); retry for a while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        use rusqlite::backup::StepResult;
+        match backup
+            .step(-1)
+            .map_err(sqlite_err(format!("copying {}", source.display())))?
+        {
+            StepResult::Done => break,
+            StepResult::More => continue,
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "{} stayed locked by another connection for 60 s: no consistent snapshot could be taken",
+                    source.display()
+                )))
+            }
+        }
+    }
     drop(backup);
     // The snapshot is a standalone file: no WAL beside it.
     dst.execute_batch("PRAGMA journal_mode=DELETE;")
