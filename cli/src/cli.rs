@@ -322,7 +322,11 @@ pub(crate) struct DumpArgs {
     pub(crate) schema: Vec<String>,
     /// Export only the rows of TABLE matching the SQL CONDITION (repeatable), e.g.
     /// 'public.orders:tenant_id = 42'.
-    #[arg(long = "where", value_name = "TABLE:CONDITION", conflicts_with = "sqlite")]
+    #[arg(
+        long = "where",
+        value_name = "TABLE:CONDITION",
+        conflicts_with = "sqlite"
+    )]
     pub(crate) r#where: Vec<String>,
     /// Snapshot this SQLite database file instead of dumping PostgreSQL.
     #[arg(long, value_name = "PATH")]

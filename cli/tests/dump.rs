@@ -46,7 +46,8 @@ fn checksum(pg: &PgCluster, db: &str, from: &str) -> String {
 }
 
 fn conn(pg: &PgCluster, db: &str) -> String {
-    pg.connstring().replace("dbname=postgres", &format!("dbname={db}"))
+    pg.connstring()
+        .replace("dbname=postgres", &format!("dbname={db}"))
 }
 
 fn dump(e: &Env, args: &[&str]) -> serde_json::Value {
@@ -67,8 +68,18 @@ fn round_trips(version: PgVersion) {
     let bin = pg.bin_dir().display().to_string();
     let bin_args = ["--pg-bin", bin.as_str()];
     let whole = dump(&e, &[&["--pg", &src][..], &bin_args].concat());
-    let schema = dump(&e, &[&["--pg", &src, "--schema-only"][..], &bin_args].concat());
-    let table = dump(&e, &[&["--pg", &src, "--table", "public.customers"][..], &bin_args].concat());
+    let schema = dump(
+        &e,
+        &[&["--pg", &src, "--schema-only"][..], &bin_args].concat(),
+    );
+    let table = dump(
+        &e,
+        &[
+            &["--pg", &src, "--table", "public.customers"][..],
+            &bin_args,
+        ]
+        .concat(),
+    );
     let tenant = dump(
         &e,
         &[
@@ -107,7 +118,8 @@ fn round_trips(version: PgVersion) {
     );
 
     let restore = |id: &serde_json::Value, db: &str, extra: &[&str]| {
-        pg.psql(&format!("CREATE DATABASE {db}")).expect("target db");
+        pg.psql(&format!("CREATE DATABASE {db}"))
+            .expect("target db");
         let target = conn(&pg, db);
         let id = id["id"].as_str().expect("id");
         let mut args = vec!["dump-restore", id, "--pg", &target, "--pg-bin", &bin];
@@ -136,8 +148,16 @@ fn round_trips(version: PgVersion) {
         checksum(&pg, "shop", "customers t")
     );
     assert_eq!(
-        checksum(&pg, "table_copy", "(SELECT tablename FROM pg_tables WHERE schemaname = 'public') t"),
-        checksum(&pg, "shop", "(SELECT tablename FROM pg_tables WHERE tablename = 'customers') t"),
+        checksum(
+            &pg,
+            "table_copy",
+            "(SELECT tablename FROM pg_tables WHERE schemaname = 'public') t"
+        ),
+        checksum(
+            &pg,
+            "shop",
+            "(SELECT tablename FROM pg_tables WHERE tablename = 'customers') t"
+        ),
         "the one-table dump restored other tables"
     );
     let (out, _) = restore(&tenant, "tenant_copy", &[]);
@@ -145,7 +165,11 @@ fn round_trips(version: PgVersion) {
     for t in ["customers", "orders"] {
         assert_eq!(
             checksum(&pg, "tenant_copy", &format!("{t} t")),
-            checksum(&pg, "shop", &format!("(SELECT * FROM {t} WHERE tenant_id = 3) t")),
+            checksum(
+                &pg,
+                "shop",
+                &format!("(SELECT * FROM {t} WHERE tenant_id = 3) t")
+            ),
             "tenant rows of {t} differ"
         );
     }
@@ -161,7 +185,12 @@ fn round_trips(version: PgVersion) {
     let file = e.path("whole.dump");
     let id = whole["id"].as_str().expect("id");
     e.expect(
-        &["dump-restore", id, "--to-file", file.to_str().expect("utf-8")],
+        &[
+            "dump-restore",
+            id,
+            "--to-file",
+            file.to_str().expect("utf-8"),
+        ],
         0,
     );
     assert_eq!(
@@ -180,11 +209,22 @@ fn round_trips(version: PgVersion) {
     let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("list JSON");
     assert_eq!(listed.len(), 4);
     let (text, _) = e.expect(&["list"], 0);
-    assert!(text.contains("Dumps:") && text.contains("--schema-only"), "{text}");
+    assert!(
+        text.contains("Dumps:") && text.contains("--schema-only"),
+        "{text}"
+    );
     let (out, _) = e.expect(&["--json", "verify", "--read-data"], 0);
     let report: serde_json::Value = serde_json::from_str(&out).expect("verify JSON");
-    assert_eq!(report["dumps"].as_array().expect("dumps").len(), 4, "{report}");
-    eprintln!("round trips on PostgreSQL {}: {:.1} s", version.major(), t0.elapsed().as_secs_f64());
+    assert_eq!(
+        report["dumps"].as_array().expect("dumps").len(),
+        4,
+        "{report}"
+    );
+    eprintln!(
+        "round trips on PostgreSQL {}: {:.1} s",
+        version.major(),
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 #[test]
@@ -242,10 +282,19 @@ fn dump_dedup_failures_retention_and_prune() {
     .expect("wrapper");
     set_executable(&wrapper.join("pg_dump"));
     let (_, err) = e.expect(
-        &["dump", "--pg", &src, "--pg-bin", wrapper.to_str().expect("utf-8")],
+        &[
+            "dump",
+            "--pg",
+            &src,
+            "--pg-bin",
+            wrapper.to_str().expect("utf-8"),
+        ],
         1,
     );
-    assert!(err.contains("pg_dump failed") && err.contains("SIGKILL"), "{err}");
+    assert!(
+        err.contains("pg_dump failed") && err.contains("SIGKILL"),
+        "{err}"
+    );
     let (out, _) = e.expect(&["--json", "list", "--dumps"], 0);
     let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("list JSON");
     assert_eq!(listed.len(), 2, "a failed dump was listed: {out}");
@@ -262,7 +311,12 @@ fn dump_dedup_failures_retention_and_prune() {
     assert_eq!(e.list().len(), 1, "expire --dumps touched backups");
     let (out, _) = e.expect(&["--json", "prune", "--repack-threshold", "1"], 0);
     let pruned: serde_json::Value = serde_json::from_str(&out).expect("prune JSON");
-    assert!(pruned["deleted_packs"].as_u64().unwrap_or(0) + pruned["repacked_packs"].as_u64().unwrap_or(0) > 0, "{pruned}");
+    assert!(
+        pruned["deleted_packs"].as_u64().unwrap_or(0)
+            + pruned["repacked_packs"].as_u64().unwrap_or(0)
+            > 0,
+        "{pruned}"
+    );
     e.expect(&["verify", "--read-data"], 0);
     pg.psql("CREATE DATABASE after_prune").expect("db");
     let id = second["id"].as_str().expect("id");
@@ -271,7 +325,10 @@ fn dump_dedup_failures_retention_and_prune() {
         checksum(&pg, "after_prune", "orders t"),
         checksum(&pg, "shop", "orders t")
     );
-    eprintln!("dedup/failure/retention/prune: {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "dedup/failure/retention/prune: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 fn set_executable(p: &Path) {
@@ -326,16 +383,27 @@ fn sqlite_snapshot_of_a_live_database() {
     let first = dump(&e, &["--sqlite", path]);
     let second = dump(&e, &["--sqlite", path]);
     std::fs::write(&stop, "").expect("stop");
-    let written = writer.join().expect("writer thread").expect("the writer kept working");
+    let written = writer
+        .join()
+        .expect("writer thread")
+        .expect("the writer kept working");
     assert_eq!(first["source"], "sqlite");
-    assert_ne!(first["id"], second["id"], "two dumps in one second get distinct ids");
+    assert_ne!(
+        first["id"], second["id"],
+        "two dumps in one second get distinct ids"
+    );
 
     let mut counts = Vec::new();
     for d in [&first, &second] {
         let id = d["id"].as_str().expect("id");
         let out = e.path(&format!("restored-{id}.sqlite"));
         let (text, _) = e.expect(
-            &["dump-restore", id, "--sqlite-to", out.to_str().expect("utf-8")],
+            &[
+                "dump-restore",
+                id,
+                "--sqlite-to",
+                out.to_str().expect("utf-8"),
+            ],
             0,
         );
         assert!(text.contains("integrity_check: ok"), "{text}");
@@ -355,7 +423,12 @@ fn sqlite_snapshot_of_a_live_database() {
     std::fs::write(&existing, "keep me").expect("file");
     let id = first["id"].as_str().expect("id");
     e.expect(
-        &["dump-restore", id, "--sqlite-to", existing.to_str().expect("utf-8")],
+        &[
+            "dump-restore",
+            id,
+            "--sqlite-to",
+            existing.to_str().expect("utf-8"),
+        ],
         1,
     );
     assert_eq!(std::fs::read(&existing).expect("read"), b"keep me");

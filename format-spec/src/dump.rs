@@ -8,7 +8,9 @@
 //! point-in-time restore planning, which reason about base backups and WAL, blind to it.
 
 use crate::error::FormatError;
-use crate::manifest::{decode_extents, encode_extents, Attachment, BackupStats, ChunkRef, ChunkTable};
+use crate::manifest::{
+    decode_extents, encode_extents, Attachment, BackupStats, ChunkRef, ChunkTable,
+};
 use crate::wire::{Reader, Writer};
 use crate::ChunkId;
 

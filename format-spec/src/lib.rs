@@ -21,8 +21,8 @@ pub mod wal;
 mod wire;
 
 pub use config::{BackupPin, ClusterBinding, LockInfo, LockMode, RepoConfig};
-pub use dump::{DumpFormat, DumpManifest, DumpSource, RowFilter};
 pub use crypto::{MasterKey, RepoKeys, SALT_LEN, SEAL_OVERHEAD};
+pub use dump::{DumpFormat, DumpManifest, DumpSource, RowFilter};
 pub use envelope::{open_object, seal_object, Header, Kind, FORMAT_MAJOR, FORMAT_MINOR};
 pub use error::FormatError;
 pub use ids::{ChunkId, IndexId, KeyFileId, LockId, MasterKeyId, PackId, RepoId};

@@ -66,7 +66,15 @@ impl From<&DumpManifest> for DumpRow {
 /// The dumps table of `list`.
 pub(crate) fn render(rows: &[DumpRow]) -> String {
     let mut t = Table::new(&[
-        "DUMP", "SOURCE", "DATABASE", "STARTED", "SECONDS", "SIZE", "STORED", "NEW", "SELECTION",
+        "DUMP",
+        "SOURCE",
+        "DATABASE",
+        "STARTED",
+        "SECONDS",
+        "SIZE",
+        "STORED",
+        "NEW",
+        "SELECTION",
     ]);
     for r in rows {
         let mut sel = r.selection.join(" ");

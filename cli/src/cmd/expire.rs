@@ -149,7 +149,11 @@ async fn run_dumps(s: &Settings, a: &ExpireArgs, out: &Output) -> anyhow::Result
                 d.reasons.join(", "),
             ]);
         }
-        let verb = if doc.dry_run { "would remove" } else { "removed" };
+        let verb = if doc.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
         let mut text = format!("{}\n{verb} {} dump(s)", t.render(), doc.expired.len());
         if !doc.dry_run && !doc.expired.is_empty() {
             text.push_str("\nrun `pgkeep prune` to reclaim the space of their data");

@@ -92,9 +92,7 @@ impl Repository {
         layout::check_component("dump id", dump_id)
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
         let name = layout::dump(cluster, dump_id);
-        let plain = self
-            .get_object(Kind::Dump, &name, limits::MANIFEST)
-            .await?;
+        let plain = self.get_object(Kind::Dump, &name, limits::MANIFEST).await?;
         let m = DumpManifest::decode(&plain).map_err(|e| Error::corrupt(&name, e))?;
         if m.dump_id != dump_id || m.cluster != cluster.as_str() {
             return Err(Error::corrupt(
@@ -219,7 +217,9 @@ pub async fn dump_postgres(
             .await
             .map_err(pg)?;
         Some(row.into_iter().next().flatten().ok_or_else(|| {
-            Error::Postgres(PgError::Protocol("pg_export_snapshot() returned NULL".into()))
+            Error::Postgres(PgError::Protocol(
+                "pg_export_snapshot() returned NULL".into(),
+            ))
         })?)
     };
     let mut args: Vec<String> = vec![
@@ -247,7 +247,8 @@ pub async fn dump_postgres(
         let mut filters = Vec::new();
         for (n, f) in opts.row_filters.iter().enumerate() {
             let name = format!("rows/{n}");
-            let (s, rows) = copy_out_into(&write, &mut session, &f.copy_out_sql(), chunking).await?;
+            let (s, rows) =
+                copy_out_into(&write, &mut session, &f.copy_out_sql(), chunking).await?;
             streams.push(stream(&name, s));
             filters.push(RowFilter {
                 table: f.table.clone(),
@@ -402,11 +403,15 @@ pub async fn dump_to_file(
     let result: Result<_> = async {
         let m = repo.read_dump(cluster, dump_id).await?;
         let mut written = Vec::new();
-        let main = m.stream(MAIN_STREAM).ok_or_else(|| missing_stream(&m, MAIN_STREAM))?;
+        let main = m
+            .stream(MAIN_STREAM)
+            .ok_or_else(|| missing_stream(&m, MAIN_STREAM))?;
         write_stream_file(repo, &main.extents, path).await?;
         written.push(path.to_owned());
         for (n, f) in m.row_filters.iter().enumerate() {
-            let s = m.stream(&f.stream).ok_or_else(|| missing_stream(&m, &f.stream))?;
+            let s = m
+                .stream(&f.stream)
+                .ok_or_else(|| missing_stream(&m, &f.stream))?;
             let p = PathBuf::from(format!("{}.rows-{n}.copy", path.display()));
             write_stream_file(repo, &s.extents, &p).await?;
             written.push(p);
@@ -465,7 +470,9 @@ pub async fn restore_dump(
             "--schema-only and --data-only exclude each other".into(),
         ));
     }
-    let lock = repo.lock(LockMode::Shared, "dump-restore", opts.lock).await?;
+    let lock = repo
+        .lock(LockMode::Shared, "dump-restore", opts.lock)
+        .await?;
     let result = restore_locked(repo, cluster, dump_id, conn, opts).await;
     let released = lock.release().await;
     let out = result?;
@@ -487,7 +494,9 @@ async fn restore_locked(
             m.format.name()
         )));
     }
-    let main = m.stream(MAIN_STREAM).ok_or_else(|| missing_stream(&m, MAIN_STREAM))?;
+    let main = m
+        .stream(MAIN_STREAM)
+        .ok_or_else(|| missing_stream(&m, MAIN_STREAM))?;
     let mut session = PgConnection::connect(conn, ReplicationMode::None).await?;
     let target_major = session.server_version_num().unwrap_or(0) / 10000;
     let dump_major = major_of(&m.tool_version).unwrap_or(0);
@@ -532,7 +541,11 @@ async fn restore_locked(
     } else if opts.data_only {
         vec![vec!["--data-only"]]
     } else {
-        vec![vec!["--section=pre-data"], vec!["--section=data"], vec!["--section=post-data"]]
+        vec![
+            vec!["--section=pre-data"],
+            vec!["--section=data"],
+            vec!["--section=post-data"],
+        ]
     };
     let mut session_db: Option<PgConnection> = None;
     for (i, pass) in passes.iter().enumerate() {
@@ -562,7 +575,9 @@ async fn restore_locked(
                 None => &mut session,
             };
             for f in &rows {
-                let s = m.stream(&f.stream).ok_or_else(|| missing_stream(&m, &f.stream))?;
+                let s = m
+                    .stream(&f.stream)
+                    .ok_or_else(|| missing_stream(&m, &f.stream))?;
                 summary.filtered_rows += copy_in(repo, target, &f.table, &s.extents).await?;
             }
         }

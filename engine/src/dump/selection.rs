@@ -45,7 +45,12 @@ impl Selection {
                 "--where filters rows, but --schema-only takes no rows: drop one of them".into(),
             ));
         }
-        for name in self.tables.iter().chain(&self.exclude_tables).chain(&self.schemas) {
+        for name in self
+            .tables
+            .iter()
+            .chain(&self.exclude_tables)
+            .chain(&self.schemas)
+        {
             if name.is_empty() || name.starts_with('-') {
                 return Err(Error::InvalidInput(format!(
                     "{name:?} is not a table or schema name"
@@ -74,7 +79,8 @@ impl RowFilterSpec {
                 "--where {text:?}: {why}; expected TABLE:CONDITION, e.g. 'public.orders:tenant_id = 42'"
             ))
         };
-        let (table, condition) = split_table(text).ok_or_else(|| bad("no ':' after the table name"))?;
+        let (table, condition) =
+            split_table(text).ok_or_else(|| bad("no ':' after the table name"))?;
         let table = table.trim();
         let condition = condition.trim();
         if table.is_empty() {
@@ -84,7 +90,9 @@ impl RowFilterSpec {
             return Err(bad("the condition is empty"));
         }
         if !is_table_name(table) {
-            return Err(bad("the table must be NAME or SCHEMA.NAME (identifiers, optionally double-quoted)"));
+            return Err(bad(
+                "the table must be NAME or SCHEMA.NAME (identifiers, optionally double-quoted)",
+            ));
         }
         Ok(Self {
             table: table.to_owned(),

@@ -29,13 +29,18 @@ fn snapshot(source: &Path, snapshot: &Path) -> Result<()> {
         source,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(sqlite_err(format!("opening SQLite database {}", source.display())))?;
+    .map_err(sqlite_err(format!(
+        "opening SQLite database {}",
+        source.display()
+    )))?;
     src.busy_timeout(Duration::from_secs(30))
         .map_err(sqlite_err("setting the busy timeout".into()))?;
     let mut dst = rusqlite::Connection::open(snapshot)
         .map_err(sqlite_err(format!("creating {}", snapshot.display())))?;
-    let backup = Backup::new(&src, &mut dst)
-        .map_err(sqlite_err(format!("starting the backup of {}", source.display())))?;
+    let backup = Backup::new(&src, &mut dst).map_err(sqlite_err(format!(
+        "starting the backup of {}",
+        source.display()
+    )))?;
     // -1: every page in one step, under one read transaction. Busy/Locked: a writer holds
     // a lock SQLite's step cannot wait on (rollback-journal mode); retry for a while.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -184,8 +189,9 @@ pub async fn restore_sqlite(
 
 /// `PRAGMA integrity_check` must say `ok`.
 pub fn integrity_check(path: &Path) -> Result<u64> {
-    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(sqlite_err(format!("opening {}", path.display())))?;
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(sqlite_err(format!("opening {}", path.display())))?;
     let mut stmt = conn
         .prepare("PRAGMA integrity_check")
         .map_err(sqlite_err(format!("checking {}", path.display())))?;

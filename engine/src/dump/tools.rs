@@ -129,9 +129,10 @@ pub(crate) fn spawn(
     stdin: Stdio,
     stdout: Stdio,
 ) -> Result<Running> {
-    let name = path
-        .file_name()
-        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let mut child = tokio::process::Command::new(path)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -199,15 +200,19 @@ mod tests {
     #[test]
     fn versions_parse() {
         assert_eq!(major_of("pg_dump (PostgreSQL) 18.1"), Some(18));
-        assert_eq!(major_of("psql (PostgreSQL) 15.10 (Debian 15.10-1.pgdg120+1)"), Some(15));
+        assert_eq!(
+            major_of("psql (PostgreSQL) 15.10 (Debian 15.10-1.pgdg120+1)"),
+            Some(15)
+        );
         assert_eq!(major_of("pg_dump (PostgreSQL) 19devel"), Some(19));
         assert_eq!(major_of("nonsense"), None);
     }
 
     #[test]
     fn no_password_on_the_command_line() {
-        let params = crate::conninfo::parse("host=db1 port=5433 user=u dbname=shop password=s3cret")
-            .expect("parses");
+        let params =
+            crate::conninfo::parse("host=db1 port=5433 user=u dbname=shop password=s3cret")
+                .expect("parses");
         let cfg = crate::conninfo::resolve(&params, &|_| None, "me", None).expect("resolves");
         let env = libpq_env(&cfg, None);
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -215,6 +220,12 @@ mod tests {
         assert_eq!(get("PGPORT"), Some("5433"));
         assert_eq!(get("PGDATABASE"), Some("shop"));
         assert_eq!(get("PGPASSWORD"), Some("s3cret"));
-        assert_eq!(libpq_env(&cfg, Some("other")).iter().find(|(k, _)| k == "PGDATABASE").map(|(_, v)| v.as_str()), Some("other"));
+        assert_eq!(
+            libpq_env(&cfg, Some("other"))
+                .iter()
+                .find(|(k, _)| k == "PGDATABASE")
+                .map(|(_, v)| v.as_str()),
+            Some("other")
+        );
     }
 }

@@ -34,9 +34,9 @@ use pgkeep_format::{
 };
 
 pub use affects::{check_pack, damaged_files, sample, segment_run, PackCheck, SegmentRun};
-pub use report::{DumpStatus, 
-    AffectedBackup, Affects, BackupStatus, Checked, Problem, ProblemKind, Severity, VerifyReport,
-    WalImpact, WalReach,
+pub use report::{
+    AffectedBackup, Affects, BackupStatus, Checked, DumpStatus, Problem, ProblemKind, Severity,
+    VerifyReport, WalImpact, WalReach,
 };
 
 use crate::error::{Error, Result};
