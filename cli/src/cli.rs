@@ -94,9 +94,9 @@ The user needs the REPLICATION attribute and a `replication` line in pg_hba.conf
 Example:\n  pgkeep backup --pg 'host=db1 user=backup' --label nightly"
     )]
     Backup(BackupArgs),
-    /// List the backups of the cluster (--cluster), oldest first.
-    #[command(after_help = "Example:\n  pgkeep --cluster main list --json")]
-    List,
+    /// List the backups of the cluster (--cluster), oldest first, then its dumps.
+    #[command(after_help = "Example:\n  pgkeep --cluster main list --json\n  pgkeep list --dumps")]
+    List(ListArgs),
     /// Archive one WAL file: use as PostgreSQL's archive_command.
     #[command(
         name = "wal-push",
@@ -214,6 +214,12 @@ passphrase.\n\n\
 Examples:\n  pgkeep verify\n  pgkeep verify --read-data 10%\n  pgkeep --json verify --read-data"
     )]
     Verify(VerifyArgs),
+    /// Take a logical dump (pg_dump, or a SQLite snapshot) into the archive.
+    #[command(after_help = DUMP_HELP)]
+    Dump(DumpArgs),
+    /// Restore a dump: into a database with pg_restore, to a SQLite file, or as the dump file.
+    #[command(name = "dump-restore", after_help = DUMP_RESTORE_HELP)]
+    DumpRestore(DumpRestoreArgs),
     /// Measure this machine's CPU and the configured storage: numbers for choosing the
     /// compression level and upload concurrency.
     #[command(after_help = BENCH_HELP)]
@@ -244,6 +250,125 @@ pub(crate) struct ExpireArgs {
     /// Show what would be removed and why each kept backup is kept; change nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// Apply the rules to the cluster's dumps instead of its backups. Dumps have their own
+    /// policy: with --dumps the rules come from the flags only (not PGKEEP_KEEP_* or
+    /// [retention], which are the backups' policy), and WAL is not touched.
+    #[arg(long)]
+    pub(crate) dumps: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// List only the dumps (with --json: an array of dumps instead of backups).
+    #[arg(long)]
+    pub(crate) dumps: bool,
+}
+
+const DUMP_HELP: &str = "\
+Runs pg_dump (custom format, uncompressed, so that the stream deduplicates) against the
+database --pg names, cuts its output with content-defined chunking, and stores it compressed
+and encrypted like backups: a dump of a mostly unchanged database stores only what changed.
+pg_dump is taken from --pg-bin, else PATH, else the standard locations, of the server's major
+version or newer. --where 'TABLE:CONDITION' exports only the matching rows of TABLE (COPY
+(SELECT ...) TO STDOUT, in the same snapshot as pg_dump, which leaves that table's data out).
+If pg_dump fails, nothing is listed and its own message is shown. --sqlite PATH snapshots a
+live SQLite database with SQLite's online backup API (writers keep working).
+
+Examples:
+  pgkeep dump --pg 'host=db1 dbname=shop user=backup'
+  pgkeep dump --pg 'dbname=shop' --schema-only
+  pgkeep dump --pg 'dbname=shop' --table public.orders --table public.customers \\
+      --where 'public.orders:tenant_id = 42' --where 'public.customers:tenant_id = 42'
+  pgkeep --cluster devdb dump --sqlite /srv/app/dev.sqlite";
+
+const DUMP_RESTORE_HELP: &str = "\
+Pipes the dump into pg_restore against the database --pg names (with --create, a database to
+connect to, such as postgres, from which the dumped one is created), or with --to-file writes
+pg_dump's file back unchanged (and each --where export as FILE.rows-N.copy), or with
+--sqlite-to writes a SQLite dump to a new file and runs PRAGMA integrity_check. ID is an id
+from `pgkeep list --dumps`, or latest.
+
+Examples:
+  pgkeep dump-restore latest --pg 'dbname=shop_copy'
+  pgkeep dump-restore 20261121T053200Z --pg 'dbname=postgres' --create --clean
+  pgkeep dump-restore 20261121T053200Z --pg 'dbname=shop' --table orders --data-only
+  pgkeep dump-restore latest --to-file /tmp/shop.dump
+  pgkeep --cluster devdb dump-restore latest --sqlite-to /tmp/dev-restored.sqlite";
+
+#[derive(Debug, Args)]
+pub(crate) struct DumpArgs {
+    /// PostgreSQL connection string or URI (an ordinary session; the database to dump). Also
+    /// PGKEEP_PG; config key: pg.
+    #[arg(long, value_name = "CONNINFO", conflicts_with = "sqlite")]
+    pub(crate) pg: Option<String>,
+    /// Directory of pg_dump. [default: PATH, then the standard locations, of the server's
+    /// major version or newer]
+    #[arg(long, value_name = "DIR", conflicts_with = "sqlite")]
+    pub(crate) pg_bin: Option<std::path::PathBuf>,
+    /// Only the schema (no data).
+    #[arg(long, conflicts_with_all = ["data_only", "sqlite"])]
+    pub(crate) schema_only: bool,
+    /// Only the data (no schema).
+    #[arg(long, conflicts_with = "sqlite")]
+    pub(crate) data_only: bool,
+    /// Only this table (pg_dump pattern; repeatable).
+    #[arg(long, value_name = "TABLE", conflicts_with = "sqlite")]
+    pub(crate) table: Vec<String>,
+    /// Leave this table out (pg_dump pattern; repeatable).
+    #[arg(long, value_name = "TABLE", conflicts_with = "sqlite")]
+    pub(crate) exclude_table: Vec<String>,
+    /// Only this schema (pg_dump pattern; repeatable).
+    #[arg(long, value_name = "SCHEMA", conflicts_with = "sqlite")]
+    pub(crate) schema: Vec<String>,
+    /// Export only the rows of TABLE matching the SQL CONDITION (repeatable), e.g.
+    /// 'public.orders:tenant_id = 42'.
+    #[arg(
+        long = "where",
+        value_name = "TABLE:CONDITION",
+        conflicts_with = "sqlite"
+    )]
+    pub(crate) r#where: Vec<String>,
+    /// Snapshot this SQLite database file instead of dumping PostgreSQL.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) sqlite: Option<std::path::PathBuf>,
+    /// Worker threads for hashing, compression and encryption. Also PGKEEP_JOBS; config
+    /// key: jobs. [default: one per core]
+    #[arg(long, value_name = "N")]
+    pub(crate) jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DumpRestoreArgs {
+    /// The dump: an id from `pgkeep list --dumps`, or latest.
+    pub(crate) id: String,
+    /// Target database: a connection string or URI. Also PGKEEP_PG; config key: pg.
+    #[arg(long, value_name = "CONNINFO", conflicts_with_all = ["to_file", "sqlite_to"])]
+    pub(crate) pg: Option<String>,
+    /// Directory of pg_restore. [default: PATH, then the standard locations, of the target
+    /// server's and the dump's major version or newer]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) pg_bin: Option<std::path::PathBuf>,
+    /// Restore only this table (repeatable).
+    #[arg(long, value_name = "TABLE")]
+    pub(crate) table: Vec<String>,
+    /// Restore only the schema.
+    #[arg(long, conflicts_with = "data_only")]
+    pub(crate) schema_only: bool,
+    /// Restore only the data.
+    #[arg(long)]
+    pub(crate) data_only: bool,
+    /// Drop the objects before recreating them (pg_restore --clean --if-exists).
+    #[arg(long)]
+    pub(crate) clean: bool,
+    /// Create the dumped database (--pg then names the database to connect to first).
+    #[arg(long)]
+    pub(crate) create: bool,
+    /// Write pg_dump's file back unchanged instead of restoring (refuses to overwrite).
+    #[arg(long, value_name = "FILE", conflicts_with = "sqlite_to")]
+    pub(crate) to_file: Option<std::path::PathBuf>,
+    /// Write a SQLite dump to this new file and run PRAGMA integrity_check.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) sqlite_to: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         let result = match &cli.command {
             Command::Init(a) => cmd::init::run(&settings, a, &out).await,
             Command::Key(k) => cmd::key::run(&settings, k, &out).await,
-            Command::List => cmd::list::run(&settings, &out).await,
+            Command::List(a) => cmd::list::run(&settings, a, &out).await,
             Command::Backup(a) => cmd::backup::run(&settings, a, &out).await,
             Command::WalPush(a) => cmd::wal::push(&settings, a, &out).await,
             // restore_command semantics: exit codes of its own.
@@ -76,6 +76,8 @@ fn main() -> ExitCode {
             // Exit 5 when damage is found, with the report printed.
             Command::Verify(a) => return cmd::verify::run(&settings, a, &out).await,
             Command::Bench(a) => cmd::bench::run(&settings, a, &out).await,
+            Command::Dump(a) => cmd::dump::run(&settings, a, &out).await,
+            Command::DumpRestore(a) => cmd::dump::restore(&settings, a, &out).await,
         };
         match result {
             Ok(()) => exit::OK,

@@ -240,4 +240,21 @@ fn help_documents_every_command_and_setting() {
     }
     let (out, _) = e.expect(&["key", "add", "--help"], 0);
     assert!(out.contains("PGKEEP_NEW_PASSPHRASE"), "{out}");
+    let (out, _) = e.expect(&["dump", "--help"], 0);
+    for needle in [
+        "--where",
+        "--schema-only",
+        "--sqlite",
+        "--pg-bin",
+        "Example",
+    ] {
+        assert!(out.contains(needle), "dump --help lacks {needle}:\n{out}");
+    }
+    let (out, _) = e.expect(&["dump-restore", "--help"], 0);
+    for needle in ["--to-file", "--sqlite-to", "--clean", "--create", "Example"] {
+        assert!(
+            out.contains(needle),
+            "dump-restore --help lacks {needle}:\n{out}"
+        );
+    }
 }

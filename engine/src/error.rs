@@ -103,6 +103,14 @@ pub enum Error {
         holder: String,
         object: String,
     },
+    /// A PostgreSQL client program (pg_dump, pg_restore, psql) failed; `stderr` is its own
+    /// message, unchanged, so the user reads what the tool said.
+    #[error("{tool} failed ({status}):\n{stderr}")]
+    ToolFailed {
+        tool: String,
+        status: String,
+        stderr: String,
+    },
     /// The chunk pipeline stopped (a worker or upload failed); the cause follows.
     #[error("the chunk pipeline stopped: {0}")]
     Pipeline(String),

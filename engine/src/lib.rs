@@ -11,6 +11,7 @@ pub mod chunker;
 pub mod conninfo;
 mod dead_holder;
 pub mod drill;
+pub mod dump;
 pub mod error;
 pub mod index;
 pub mod lock;

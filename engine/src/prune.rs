@@ -2,7 +2,7 @@
 //!
 //! Under the repository's exclusive lock (see [`crate::lock`]; no backup or restore runs):
 //!
-//! 1. Read every manifest of every cluster: the live chunk set. A manifest that cannot be
+//! 1. Read every backup and dump manifest of every cluster: the live chunk set. A manifest that cannot be
 //!    read stops prune, since without it no one can say what is garbage.
 //! 2. Read every index segment and list `data/`. Each live chunk gets one location (the copy
 //!    in the pack with the highest share of live bytes, so a pack already repacked by an
@@ -111,12 +111,17 @@ struct Decisions {
     kept: Vec<PackId>,
 }
 
-/// Chunk ids referenced by any manifest of any cluster.
+/// Chunk ids referenced by any backup manifest or dump manifest of any cluster.
 pub async fn live_chunks(repo: &Repository) -> Result<HashSet<ChunkId>> {
     let mut live = HashSet::new();
     for cluster in clusters(repo).await? {
         for id in repo.list_backups(&cluster).await? {
             let m = repo.read_manifest(&cluster, &id).await?;
+            live.extend(m.chunk_refs().into_iter().map(|c| c.id));
+        }
+        // Dumps share the chunk store: their chunks are as live as a backup's.
+        for id in repo.list_dumps(&cluster).await? {
+            let m = repo.read_dump(&cluster, &id).await?;
             live.extend(m.chunk_refs().into_iter().map(|c| c.id));
         }
     }

@@ -408,6 +408,58 @@ pub async fn expire(
     Ok(report)
 }
 
+/// What `expire --dumps` decided and did.
+#[derive(Debug, Clone, Default)]
+pub struct DumpExpireReport {
+    /// Newest first.
+    pub decisions: Vec<Decision>,
+    pub expired: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Applies `policy` to the dumps of `cluster`: removes the manifests of dumps it does not
+/// keep. Dumps have their own policy, separate from the backups': a nightly tenant export and
+/// a weekly base backup are kept on different schedules, and a dump needs no WAL. The same
+/// rules and [`decide`] apply (a dump has no parent and no WAL position).
+pub async fn expire_dumps(
+    repo: &Repository,
+    cluster: &ClusterName,
+    policy: &Policy,
+    now_us: i64,
+    tz: &TimeZone,
+    dry_run: bool,
+) -> Result<DumpExpireReport> {
+    policy.validate()?;
+    let mut facts = Vec::new();
+    for id in repo.list_dumps(cluster).await? {
+        let m = repo.read_dump(cluster, &id).await?;
+        facts.push(BackupFacts {
+            id: m.dump_id,
+            kind: BackupKind::Files,
+            parent: None,
+            stop_time_us: m.stop_time_us,
+            start: None,
+            pinned: false,
+        });
+    }
+    let decisions = decide(&facts, policy, now_us, tz);
+    let expired: Vec<String> = decisions
+        .iter()
+        .filter(|d| !d.keep())
+        .map(|d| d.id.clone())
+        .collect();
+    if !dry_run {
+        for id in &expired {
+            repo.delete_dump(cluster, id).await?;
+        }
+    }
+    Ok(DumpExpireReport {
+        decisions,
+        expired,
+        dry_run,
+    })
+}
+
 /// The segment number a file's name starts with: segments, `.partial` and `.backup` files;
 /// `None` for timeline history files.
 fn segment_number(file: &WalFileName, seg_size: u64) -> Option<u64> {

@@ -10,7 +10,7 @@ pub const MAGIC: [u8; 4] = *b"PGKP";
 /// The format's major version: a reader refuses any other.
 pub const FORMAT_MAJOR: u8 = 1;
 /// The format's minor version: a reader accepts any (see SPEC.md, "Compatibility").
-pub const FORMAT_MINOR: u8 = 2;
+pub const FORMAT_MINOR: u8 = 3;
 /// Bytes of the header.
 pub const HEADER_LEN: usize = 16;
 
@@ -38,6 +38,8 @@ pub enum Kind {
     WalBackupHistory = 12,
     /// A backup pinned against retention (format 1.2).
     Pin = 13,
+    /// A logical dump (pg_dump, pg_dumpall, SQLite snapshot) (format 1.3).
+    Dump = 14,
 }
 
 impl Kind {
@@ -56,6 +58,7 @@ impl Kind {
             11 => Self::WalHistory,
             12 => Self::WalBackupHistory,
             13 => Self::Pin,
+            14 => Self::Dump,
             other => return Err(FormatError::UnknownKind(other)),
         })
     }
@@ -76,6 +79,7 @@ impl Kind {
             Self::WalHistory => "timeline history file",
             Self::WalBackupHistory => "backup history file",
             Self::Pin => "backup pin",
+            Self::Dump => "dump manifest",
         }
     }
 }

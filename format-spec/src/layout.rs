@@ -53,6 +53,15 @@ pub fn pin(cluster: &ClusterName, backup_id: &str) -> String {
     format!("{}{backup_id}", pins_dir(cluster))
 }
 
+/// Dump manifests of a cluster (format 1.3).
+pub fn dumps_dir(cluster: &ClusterName) -> String {
+    format!("{}dumps/", cluster_dir(cluster))
+}
+
+pub fn dump(cluster: &ClusterName, dump_id: &str) -> String {
+    format!("{}{dump_id}", dumps_dir(cluster))
+}
+
 pub fn wal_dir(cluster: &ClusterName, timeline: u32) -> String {
     format!("{}wal/{timeline:08X}/", cluster_dir(cluster))
 }
@@ -112,6 +121,10 @@ mod tests {
         assert_eq!(
             pin(&c, "20261121T053200Z"),
             "clusters/main/pins/20261121T053200Z"
+        );
+        assert_eq!(
+            dump(&c, "20261121T053200Z.1"),
+            "clusters/main/dumps/20261121T053200Z.1"
         );
         assert_eq!(
             pack(&PackId([0xab; 32])),

@@ -8,6 +8,7 @@ mod aead;
 pub mod body;
 pub mod config;
 pub mod crypto;
+pub mod dump;
 pub mod envelope;
 pub mod error;
 pub mod ids;
@@ -22,6 +23,7 @@ mod wire;
 
 pub use config::{BackupPin, ClusterBinding, LockInfo, LockMode, RepoConfig};
 pub use crypto::{MasterKey, RepoKeys, SALT_LEN, SEAL_OVERHEAD};
+pub use dump::{DumpFormat, DumpManifest, DumpSource, RowFilter};
 pub use envelope::{open_object, seal_object, Header, Kind, FORMAT_MAJOR, FORMAT_MINOR};
 pub use error::FormatError;
 pub use ids::{ChunkId, IndexId, KeyFileId, LockId, MasterKeyId, PackId, RepoId};

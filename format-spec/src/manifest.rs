@@ -378,13 +378,13 @@ impl Manifest {
 
 /// Interns chunk references into the manifest's table.
 #[derive(Default)]
-struct ChunkTable {
-    refs: Vec<ChunkRef>,
+pub(crate) struct ChunkTable {
+    pub(crate) refs: Vec<ChunkRef>,
     pos: HashMap<ChunkId, u32>,
 }
 
 impl ChunkTable {
-    fn intern(&mut self, c: ChunkRef) -> u32 {
+    pub(crate) fn intern(&mut self, c: ChunkRef) -> u32 {
         let next = self.refs.len() as u32;
         *self.pos.entry(c.id).or_insert_with(|| {
             self.refs.push(c);
@@ -400,7 +400,7 @@ impl ChunkTable {
 const EXTENT_CHUNK: u8 = 0;
 const EXTENT_ZEROS: u8 = 1;
 
-fn encode_extents(w: &mut Writer, extents: &[Extent], table: &ChunkTable) {
+pub(crate) fn encode_extents(w: &mut Writer, extents: &[Extent], table: &ChunkTable) {
     w.count(extents.len());
     for e in extents {
         match e {
@@ -418,7 +418,7 @@ fn encode_extents(w: &mut Writer, extents: &[Extent], table: &ChunkTable) {
 }
 
 /// Decodes extents and checks them against the chunk table and the declared size.
-fn decode_extents(
+pub(crate) fn decode_extents(
     r: &mut Reader<'_>,
     table: &[ChunkRef],
     size: u64,

@@ -53,6 +53,9 @@ fn policy(s: &Settings, a: &ExpireArgs) -> anyhow::Result<Policy> {
 }
 
 pub(crate) async fn run(s: &Settings, a: &ExpireArgs, out: &Output) -> anyhow::Result<()> {
+    if a.dumps {
+        return run_dumps(s, a, out).await;
+    }
     let cluster = cmd::cluster(s)?;
     let policy = policy(s, a)?;
     policy
@@ -80,6 +83,83 @@ pub(crate) async fn run(s: &Settings, a: &ExpireArgs, out: &Output) -> anyhow::R
         wal_kept_from: report.wal_kept_from.clone(),
     };
     out.emit(&doc, || human(&doc))
+}
+
+/// The JSON document of `expire --dumps`.
+#[derive(Serialize)]
+struct DumpExpireOutput {
+    schema: u32,
+    cluster: String,
+    dry_run: bool,
+    /// Newest first.
+    dumps: Vec<DumpVerdict>,
+    expired: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct DumpVerdict {
+    dump: String,
+    keep: bool,
+    reasons: Vec<String>,
+}
+
+/// `expire --dumps`: the dumps' own policy, from the flags only.
+async fn run_dumps(s: &Settings, a: &ExpireArgs, out: &Output) -> anyhow::Result<()> {
+    let cluster = cmd::cluster(s)?;
+    let policy = Policy {
+        keep_last: a.keep_last,
+        keep_daily: a.keep_daily,
+        keep_weekly: a.keep_weekly,
+        keep_monthly: a.keep_monthly,
+        keep_yearly: a.keep_yearly,
+        keep_within: a
+            .keep_within
+            .as_deref()
+            .map(|w| parse_duration("--keep-within", w))
+            .transpose()?,
+    };
+    policy
+        .validate()
+        .map_err(|e| crate::exit::UsageError(format!("expire --dumps: {e}")))?;
+    let repo = cmd::open(s).await?;
+    let tz = jiff::tz::TimeZone::system();
+    let report =
+        retention::expire_dumps(&repo, &cluster, &policy, now_us(), &tz, a.dry_run).await?;
+    let doc = DumpExpireOutput {
+        schema: 1,
+        cluster: cluster.to_string(),
+        dry_run: report.dry_run,
+        dumps: report
+            .decisions
+            .iter()
+            .map(|d| DumpVerdict {
+                dump: d.id.clone(),
+                keep: d.keep(),
+                reasons: d.reasons.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+        expired: report.expired.clone(),
+    };
+    out.emit(&doc, || {
+        let mut t = Table::new(&["DUMP", "VERDICT", "WHY"]);
+        for d in &doc.dumps {
+            t.row(vec![
+                d.dump.clone(),
+                if d.keep { "keep" } else { "expire" }.into(),
+                d.reasons.join(", "),
+            ]);
+        }
+        let verb = if doc.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        let mut text = format!("{}\n{verb} {} dump(s)", t.render(), doc.expired.len());
+        if !doc.dry_run && !doc.expired.is_empty() {
+            text.push_str("\nrun `pgkeep prune` to reclaim the space of their data");
+        }
+        text
+    })
 }
 
 fn human(doc: &ExpireOutput) -> String {

@@ -26,6 +26,8 @@ struct Info {
     /// Per backup: the wall-clock span a point-in-time restore from it can reach.
     recoverable: Vec<Window>,
     repository: Totals,
+    /// Logical dumps (`pgkeep dump`), oldest first.
+    dumps: Vec<crate::cmd::dump::DumpRow>,
 }
 
 #[derive(Serialize)]
@@ -153,6 +155,7 @@ pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
         manifests.push(repo.read_manifest(&cluster, &id).await?);
     }
     let usage = usage_of(&repo).await?;
+    let dumps = cmd::dump::rows(&repo, &cluster).await?;
     let archive = WalArchive::new(repo, cluster.clone());
     let wal = timelines(&archive).await?;
     let newest_pg = manifests.iter().rev().find_map(|m| m.postgres);
@@ -164,6 +167,7 @@ pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
         pg_version: newest_pg
             .map(|p| format!("{}.{}", p.version_num / 10000, p.version_num % 10000)),
         backups: manifests.iter().map(backup_info).collect(),
+        dumps,
         recoverable: manifests.iter().filter_map(|m| window(m, &wal)).collect(),
         repository: Totals {
             pack_objects: usage.packs,
@@ -207,6 +211,16 @@ pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
 }
 
 fn human(info: &Info) -> String {
+    let mut lines = human_main(info);
+    if info.dumps.is_empty() {
+        lines.push("Dumps: none".into());
+    } else {
+        lines.push(format!("Dumps:\n{}", cmd::dump::render(&info.dumps)));
+    }
+    lines.join("\n")
+}
+
+fn human_main(info: &Info) -> Vec<String> {
     let mut lines = vec![format!(
         "Cluster {}{}{}",
         info.cluster,
@@ -316,5 +330,5 @@ fn human(info: &Info) -> String {
             r.missing_packs
         ));
     }
-    lines.join("\n")
+    lines
 }

@@ -3,6 +3,7 @@
 use pgkeep_engine::format::{BackupKind, Lsn, Manifest, SegmentName, TimelineId};
 use serde::Serialize;
 
+use crate::cli::ListArgs;
 use crate::cmd;
 use crate::output::{format_bytes, format_unix, Output, Table};
 use crate::settings::Settings;
@@ -80,9 +81,19 @@ fn segment(timeline: u32, lsn: u64, segment_size: u32) -> String {
     SegmentName::containing(TimelineId(timeline), Lsn(lsn), segment_size).to_string()
 }
 
-pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
+pub(crate) async fn run(s: &Settings, a: &ListArgs, out: &Output) -> anyhow::Result<()> {
     let cluster = cmd::cluster(s)?;
     let repo = cmd::open(s).await?;
+    let dumps = cmd::dump::rows(&repo, &cluster).await?;
+    if a.dumps {
+        return out.emit(&dumps, || {
+            if dumps.is_empty() {
+                format!("No dumps of cluster {cluster} yet.")
+            } else {
+                cmd::dump::render(&dumps)
+            }
+        });
+    }
     let pins = pgkeep_engine::retention::pins(&repo, &cluster).await?;
     let mut rows = Vec::new();
     for id in repo.list_backups(&cluster).await? {
@@ -94,8 +105,14 @@ pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
         rows.push(row);
     }
     out.emit(&rows, || {
+        // Dumps follow the backups in the text output (`--dumps` lists them alone).
+        let dumps_text = if dumps.is_empty() {
+            String::new()
+        } else {
+            format!("\n\nDumps:\n{}", cmd::dump::render(&dumps))
+        };
         if rows.is_empty() {
-            return format!("No backups of cluster {cluster} yet.");
+            return format!("No backups of cluster {cluster} yet.{dumps_text}");
         }
         let mut t = Table::new(&[
             "BACKUP",
@@ -134,6 +151,6 @@ pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
                 },
             ]);
         }
-        t.render()
+        format!("{}{dumps_text}", t.render())
     })
 }

@@ -4,6 +4,7 @@ pub(crate) mod backup;
 pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod drill;
+pub(crate) mod dump;
 pub(crate) mod events;
 pub(crate) mod expire;
 pub(crate) mod info;

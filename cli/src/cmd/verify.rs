@@ -79,8 +79,17 @@ struct Doc {
     checked: Checked,
     problems: Vec<ProblemOut>,
     backups: Vec<BackupOut>,
+    /// Per dump: can it be restored (its manifest reads, every chunk it needs is intact).
+    dumps: Vec<DumpOut>,
     /// Packs in no index segment: left by interrupted sessions, not damage.
     unindexed_packs: Vec<NamedSize>,
+}
+
+#[derive(Serialize)]
+struct DumpOut {
+    cluster: String,
+    dump: String,
+    restorable: bool,
 }
 
 #[derive(Serialize)]
@@ -192,6 +201,15 @@ impl From<&VerifyReport> for Doc {
             },
             problems: r.problems.iter().map(problem_out).collect(),
             backups: r.backups.iter().map(backup_out).collect(),
+            dumps: r
+                .dumps
+                .iter()
+                .map(|d| DumpOut {
+                    cluster: d.cluster.clone(),
+                    dump: d.dump_id.clone(),
+                    restorable: d.restorable(),
+                })
+                .collect(),
             unindexed_packs: r
                 .unindexed_packs
                 .iter()
@@ -439,6 +457,24 @@ fn human(r: &VerifyReport) -> String {
         lines.push(String::new());
         lines.push("Restores:".into());
         lines.extend(r.backups.iter().map(backup_line));
+    }
+    if !r.dumps.is_empty() {
+        lines.push(String::new());
+        lines.push("Dumps:".into());
+        lines.extend(r.dumps.iter().map(|d| {
+            format!(
+                "  {}/{}: {}",
+                d.cluster,
+                d.dump_id,
+                if d.restorable() {
+                    "restorable"
+                } else if !d.manifest_ok {
+                    "NOT restorable: its manifest is unreadable"
+                } else {
+                    "NOT restorable: data it needs is missing or damaged"
+                }
+            )
+        }));
     }
     lines.push(String::new());
     let damage = r

@@ -35,8 +35,8 @@ use pgkeep_format::{
 
 pub use affects::{check_pack, damaged_files, sample, segment_run, PackCheck, SegmentRun};
 pub use report::{
-    AffectedBackup, Affects, BackupStatus, Checked, Problem, ProblemKind, Severity, VerifyReport,
-    WalImpact, WalReach,
+    AffectedBackup, Affects, BackupStatus, Checked, DumpStatus, Problem, ProblemKind, Severity,
+    VerifyReport, WalImpact, WalReach,
 };
 
 use crate::error::{Error, Result};
@@ -120,6 +120,7 @@ struct ClusterListing {
     name: ClusterName,
     binding: bool,
     backups: Vec<String>,
+    dumps: Vec<String>,
     wal: Vec<(WalFileName, u64)>,
 }
 
@@ -185,6 +186,7 @@ async fn verify_locked(repo: &Repository, opts: VerifyOptions) -> Result<VerifyR
     let mut pg = Vec::new();
     for (i, c) in clusters.iter().enumerate() {
         v.check_manifests(i, c, &index, &mut pg).await?;
+        v.check_dumps(c, &index).await?;
     }
     v.check_wal_continuity(&clusters, &pg);
     v.report.checked.clusters = clusters.len();
@@ -249,6 +251,7 @@ impl Verifier {
                     name,
                     binding: false,
                     backups: Vec::new(),
+                    dumps: Vec::new(),
                     wal: Vec::new(),
                 });
             if rest == "cluster" {
@@ -256,6 +259,10 @@ impl Verifier {
             } else if let Some(id) = rest.strip_prefix("backups/") {
                 if !id.contains('/') {
                     entry.backups.push(id.to_owned());
+                }
+            } else if let Some(id) = rest.strip_prefix("dumps/") {
+                if !id.contains('/') {
+                    entry.dumps.push(id.to_owned());
                 }
             } else if rest.starts_with("wal/") {
                 let file = rest.rsplit('/').next().unwrap_or_default();
@@ -652,6 +659,64 @@ impl Verifier {
                     status,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Reads every dump manifest: it must decode, every chunk it references must be indexed,
+    /// and none may be among the damaged chunks found so far.
+    async fn check_dumps(&mut self, c: &ClusterListing, index: &Index) -> Result<()> {
+        for id in &c.dumps {
+            let object = layout::dump(&c.name, id);
+            let m = match self.repo.read_dump(&c.name, id).await {
+                Ok(m) => m,
+                Err(Error::NotFound { .. }) => continue,
+                Err(e @ (Error::Corrupt { .. } | Error::InvalidInput(_))) => {
+                    let detail = match e {
+                        Error::Corrupt { source, .. } => source.to_string(),
+                        other => other.to_string(),
+                    };
+                    self.problem(
+                        Severity::Damage,
+                        ProblemKind::ManifestUnreadable,
+                        object,
+                        format!("{detail}: the dump cannot be restored"),
+                    );
+                    self.report.dumps.push(DumpStatus {
+                        cluster: c.name.to_string(),
+                        dump_id: id.clone(),
+                        manifest_ok: false,
+                        data_damaged: true,
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.report.checked.dumps += 1;
+            let refs = m.chunk_refs();
+            self.report.checked.chunk_refs += refs.len() as u64;
+            let unindexed = refs
+                .iter()
+                .filter(|r| !matches!(index.chunks.get(&r.id), Some((_, len)) if *len == r.raw_len))
+                .count();
+            let damaged_chunks = refs.iter().filter(|r| self.bad.contains_key(&r.id)).count();
+            if unindexed > 0 {
+                self.problem(
+                    Severity::Damage,
+                    ProblemKind::ChunksNotIndexed,
+                    object.clone(),
+                    format!(
+                        "{unindexed} of the {} chunks this dump references are in no index segment (or indexed with another length): the dump cannot be restored",
+                        refs.len()
+                    ),
+                );
+            }
+            self.report.dumps.push(DumpStatus {
+                cluster: c.name.to_string(),
+                dump_id: id.clone(),
+                manifest_ok: true,
+                data_damaged: unindexed > 0 || damaged_chunks > 0,
+            });
         }
         Ok(())
     }

@@ -164,6 +164,22 @@ impl BackupStatus {
     }
 }
 
+/// Per dump: can it still be restored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpStatus {
+    pub cluster: String,
+    pub dump_id: String,
+    pub manifest_ok: bool,
+    /// Some chunk the dump needs is missing or damaged.
+    pub data_damaged: bool,
+}
+
+impl DumpStatus {
+    pub fn restorable(&self) -> bool {
+        self.manifest_ok && !self.data_damaged
+    }
+}
+
 /// How much was looked at.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checked {
@@ -175,6 +191,8 @@ pub struct Checked {
     /// Distinct chunks in the index.
     pub chunks: usize,
     pub manifests: usize,
+    /// Dump manifests read.
+    pub dumps: usize,
     /// Chunk references of all manifests, each checked against the index.
     pub chunk_refs: u64,
     /// Archived WAL files (segments, partial segments, history files) and their stored bytes.
@@ -197,6 +215,7 @@ pub struct VerifyReport {
     pub checked: Checked,
     pub problems: Vec<Problem>,
     pub backups: Vec<BackupStatus>,
+    pub dumps: Vec<DumpStatus>,
     /// Packs present but in no index segment: left by sessions that crashed before their
     /// index segment was written. Not damage; pruning removes them.
     pub unindexed_packs: Vec<(String, u64)>,
