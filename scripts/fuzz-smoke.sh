@@ -9,6 +9,8 @@
 #   FUZZ_SECONDS    seconds per target (default 10)
 #   FUZZ_SANITIZER  address (default), leak or none (none runs roughly 2-3x faster)
 #   FUZZ_TIMEOUT    seconds one input may take before libFuzzer calls it a hang (default 20)
+#   FUZZ_TARGET_DIR cargo target directory (default fuzz/target); builds with different
+#                   sanitizers overwrite each other in one directory
 #   FUZZ_MALLOC_MB  largest single allocation, MiB (default 256): a decoder that believes a
 #                   forged length or size field fails here as an out-of-memory crash
 #
@@ -25,6 +27,8 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-10}
 FUZZ_SANITIZER=${FUZZ_SANITIZER:-address}
 FUZZ_TIMEOUT=${FUZZ_TIMEOUT:-20}
 FUZZ_MALLOC_MB=${FUZZ_MALLOC_MB:-256}
+target_dir=()
+[ -n "${FUZZ_TARGET_DIR:-}" ] && target_dir=(--target-dir "$FUZZ_TARGET_DIR")
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # From inside fuzz/, so that fuzz/.cargo/config.toml (CFLAGS for the C dependencies) applies.
@@ -53,7 +57,7 @@ fi
 # runs below then reuse it instead of rebuilding per target.
 start=$SECONDS
 failed=()
-if ! cargo fuzz build -s "$FUZZ_SANITIZER"; then
+if ! cargo fuzz build -s "$FUZZ_SANITIZER" "${target_dir[@]}"; then
     echo "fuzz-smoke: FAIL: the fuzz targets do not build" >&2
     exit 1
 fi
@@ -170,7 +174,7 @@ for t in "${targets[@]}"; do
     # Committed reproducers of known findings are replayed first (read, never written).
     dirs=("corpus/$t")
     [ -d "regressions/$t" ] && dirs+=("regressions/$t")
-    if cargo fuzz run -s "$FUZZ_SANITIZER" "$t" "${dirs[@]}" -- \
+    if cargo fuzz run -s "$FUZZ_SANITIZER" "${target_dir[@]}" "$t" "${dirs[@]}" -- \
         -max_total_time="$FUZZ_SECONDS" -timeout="$FUZZ_TIMEOUT" \
         -malloc_limit_mb="$FUZZ_MALLOC_MB" -print_final_stats=1 \
         >"$log" 2>&1; then

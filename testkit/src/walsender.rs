@@ -55,6 +55,10 @@
 //! `CopyData` messages of the sizes in [`BaseBackupScript::chunk_sizes`], cycled, so headers
 //! straddle messages.
 //!
+//! For byte-exact hostile answers, [`Script::raw_answers`] replaces the answer to any query
+//! (by prefix: `IDENTIFY_SYSTEM`, `START_REPLICATION`, ...) with given bytes, built with
+//! [`message`] or by hand with a forged length, then closes, hangs or goes on.
+//!
 //! The fake uses plain threads and blocking sockets; dropping the [`FakeWalsender`] shuts
 //! every connection down and joins every thread.
 

@@ -246,6 +246,11 @@ mod tests {
         assert_eq!(parse_size("1GB").expect("size"), 1 << 30);
         assert_eq!(parse_size("8192").expect("size"), 8192);
         assert!(parse_size("16XB").is_err());
+        // A forged answer must be an error, not an overflow.
+        assert!(parse_size("99999999999GB")
+            .expect_err("overflow")
+            .to_string()
+            .contains("too large"));
     }
 
     #[test]
