@@ -52,7 +52,11 @@ fn read(stream: &[u8], termination: Termination, piece: usize) -> Read {
             }
             Ok(Some(TarEvent::EntryEnd)) => {
                 let (e, content) = out.entries.last().expect("end outside an entry");
-                assert_eq!(content.len() as u64, e.size, "data differs from declared size");
+                assert_eq!(
+                    content.len() as u64,
+                    e.size,
+                    "data differs from declared size"
+                );
                 open = false;
             }
             Ok(Some(TarEvent::End)) => out.ended = true,

@@ -28,10 +28,18 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Ok(seg) = SegmentName::parse(line, 16 << 20) {
             let shown = seg.to_string();
-            assert_eq!(SegmentName::parse(&shown, 16 << 20).ok(), Some(seg), "segment round trip");
+            assert_eq!(
+                SegmentName::parse(&shown, 16 << 20).ok(),
+                Some(seg),
+                "segment round trip"
+            );
         }
         if let Ok(lsn) = line.parse::<Lsn>() {
-            assert_eq!(lsn.to_string().parse::<Lsn>().ok(), Some(lsn), "LSN round trip");
+            assert_eq!(
+                lsn.to_string().parse::<Lsn>().ok(),
+                Some(lsn),
+                "LSN round trip"
+            );
         }
         let _ = parse_size(line);
     }
