@@ -29,6 +29,9 @@
 #                stable path (bin/, lib/, share/). Why not .tools: clusters run as
 #                the `postgres` user, which must be able to reach the binaries, and
 #                a checkout under /root is not traversable by other users.
+#   cargo-fuzz - cargo-fuzz (pinned), for scripts/fuzz-smoke.sh: from crates.io with
+#                `cargo install --locked` into .tools/cargo unless that version is
+#                already on PATH.
 #
 # Environment:
 #   PGKEEP_PYTHON  - Python interpreter to build the venv from (default: the
@@ -320,6 +323,28 @@ install_postgres18() {
     say "PostgreSQL 18 ready: $link/bin"
 }
 
+CARGO_FUZZ_VERSION="0.13.2"
+
+install_cargo_fuzz() {
+    local root="$TOOLS/cargo" stamp="$TOOLS/cargo/.pgkeep-cargo-fuzz-$CARGO_FUZZ_VERSION"
+    if [[ -f "$stamp" && -x "$root/bin/cargo-fuzz" ]]; then
+        say "cargo-fuzz $CARGO_FUZZ_VERSION already installed (.tools/cargo/bin)"
+        return 0
+    fi
+    if cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
+        say "cargo-fuzz $CARGO_FUZZ_VERSION already on PATH"
+        return 0
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH: install Rust (rustup) first"
+    say "installing cargo-fuzz $CARGO_FUZZ_VERSION into .tools/cargo (about a minute)"
+    rm -f "$root"/.pgkeep-cargo-fuzz-*
+    cargo install --quiet --locked --version "$CARGO_FUZZ_VERSION" --root "$root" cargo-fuzz ||
+        die "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
+    [[ -x "$root/bin/cargo-fuzz" ]] || die "cargo install finished but $root/bin/cargo-fuzz is missing"
+    touch "$stamp"
+    say "cargo-fuzz ready: .tools/cargo/bin/cargo-fuzz"
+}
+
 main() {
     take_lock
     install_moto
@@ -327,6 +352,7 @@ main() {
     install_openssl
     install_postgres15
     install_postgres18
+    install_cargo_fuzz
 }
 
 main "$@"

@@ -17,3 +17,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --locked --no-fail-fast
+
+step "fuzz smoke run (every cargo-fuzz target, briefly; a crash fails the suite)"
+FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}" FUZZ_SECONDS="${FUZZ_SECONDS:-5}" bash scripts/fuzz-smoke.sh

@@ -186,3 +186,126 @@ async fn crafted_paths_and_links_are_refused() {
     );
     assert!(tree(&outside).is_empty());
 }
+
+/// Manifests whose entries collide, or lead through one of the backup's own links: refused
+/// before anything is written, and nothing lands outside the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_and_linked_entries_are_refused() {
+    let b = local();
+    let repo = init(&b).await;
+    let extents = stored(&repo, b"evil payload").await;
+    let root = tempfile::tempdir().expect("tmp");
+    let outside = root.path().join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    let outside_s = outside.to_str().expect("utf-8").to_owned();
+    let reg = |p: &str| file(p, FileType::Regular, extents.clone(), "");
+    let dir = |p: &str| file(p, FileType::Directory, Vec::new(), "");
+    let link = |p: &str, to: &str| file(p, FileType::Symlink, Vec::new(), to);
+
+    let cases: Vec<(&str, Vec<FileEntry>, &str)> = vec![
+        (
+            "one file twice",
+            vec![dir("base"), reg("base/1234"), reg("base/1234")],
+            "twice",
+        ),
+        (
+            "one file under two spellings",
+            vec![dir("base"), reg("base/1234"), reg("./base//1234")],
+            "twice",
+        ),
+        (
+            "a file and a directory of one name",
+            vec![dir("base"), dir("base/1234"), reg("base/1234")],
+            "twice",
+        ),
+        (
+            "a file and a symlink of one name",
+            vec![reg("pg_tblspc"), link("pg_tblspc", &outside_s)],
+            "twice",
+        ),
+        (
+            "a symlink out, then a file through it",
+            vec![
+                dir("base"),
+                link("base/evil", &outside_s),
+                reg("base/evil/escaped"),
+            ],
+            "below its symbolic link",
+        ),
+        (
+            "a file below a tablespace link",
+            vec![
+                dir("pg_tblspc"),
+                link("pg_tblspc/16400", &outside_s),
+                reg("pg_tblspc/16400/escaped"),
+            ],
+            "below its symbolic link",
+        ),
+    ];
+    for (what, files, expect) in cases {
+        let target = tempfile::tempdir_in(root.path()).expect("target");
+        let err = materialize(&repo, &manifest(files), &layout(target.path()), 2, false)
+            .await
+            .expect_err(what);
+        assert!(err.to_string().contains(expect), "{what}: {err}");
+        assert!(err.to_string().contains("refusing"), "{what}: {err}");
+        assert!(tree(&outside).is_empty(), "{what}: wrote outside");
+        assert!(
+            tree(&target.path().join("pgdata")).is_empty(),
+            "{what}: wrote before refusing: {:?}",
+            tree(target.path())
+        );
+    }
+}
+
+/// A file whose declared size is far beyond its content (2^62 bytes): restore writes what
+/// the extents hold, allocates nothing of the declared size, and fails naming the
+/// difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_declared_size_is_refused_without_allocating_it() {
+    let b = local();
+    let repo = init(&b).await;
+    let extents = stored(&repo, b"evil payload").await;
+    let target = tempfile::tempdir().expect("target");
+    let mut f = file("PG_VERSION", FileType::Regular, extents, "");
+    f.size = 1 << 62;
+    let err = materialize(&repo, &manifest(vec![f]), &layout(target.path()), 2, false)
+        .await
+        .expect_err("huge size");
+    assert!(
+        err.to_string()
+            .contains(&format!("wrote 12 bytes, the backup lists {}", 1u64 << 62)),
+        "{err}"
+    );
+}
+
+/// Device files, FIFOs and hard links have no representation in a manifest: a manifest
+/// whose file type byte says anything but file, directory or symlink does not decode, so
+/// restore never sees one.
+#[test]
+fn manifests_cannot_carry_devices_fifos_or_hard_links() {
+    let m = manifest(vec![file(
+        "base/devnode",
+        FileType::Directory,
+        Vec::new(),
+        "",
+    )]);
+    let bytes = m.encode();
+    assert_eq!(Manifest::decode(&bytes).expect("valid"), m);
+    let at = bytes
+        .windows(12)
+        .position(|w| w == b"base/devnode")
+        .expect("path in the encoding")
+        + 12;
+    assert_eq!(
+        bytes[at],
+        FileType::Directory as u8,
+        "type byte after the path"
+    );
+    for kind in [3u8, 4, 6, 0x31, 0xff] {
+        let mut bad = bytes.clone();
+        bad[at] = kind;
+        let err = Manifest::decode(&bad).expect_err("unknown file type");
+        assert!(err.to_string().contains("type"), "{kind}: {err}");
+    }
+}

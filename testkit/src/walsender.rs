@@ -55,6 +55,10 @@
 //! `CopyData` messages of the sizes in [`BaseBackupScript::chunk_sizes`], cycled, so headers
 //! straddle messages.
 //!
+//! For byte-exact hostile answers, [`Script::raw_answers`] replaces the answer to any query
+//! (by prefix: `IDENTIFY_SYSTEM`, `START_REPLICATION`, ...) with given bytes, built with
+//! [`message`] or by hand with a forged length, then closes, hangs or goes on.
+//!
 //! The fake uses plain threads and blocking sockets; dropping the [`FakeWalsender`] shuts
 //! every connection down and joins every thread.
 
@@ -202,6 +206,51 @@ pub struct Script {
     /// `SHOW block_size`, e.g. `8192`.
     pub block_size: String,
     pub base_backup: BaseBackupScript,
+    /// Answers sent verbatim instead of the normal ones (see [`RawAnswer`]); the first whose
+    /// prefix matches a query wins. Empty: every query gets the normal answer.
+    pub raw_answers: Vec<RawAnswer>,
+}
+
+/// A hostile or broken server's answer to one query: bytes sent exactly as given (whole,
+/// truncated, malformed or out-of-order messages; build them with [`message`]), then
+/// [`RawThen`]. Queries it does not match get the normal answer, so a test can let
+/// `IDENTIFY_SYSTEM` pass and break `START_REPLICATION`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawAnswer {
+    /// Matched case-insensitively against the start of the query, e.g. `IDENTIFY_SYSTEM`
+    /// or `START_REPLICATION`.
+    pub query_prefix: String,
+    pub bytes: Vec<u8>,
+    pub then: RawThen,
+}
+
+/// What the fake does after a [`RawAnswer`]'s bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawThen {
+    /// Closes the connection (the client sees EOF).
+    Close,
+    /// Sends nothing more and keeps the connection open until the fake is dropped.
+    Hang,
+    /// Goes on reading and answering queries.
+    Continue,
+}
+
+impl RawAnswer {
+    pub fn new(query_prefix: impl Into<String>, bytes: Vec<u8>, then: RawThen) -> Self {
+        Self {
+            query_prefix: query_prefix.into(),
+            bytes,
+            then,
+        }
+    }
+}
+
+/// One backend message: `tag`, a length field that counts itself and `body`, then `body`.
+/// For a forged length, write the bytes by hand.
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Out::default();
+    out.msg(tag, body);
+    out.take()
 }
 
 impl Script {
@@ -216,6 +265,7 @@ impl Script {
             wal_segment_size: "16MB".into(),
             block_size: "8192".into(),
             base_backup: BaseBackupScript::default(),
+            raw_answers: Vec::new(),
         }
     }
 
@@ -674,6 +724,25 @@ impl Conn<'_> {
         let q = query.trim().trim_end_matches(';').trim();
         let upper = q.to_ascii_uppercase();
         let mut out = Out::default();
+        if let Some(raw) = s
+            .raw_answers
+            .iter()
+            .find(|r| upper.starts_with(&r.query_prefix.to_ascii_uppercase()))
+        {
+            self.w.write_all(&raw.bytes)?;
+            self.w.flush()?;
+            return Ok(match raw.then {
+                RawThen::Continue => Flow::Continue,
+                RawThen::Close => {
+                    let _ = self.w.get_ref().shutdown(Shutdown::Both);
+                    Flow::Stop
+                }
+                RawThen::Hang => {
+                    self.shared.wait_for_stop();
+                    Flow::Stop
+                }
+            });
+        }
         if upper == "IDENTIFY_SYSTEM" {
             let system_id = s.system_id.to_string();
             let timeline = s.timeline.to_string();

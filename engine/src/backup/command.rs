@@ -141,7 +141,10 @@ pub fn parse_size(value: &str) -> Result<u64, PgError> {
             )))
         }
     };
-    Ok(n * mult)
+    // The value comes from the server: a forged `99999999999GB` must be an error, not an
+    // overflow.
+    n.checked_mul(mult)
+        .ok_or_else(|| PgError::Protocol(format!("size {value:?} is too large")))
 }
 
 /// Whether a path inside a backup archive is a relation data file (8 KiB pages, whose page
@@ -243,6 +246,11 @@ mod tests {
         assert_eq!(parse_size("1GB").expect("size"), 1 << 30);
         assert_eq!(parse_size("8192").expect("size"), 8192);
         assert!(parse_size("16XB").is_err());
+        // A forged answer must be an error, not an overflow.
+        assert!(parse_size("99999999999GB")
+            .expect_err("overflow")
+            .to_string()
+            .contains("too large"));
     }
 
     #[test]

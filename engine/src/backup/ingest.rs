@@ -20,7 +20,8 @@
 //! Other files are cut with content-defined chunking. Chunk results arrive out of order
 //! from the pipeline; a bounded FIFO of pending chunks keeps memory flat and extents ordered.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
 use pgkeep_format::{Extent, FileEntry, FileType, Lsn};
@@ -29,6 +30,7 @@ use super::command::{has_reliable_page_lsn, is_relation_file};
 use crate::chunker::{Chunker, Chunking};
 use crate::error::{Error, Result};
 use crate::pipeline::{PendingChunk, WriteSession};
+use crate::restore::materialize::safe_relative;
 use crate::tar::{EntryKind, TarEntry};
 
 /// PostgreSQL's block size (pgkeep checks `SHOW block_size` before a backup).
@@ -258,6 +260,13 @@ pub struct Ingest<'s> {
     next_run: u64,
     max_pending: usize,
     current: Option<Current>,
+    /// Every (tablespace, normalized path) begun so far: a server that sends one path twice
+    /// (or a file and a directory under one name) is refused, since only one of them could
+    /// be restored and which one would be a guess.
+    seen: HashSet<(u32, PathBuf)>,
+    /// The symbolic links among them: nothing may come below one (it would be written
+    /// through the link on restore).
+    links: HashSet<(u32, PathBuf)>,
     pub stats: PageStats,
 }
 
@@ -295,6 +304,8 @@ impl<'s> Ingest<'s> {
             next_run: 0,
             max_pending: max_pending.max(1),
             current: None,
+            seen: HashSet::new(),
+            links: HashSet::new(),
             stats: PageStats::default(),
         }
     }
@@ -311,15 +322,57 @@ impl<'s> Ingest<'s> {
             EntryKind::Directory => FileType::Directory,
             EntryKind::Symlink => FileType::Symlink,
             other => {
+                let what = match other {
+                    EntryKind::HardLink => "a hard link".to_owned(),
+                    EntryKind::Other(b'3') => "a character device".to_owned(),
+                    EntryKind::Other(b'4') => "a block device".to_owned(),
+                    EntryKind::Other(b'6') => "a FIFO".to_owned(),
+                    EntryKind::Other(t) => format!("tar typeflag {:?}", char::from(t)),
+                    _ => format!("{other:?}"),
+                };
                 return Err(Error::InvalidInput(format!(
-                    "the server sent {:?} as {other:?}; base backups hold only files, directories and symlinks",
+                    "the server sent {:?} as {what}; base backups hold only files, directories and symlinks",
                     String::from_utf8_lossy(&e.path)
-                )))
+                )));
             }
         };
         let idx = self.files.len();
         let mut e = e;
         let incremental = file_type == FileType::Regular && strip_incremental(&mut e.path);
+        // The tar comes from the server, which may be hostile or broken: a path that would
+        // leave the data directory (absolute, `..`, empty) is refused here, so no backup
+        // holds one (restore refuses it again).
+        let normalized = safe_relative(&e.path).map_err(|_| {
+            Error::InvalidInput(format!(
+                "the server sent a tar entry {:?} that would leave the data directory (absolute, `..` or empty): refusing the backup",
+                String::from_utf8_lossy(&e.path)
+            ))
+        })?;
+        if let Some(link) = normalized
+            .ancestors()
+            .skip(1)
+            .find(|a| self.links.contains(&(tablespace, a.to_path_buf())))
+        {
+            return Err(Error::InvalidInput(format!(
+                "the server sent {:?} below the symbolic link {:?}: refusing the backup",
+                String::from_utf8_lossy(&e.path),
+                link.display()
+            )));
+        }
+        if file_type == FileType::Symlink {
+            self.links.insert((tablespace, normalized.clone()));
+        }
+        if !self.seen.insert((tablespace, normalized)) {
+            return Err(Error::InvalidInput(format!(
+                "the server sent {:?} twice in {}: refusing the backup",
+                String::from_utf8_lossy(&e.path),
+                if tablespace == 0 {
+                    "the data directory".to_owned()
+                } else {
+                    format!("tablespace {tablespace}")
+                }
+            )));
+        }
         if incremental && self.parent.is_none() {
             return Err(Error::InvalidInput(format!(
                 "the server sent an incremental file ({}) but this backup has no parent",

@@ -129,7 +129,9 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<BackendMessage>, PgError> {
         return Ok(None);
     };
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Room for what is missing, but at most 1 MiB ahead: memory follows the bytes that
+        // actually arrive, not what a (checked, but possibly forged) length field claims.
+        buf.reserve((total - buf.len()).min(1 << 20));
         return Ok(None);
     }
     let mut frame = buf.split_to(total).freeze();

@@ -82,6 +82,41 @@ fn destination(layout: &Layout, f: &FileEntry) -> Result<PathBuf> {
     Ok(root.join(rel))
 }
 
+/// Refuses a manifest naming one destination twice (`base/1` and `./base/1`, a file and a
+/// directory of one name, a file and a symlink): only one of them could be restored, files
+/// are written in parallel, and which one would win is a race. Checked before anything is
+/// written.
+///
+/// Also refuses an entry below one of the backup's symbolic links: restoring it would mean
+/// writing through that link.
+fn refuse_collisions(layout: &Layout, m: &Manifest) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(m.files.len());
+    let links: std::collections::HashSet<PathBuf> = m
+        .files
+        .iter()
+        .filter(|f| f.file_type == FileType::Symlink)
+        .map(|f| destination(layout, f))
+        .collect::<Result<_>>()?;
+    for f in &m.files {
+        let path = destination(layout, f)?;
+        if let Some(link) = path.ancestors().skip(1).find(|a| links.contains(*a)) {
+            return Err(Error::InvalidInput(format!(
+                "the backup lists {:?} below its symbolic link {}: refusing to restore it",
+                String::from_utf8_lossy(&f.path),
+                link.display()
+            )));
+        }
+        if !seen.insert(path) {
+            return Err(Error::InvalidInput(format!(
+                "the backup lists {:?} (tablespace {}) twice: refusing to restore it",
+                String::from_utf8_lossy(&f.path),
+                f.tablespace
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads PostgreSQL's `backup_manifest` stored with the backup.
 async fn checksums(repo: &Repository, m: &Manifest) -> Result<Checksums> {
     let Some(att) = m.attachment("backup_manifest") else {
@@ -131,6 +166,7 @@ pub async fn materialize(
     jobs: usize,
     delta: bool,
 ) -> Result<Materialized> {
+    refuse_collisions(layout, m)?;
     let sums = checksums(repo, m).await?;
     let group_readable = m
         .files

@@ -158,6 +158,22 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// One session of [`run`] (connect, identify, slot, stream) without its reconnect loop: the
+/// session's error is returned instead of logged and retried. For callers that must see why
+/// a server was refused (tests of hostile servers); `Ok` on shutdown or when the server
+/// ends the stream.
+pub async fn run_once(
+    archive: &WalArchive,
+    cfg: &ConnConfig,
+    opts: &StreamOptions,
+    status: &Arc<StreamStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    session(archive, cfg, opts, status, &mut shutdown)
+        .await
+        .map(|_| ())
+}
+
 /// Errors a reconnect cannot fix.
 fn is_permanent(e: &Error) -> bool {
     matches!(
@@ -313,13 +329,13 @@ async fn archive_history(
 
 /// The switch point of the newest timeline a history file describes: the LSN on its last
 /// entry line (`parentTLI<TAB>X/X<TAB>reason`).
+///
+/// Read with restore's own parser, so `wal-stream` and `restore` agree on what a (possibly
+/// damaged) history file says: a line whose timeline is not a number counts for neither.
 pub fn switch_point(history: &str) -> Option<Lsn> {
-    history
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<Lsn>().ok())
-        .next_back()
+    crate::restore::plan::parse_history(history)
+        .last()
+        .map(|(_, lsn)| *lsn)
 }
 
 /// Where to start: after the newest complete segment archived on this timeline, or at the
@@ -625,5 +641,11 @@ mod tests {
         let h = "1\t0/3000000\tno recovery target specified\n\n# comment\n2\t0/5000158\tbefore 2026-11-21\n";
         assert_eq!(switch_point(h), Some(Lsn(0x500_0158)));
         assert_eq!(switch_point("# nothing\n"), None);
+        // Found by the `wal_names` fuzz target: a line restore skips (its timeline is no
+        // number) must not be the switch point for wal-stream either.
+        assert_eq!(
+            switch_point("1\t0/3000000\tx\nnot-a-timeline\t0/0\n"),
+            Some(Lsn(0x300_0000))
+        );
     }
 }
