@@ -187,9 +187,9 @@ rm -rf "$WORK/scratch"
 paste -d' ' <(col 1 full-ceiling) <(col 1 full-pgkeep) <(col 1 full-pgbr) > "$WORK/full-pairs"
 ceil=$(col 1 full-ceiling | median); fk=$(col 1 full-pgkeep | median); fb=$(col 1 full-pgbr | median)
 result "full backup, wall time (s)" "pg_basebackup -Ft -X none to /dev/null" "$ceil" "$fk" s 1.15 \
-    "pairs (pgkeep/ceiling): $(awk '{printf "%s%.2f", NR > 1 ? ", " : "", $2 / $1}' "$WORK/full-pairs")"
+    "pairs (pgkeep/ceiling): $(awk '{printf "%s%.2f", (NR > 1 ? ", " : ""), $2 / $1}' "$WORK/full-pairs")"
 result "full backup, wall time (s)" "pgBackRest full (zst 1, aes-256-cbc, process-max 2)" "$fb" "$fk" s 0.75 \
-    "pairs (pgkeep/pgBackRest): $(awk '{printf "%s%.2f", NR > 1 ? ", " : "", $2 / $3}' "$WORK/full-pairs")"
+    "pairs (pgkeep/pgBackRest): $(awk '{printf "%s%.2f", (NR > 1 ? ", " : ""), $2 / $3}' "$WORK/full-pairs")"
 result "full backup, stored bytes (MB)" "pgBackRest full" "$(($(median < "$WORK/bytes-full-pgbr") / 1000000))" \
     "$(($(median < "$WORK/bytes-full-pgkeep") / 1000000))" MB - "dataset $((SIZE / 1000000)) MB"
 
@@ -249,7 +249,7 @@ rm -rf "$WORK/r-pgbr" "$WORK/r-pgkeep"
 paste -d' ' <(col 1 restore-pgbr) <(col 1 restore-pgkeep) > "$WORK/restore-pairs"
 result "restore of the newest backup, wall time (s)" "pgBackRest restore (process-max 2)" \
     "$(col 1 restore-pgbr | median)" "$(col 1 restore-pgkeep | median)" s 0.8 \
-    "pairs: $(awk '{printf "%s%.2f", NR > 1 ? ", " : "", $2 / $1}' "$WORK/restore-pairs")"
+    "pairs: $(awk '{printf "%s%.2f", (NR > 1 ? ", " : ""), $2 / $1}' "$WORK/restore-pairs")"
 
 # 5. wal-push: one call per segment, alternating, on copies of real segments (copied into
 # place beforehand, not timed), each tool into a repository that has never seen them; then
@@ -334,7 +334,7 @@ if [ "$PG18" = 1 ]; then
     paste -d' ' <(col 1 pg18-full) <(col 1 pg18-incr) > "$WORK/pg18-pairs"
     result "PG18: incremental (server INCREMENTAL) after pgbench, wall time (s)" "pgkeep full of the same database" \
         "$(col 1 pg18-full | median)" "$(col 1 pg18-incr | median)" s 0.35 \
-        "pairs: $(awk '{printf "%s%.2f", NR > 1 ? ", " : "", $2 / $1}' "$WORK/pg18-pairs"); new bytes $(awk '{printf "%s%.1f%%", NR > 1 ? ", " : "", 100 * $1 / $2}' "$WORK/pg18-bytes") of the full"
+        "pairs: $(awk '{printf "%s%.2f", (NR > 1 ? ", " : ""), $2 / $1}' "$WORK/pg18-pairs"); new bytes $(awk '{printf "%s%.1f%%", (NR > 1 ? ", " : ""), 100 * $1 / $2}' "$WORK/pg18-bytes") of the full"
     as_pg "$BIN18/pg_ctl" -D "$WORK/pg18" -m fast stop >/dev/null
 fi
 
@@ -365,7 +365,7 @@ machine() {
         "$("$PGKEEP" --version | awk '{print $2}')" "$(git -C "$ROOT" rev-parse --short HEAD)"
     printf -- '- Dataset: pgbench scale %s plus %s rows of `bench_rows`: %s MB (sum of `pg_database_size`)\n' "$SCALE" "$ROWS" "$((SIZE / 1000000))"
     printf -- '- Runs: %s alternating runs per timed comparison, medians; write load `pgbench -c 4 -j 2 -T %s`\n' "$RUNS" "$PGBENCH_SECONDS"
-    printf -- '- pgkeep: default settings (zstd level 3, AES-256-GCM, one worker per core), local repository; pgBackRest: `compress-type=zst`, `compress-level=1`, `repo1-cipher-type=aes-256-cbc`, `process-max=2`, local repository\n'
+    printf -- '- pgkeep: default settings (zstd level 1 for new repositories, AES-256-GCM, one worker per core), local repository; pgBackRest: `compress-type=zst`, `compress-level=1`, `repo1-cipher-type=aes-256-cbc`, `process-max=2`, local repository\n'
 }
 {
     printf '# pgkeep beside its peers: results of `benches/compare.sh`\n\n'
