@@ -9,10 +9,10 @@
 
 use crate::error::FormatError;
 use crate::manifest::{
-    decode_extents, encode_extents, Attachment, BackupStats, ChunkRef, ChunkTable,
+    decode_extents, decode_stats_and_table, encode_extents, encode_stats_and_table, Attachment,
+    BackupStats, ChunkRef, ChunkTable,
 };
 use crate::wire::{Reader, Writer};
-use crate::ChunkId;
 
 /// What produced the dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,20 +143,11 @@ impl DumpManifest {
         for f in &self.row_filters {
             w.str(&f.table).str(&f.condition).str(&f.stream).u64(f.rows);
         }
-        let s = &self.stats;
         w.u32(self.server_version_num)
             .str(&self.tool_version)
             .i64(self.start_time_us)
-            .i64(self.stop_time_us)
-            .u64(s.logical_bytes)
-            .u64(s.stored_bytes)
-            .u64(s.new_bytes)
-            .u64(s.chunks)
-            .u64(s.new_chunks)
-            .count(table.refs.len());
-        for c in &table.refs {
-            w.raw(c.id.as_bytes()).u32(c.raw_len);
-        }
+            .i64(self.stop_time_us);
+        encode_stats_and_table(&mut w, &self.stats, &table);
         w.count(self.streams.len());
         for a in &self.streams {
             w.str(&a.name).u64(a.size);
@@ -203,26 +194,7 @@ impl DumpManifest {
         let tool_version = r.string()?;
         let start_time_us = r.i64()?;
         let stop_time_us = r.i64()?;
-        let stats = BackupStats {
-            logical_bytes: r.u64()?,
-            stored_bytes: r.u64()?,
-            new_bytes: r.u64()?,
-            chunks: r.u64()?,
-            new_chunks: r.u64()?,
-        };
-        let n = r.count(36)?;
-        let mut table = Vec::with_capacity(n);
-        let mut seen = std::collections::HashSet::with_capacity(n);
-        for _ in 0..n {
-            let c = ChunkRef {
-                id: ChunkId(r.array()?),
-                raw_len: r.u32()?,
-            };
-            if !seen.insert(c.id) {
-                return Err(r.invalid(format!("the chunk table lists chunk {} twice", c.id)));
-            }
-            table.push(c);
-        }
+        let (stats, table) = decode_stats_and_table(&mut r)?;
         let n = r.count(16)?;
         let mut streams: Vec<Attachment> = Vec::with_capacity(n);
         for _ in 0..n {
@@ -273,7 +245,7 @@ impl DumpManifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Extent;
+    use crate::{ChunkId, Extent};
 
     pub(crate) fn sample() -> DumpManifest {
         let a = ChunkRef {

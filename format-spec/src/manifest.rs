@@ -214,16 +214,7 @@ impl Manifest {
         for t in &self.tablespaces {
             w.u32(t.oid).str(&t.location);
         }
-        let s = &self.stats;
-        w.u64(s.logical_bytes)
-            .u64(s.stored_bytes)
-            .u64(s.new_bytes)
-            .u64(s.chunks)
-            .u64(s.new_chunks)
-            .count(table.refs.len());
-        for c in &table.refs {
-            w.raw(c.id.as_bytes()).u32(c.raw_len);
-        }
+        encode_stats_and_table(&mut w, &self.stats, &table);
         w.count(self.attachments.len());
         for a in &self.attachments {
             w.str(&a.name).u64(a.size);
@@ -283,27 +274,7 @@ impl Manifest {
                 })
             })
             .collect::<Result<_, FormatError>>()?;
-        let stats = BackupStats {
-            logical_bytes: r.u64()?,
-            stored_bytes: r.u64()?,
-            new_bytes: r.u64()?,
-            chunks: r.u64()?,
-            new_chunks: r.u64()?,
-        };
-        let n = r.count(36)?;
-        let mut table = Vec::with_capacity(n);
-        let mut seen = std::collections::HashSet::with_capacity(n);
-        for _ in 0..n {
-            let c = ChunkRef {
-                id: ChunkId(r.array()?),
-                raw_len: r.u32()?,
-            };
-            // An id names one content, hence one length: a repeated id is a forgery.
-            if !seen.insert(c.id) {
-                return Err(r.invalid(format!("the chunk table lists chunk {} twice", c.id)));
-            }
-            table.push(c);
-        }
+        let (stats, table) = decode_stats_and_table(&mut r)?;
         let n = r.count(16)?;
         let mut attachments = Vec::with_capacity(n);
         for _ in 0..n {
@@ -395,6 +366,48 @@ impl ChunkTable {
     fn position(&self, id: &ChunkId) -> u32 {
         self.pos[id]
     }
+}
+
+/// The statistics and the chunk table, in this order, as manifests and dump manifests store
+/// them (SPEC.md §6 and §11).
+pub(crate) fn encode_stats_and_table(w: &mut Writer, s: &BackupStats, table: &ChunkTable) {
+    w.u64(s.logical_bytes)
+        .u64(s.stored_bytes)
+        .u64(s.new_bytes)
+        .u64(s.chunks)
+        .u64(s.new_chunks)
+        .count(table.refs.len());
+    for c in &table.refs {
+        w.raw(c.id.as_bytes()).u32(c.raw_len);
+    }
+}
+
+/// Reads what [`encode_stats_and_table`] writes.
+pub(crate) fn decode_stats_and_table(
+    r: &mut Reader<'_>,
+) -> Result<(BackupStats, Vec<ChunkRef>), FormatError> {
+    let stats = BackupStats {
+        logical_bytes: r.u64()?,
+        stored_bytes: r.u64()?,
+        new_bytes: r.u64()?,
+        chunks: r.u64()?,
+        new_chunks: r.u64()?,
+    };
+    let n = r.count(36)?;
+    let mut table = Vec::with_capacity(n);
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    for _ in 0..n {
+        let c = ChunkRef {
+            id: ChunkId(r.array()?),
+            raw_len: r.u32()?,
+        };
+        // An id names one content, hence one length: a repeated id is a forgery.
+        if !seen.insert(c.id) {
+            return Err(r.invalid(format!("the chunk table lists chunk {} twice", c.id)));
+        }
+        table.push(c);
+    }
+    Ok((stats, table))
 }
 
 const EXTENT_CHUNK: u8 = 0;
