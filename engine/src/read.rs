@@ -12,6 +12,40 @@ use crate::repository::Repository;
 /// Chunks fetched ahead while writing a stream out.
 const READ_AHEAD: usize = 8;
 
+/// The few chunks a stream used last, most recent first. Small on purpose: it holds decoded
+/// chunks (up to the largest chunk size each), and alternation between a parent's chunk and
+/// the new ones needs two.
+struct RecentChunks<T> {
+    entries: Vec<(ChunkId, T)>,
+}
+
+impl<T> Default for RecentChunks<T> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::with_capacity(RECENT_CHUNKS + 1),
+        }
+    }
+}
+
+impl<T> RecentChunks<T> {
+    /// Makes `id` the most recent and returns its value, if it is held.
+    fn touch(&mut self, id: &ChunkId) -> Option<&T> {
+        let i = self.entries.iter().position(|(k, _)| k == id)?;
+        let entry = self.entries.remove(i);
+        self.entries.insert(0, entry);
+        self.entries.first().map(|(_, v)| v)
+    }
+
+    /// Adds `id` as the most recent, dropping the least recent beyond the capacity.
+    fn insert(&mut self, id: ChunkId, value: T) {
+        self.entries.insert(0, (id, value));
+        self.entries.truncate(RECENT_CHUNKS);
+    }
+}
+
+/// Decoded chunks a stream keeps for reuse (see [`RecentChunks`]).
+const RECENT_CHUNKS: usize = 4;
+
 impl Repository {
     /// Reads one chunk, verifying it after decryption.
     pub async fn read_chunk(&self, id: &ChunkId) -> Result<Bytes> {
@@ -79,19 +113,24 @@ impl Repository {
         extents: &[Extent],
         out: &mut W,
     ) -> Result<u64> {
-        // Consecutive extents of one chunk (page slices) need it fetched once.
+        // A file rebuilt from an incremental backup alternates between a parent's chunk
+        // (unchanged pages) and new chunks (changed pages): A, B, A, B, ... The plan runs
+        // the same small most-recently-used set as the writing below, so a chunk is fetched
+        // again only once it has left the set, not after every interruption.
         let mut plan: Vec<ChunkId> = Vec::new();
+        let mut recent = RecentChunks::<()>::default();
         for e in extents {
             if let Extent::Chunk { chunk, .. } = e {
-                if plan.last() != Some(&chunk.id) {
+                if recent.touch(&chunk.id).is_none() {
                     plan.push(chunk.id);
+                    recent.insert(chunk.id, ());
                 }
             }
         }
         let mut fetched = futures::stream::iter(plan)
             .map(|id| async move { self.read_chunk(&id).await.map(|d| (id, d)) })
             .buffered(READ_AHEAD);
-        let mut current: Option<(ChunkId, Bytes)> = None;
+        let mut cached = RecentChunks::<Bytes>::default();
         let mut written = 0u64;
         let zeros = vec![0u8; 64 << 10];
         let write_err = |e| Error::io("writing restored data", e);
@@ -106,13 +145,20 @@ impl Repository {
                     }
                 }
                 Extent::Chunk { chunk, offset, len } => {
-                    if current.as_ref().map(|c| c.0) != Some(chunk.id) {
-                        current =
-                            Some(fetched.next().await.ok_or_else(|| {
-                                Error::Pipeline("read plan ended early".into())
-                            })??);
-                    }
-                    let data: &[u8] = current.as_ref().map_or(&[], |c| &c.1);
+                    let data = match cached.touch(&chunk.id) {
+                        Some(d) => d.clone(),
+                        None => {
+                            let (id, d) = fetched
+                                .next()
+                                .await
+                                .ok_or_else(|| Error::Pipeline("read plan ended early".into()))??;
+                            if id != chunk.id {
+                                return Err(Error::Pipeline("read plan out of step".into()));
+                            }
+                            cached.insert(id, d.clone());
+                            d
+                        }
+                    };
                     let range = *offset as usize..(*offset + *len) as usize;
                     let slice = data.get(range).ok_or_else(|| {
                         Error::InvalidInput(format!(
