@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::archiving::Archiving;
 use common::free_port;
-use pgkeep_testkit::pg::{PgCluster, PgVersion};
+use pgkeep_testkit::pg::PgVersion;
 use serde_json::Value;
 
 /// splitmix64: a tiny seeded generator, enough to spread kill points.
@@ -347,54 +347,6 @@ fn lsn(text: &str) -> u64 {
     (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
 }
 
-fn stored(a: &Archiving) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(a.repo.join("clusters/main/wal/00000001"))
-        .map(|d| {
-            d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Where the archived WAL ends: after the newest complete segment, or inside the newest
-/// `.partial` (its length, fetched back). Segments of 1 MiB.
-fn archive_end(a: &Archiving) -> u64 {
-    const SEG: u64 = 1 << 20;
-    let names = stored(a);
-    let seg_no = |n: &str| {
-        u64::from_str_radix(&n[8..16], 16).expect("hex") * (0x1_0000_0000 / SEG)
-            + u64::from_str_radix(&n[16..24], 16).expect("hex")
-    };
-    let full = names
-        .iter()
-        .filter(|n| n.len() == 24)
-        .map(|n| (seg_no(n) + 1) * SEG)
-        .max()
-        .unwrap_or(0);
-    let partial = names
-        .iter()
-        .filter(|n| n.ends_with(".partial"))
-        .map(|n| {
-            let dest = a.env.path("partial");
-            a.env
-                .expect(&["wal-fetch", n, &dest.display().to_string()], 0);
-            seg_no(n) * SEG + std::fs::metadata(&dest).expect("partial").len()
-        })
-        .max()
-        .unwrap_or(0);
-    full.max(partial)
-}
-
-fn write_wal(pg: &PgCluster, rows: u32) {
-    pg.psql(&format!(
-        "CREATE TABLE IF NOT EXISTS filler (x int, pad text); \
-         INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, {rows}) g"
-    ))
-    .expect("insert");
-}
-
 fn stream_cmd(a: &Archiving) -> Command {
     server_cmd(
         a,
@@ -420,7 +372,6 @@ fn stream_cmd(a: &Archiving) -> Command {
 fn wal_stream_killed_at_random_points() {
     let mut rng = Rng::for_test("wal-stream");
     let a = Archiving::with(PgVersion::V15, 1, &[], false);
-    let pg = &a.pg;
     for round in 0..5 {
         let at = rng.delay(Duration::from_millis(100), Duration::from_secs(4));
         let mut child = stream_cmd(&a)
@@ -431,7 +382,7 @@ fn wal_stream_killed_at_random_points() {
         let start = Instant::now();
         let mut n = 0;
         while start.elapsed() < at {
-            write_wal(pg, 3_000);
+            a.write_wal(3_000);
             n += 1;
             if n % 4 == 0 {
                 a.sql("SELECT pg_switch_wal()");
@@ -442,7 +393,7 @@ fn wal_stream_killed_at_random_points() {
         let restart =
             a.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'crash'");
         if !restart.is_empty() {
-            let (restart, end) = (lsn(&restart), archive_end(&a));
+            let (restart, end) = (lsn(&restart), a.archive_end(1 << 20));
             assert!(
                 restart <= end,
                 "round {round}, killed at {at:?}: slot at {restart:X}, archive ends at {end:X}"
@@ -450,7 +401,7 @@ fn wal_stream_killed_at_random_points() {
         }
         a.expect_as_server(&["verify"], 0);
     }
-    write_wal(pg, 3_000);
+    a.write_wal(3_000);
     let last = a.sql("SELECT pg_walfile_name(pg_switch_wal())");
     let mut child = stream_cmd(&a)
         .stdout(Stdio::null())
@@ -458,11 +409,11 @@ fn wal_stream_killed_at_random_points() {
         .spawn()
         .expect("wal-stream starts");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !stored(&a).contains(&last) {
+    while !a.stored_wal("00000001").contains(&last) {
         assert!(
             Instant::now() < deadline,
             "{last} was not stored: {:?}",
-            stored(&a)
+            a.stored_wal("00000001")
         );
         std::thread::sleep(Duration::from_millis(200));
     }

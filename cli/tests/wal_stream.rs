@@ -98,54 +98,6 @@ fn lsn(text: &str) -> u64 {
     (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
 }
 
-fn stored(a: &Archiving, timeline: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(a.repo.join("clusters/main/wal").join(timeline))
-        .map(|d| {
-            d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Where the archived WAL of timeline 1 ends: after the newest complete segment, or inside
-/// the newest `.partial` (its length, fetched back).
-fn archive_end(a: &Archiving, segment_size: u64) -> u64 {
-    let names = stored(a, "00000001");
-    let seg_no = |n: &str| {
-        let hi = u64::from_str_radix(&n[8..16], 16).expect("hex");
-        let lo = u64::from_str_radix(&n[16..24], 16).expect("hex");
-        hi * (0x1_0000_0000 / segment_size) + lo
-    };
-    let full = names
-        .iter()
-        .filter(|n| n.len() == 24)
-        .map(|n| (seg_no(n) + 1) * segment_size)
-        .max()
-        .unwrap_or(0);
-    let partial = names
-        .iter()
-        .filter(|n| n.ends_with(".partial"))
-        .map(|n| {
-            let dest = a.env.path("partial");
-            a.env
-                .expect(&["wal-fetch", n, &dest.display().to_string()], 0);
-            seg_no(n) * segment_size + std::fs::metadata(&dest).expect("partial").len()
-        })
-        .max()
-        .unwrap_or(0);
-    full.max(partial)
-}
-
-fn write_wal(pg: &PgCluster, rows: u32) {
-    pg.psql(&format!(
-        "CREATE TABLE IF NOT EXISTS filler (x int, pad text); \
-         INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, {rows}) g"
-    ))
-    .expect("insert");
-}
-
 /// The archive holds one run of segments on `timeline`, without gaps, up to `last`.
 fn assert_continuous(a: &Archiving, timeline: u64, last: &str) {
     let info = a.info();
@@ -166,21 +118,21 @@ fn stream_survives_sigkill_without_a_gap_and_the_slot_never_passes_the_archive()
     let a = Archiving::with(PgVersion::V15, 1, &[], false);
     let pg = &a.pg;
     let mut s = start_stream(&a, pg, "pgkeep_test");
-    write_wal(pg, 20_000);
+    a.write_wal(20_000);
     let seg = a.sql("SELECT pg_walfile_name(pg_switch_wal())");
     wait_for(Duration::from_secs(60), "the switched segment", || {
-        stored(&a, "00000001").contains(&seg)
+        a.stored_wal("00000001").contains(&seg)
     });
     // The segment being filled is uploaded as .partial within the interval.
-    write_wal(pg, 2_000);
+    a.write_wal(2_000);
     wait_for(Duration::from_secs(30), "a .partial upload", || {
-        stored(&a, "00000001")
+        a.stored_wal("00000001")
             .iter()
             .any(|n| n.ends_with(".partial"))
     });
     // The slot's restart point never passes what is stored.
     for _ in 0..5 {
-        write_wal(pg, 2_000);
+        a.write_wal(2_000);
         let restart = lsn(
             &a.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pgkeep_test'")
         );
@@ -202,12 +154,12 @@ fn stream_survives_sigkill_without_a_gap_and_the_slot_never_passes_the_archive()
 
     // The server drops the connection: the receiver reconnects by itself and goes on.
     a.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication");
-    write_wal(pg, 5_000);
+    a.write_wal(5_000);
     let seg = a.sql("SELECT pg_walfile_name(pg_switch_wal())");
     wait_for(
         Duration::from_secs(60),
         "the segment after a dropped connection",
-        || stored(&a, "00000001").contains(&seg),
+        || a.stored_wal("00000001").contains(&seg),
     );
     assert!(
         scrape(&s.metrics).expect("metrics")["pgkeep_wal_stream_errors_total"] >= 1.0,
@@ -221,13 +173,13 @@ fn stream_survives_sigkill_without_a_gap_and_the_slot_never_passes_the_archive()
     s.child.wait().expect("reaped");
     let restart =
         lsn(&a.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pgkeep_test'"));
-    let end = archive_end(&a, 1 << 20);
+    let end = a.archive_end(1 << 20);
     assert!(
         restart <= end,
         "slot at {restart:X}, archive ends at {end:X}"
     );
     for _ in 0..3 {
-        write_wal(pg, 10_000);
+        a.write_wal(10_000);
         a.sql("SELECT pg_switch_wal()");
     }
     let last = a.sql("SELECT pg_walfile_name(pg_switch_wal())");
@@ -236,7 +188,7 @@ fn stream_survives_sigkill_without_a_gap_and_the_slot_never_passes_the_archive()
     wait_for(
         Duration::from_secs(60),
         "the segments written while down",
-        || stored(&a, "00000001").contains(&last),
+        || a.stored_wal("00000001").contains(&last),
     );
     assert_continuous(&a, 1, &last);
     // Stored bytes are the server's.
@@ -280,7 +232,7 @@ fn stream_beside_archive_command_and_a_promoted_standby() {
     let pg = &a.pg;
     let s = start_stream(&a, pg, "beside");
     for _ in 0..3 {
-        write_wal(pg, 10_000);
+        a.write_wal(10_000);
     }
     let last = a.switch_and_wait();
     wait_for(
@@ -289,7 +241,7 @@ fn stream_beside_archive_command_and_a_promoted_standby() {
         || {
             scrape(&s.metrics)
                 .is_some_and(|m| m["pgkeep_wal_stream_segments_archived_total"] >= 2.0)
-                && stored(&a, "00000001").contains(&last)
+                && a.stored_wal("00000001").contains(&last)
         },
     );
     let failed = a.sql("SELECT failed_count FROM pg_stat_archiver");
@@ -303,7 +255,7 @@ fn stream_beside_archive_command_and_a_promoted_standby() {
         .standby_of(pg)
         .start()
         .expect("standby");
-    write_wal(pg, 5_000);
+    a.write_wal(5_000);
     let primary_lsn = a.sql("SELECT pg_current_wal_lsn()");
     wait_for(Duration::from_secs(30), "the standby to replay", || {
         standby
@@ -332,7 +284,7 @@ fn stream_beside_archive_command_and_a_promoted_standby() {
         .expect("name");
     assert!(tli2.starts_with("00000002"), "{tli2}");
     wait_for(Duration::from_secs(60), "timeline 2 archived", || {
-        stored(&a, "00000002").contains(&tli2)
+        a.stored_wal("00000002").contains(&tli2)
     });
     // The follower crossed over: it streams timeline 2 and stored the switched segment.
     wait_for(
@@ -350,7 +302,7 @@ fn stream_beside_archive_command_and_a_promoted_standby() {
         log.contains("reconnecting") && !log.contains("ERROR"),
         "{log}"
     );
-    let on2 = stored(&a, "00000002");
+    let on2 = a.stored_wal("00000002");
     assert!(on2.contains(&"00000002.history".to_owned()), "{on2:?}");
     let info = a.info();
     let timelines: Vec<u64> = info["wal"]
@@ -363,18 +315,18 @@ fn stream_beside_archive_command_and_a_promoted_standby() {
     assert_eq!(info["wal"][1]["history_file"], true, "{info}");
     // pg_basebackup made the primary archive a backup history file.
     assert!(
-        stored(&a, "00000001")
+        a.stored_wal("00000001")
             .iter()
             .any(|n| n.ends_with(".backup")),
         "{:?}",
-        stored(&a, "00000001")
+        a.stored_wal("00000001")
     );
     // The old timeline's last segment comes as .partial from the promoted server.
     assert!(
-        stored(&a, "00000001")
+        a.stored_wal("00000001")
             .iter()
             .any(|n| n.ends_with(".partial")),
         "{:?}",
-        stored(&a, "00000001")
+        a.stored_wal("00000001")
     );
 }

@@ -21,6 +21,58 @@ pub struct Archiving {
 }
 
 impl Archiving {
+    /// Names of the archived WAL files of `timeline` (8 hex digits), sorted.
+    pub fn stored_wal(&self, timeline: &str) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(self.repo.join("clusters/main/wal").join(timeline))
+                .map(|d| {
+                    d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Where the archived WAL of timeline 1 ends: after the newest complete segment, or
+    /// inside the newest `.partial` (its length, fetched back).
+    pub fn archive_end(&self, segment_size: u64) -> u64 {
+        let names = self.stored_wal("00000001");
+        let seg_no = |n: &str| {
+            let hi = u64::from_str_radix(&n[8..16], 16).expect("hex");
+            let lo = u64::from_str_radix(&n[16..24], 16).expect("hex");
+            hi * (0x1_0000_0000 / segment_size) + lo
+        };
+        let full = names
+            .iter()
+            .filter(|n| n.len() == 24)
+            .map(|n| (seg_no(n) + 1) * segment_size)
+            .max()
+            .unwrap_or(0);
+        let partial = names
+            .iter()
+            .filter(|n| n.ends_with(".partial"))
+            .map(|n| {
+                let dest = self.env.path("partial");
+                self.env
+                    .expect(&["wal-fetch", n, &dest.display().to_string()], 0);
+                seg_no(n) * segment_size + std::fs::metadata(&dest).expect("partial").len()
+            })
+            .max()
+            .unwrap_or(0);
+        full.max(partial)
+    }
+
+    /// Inserts `rows` rows of about 200 bytes: WAL to archive.
+    pub fn write_wal(&self, rows: u32) {
+        self.pg
+            .psql(&format!(
+                "CREATE TABLE IF NOT EXISTS filler (x int, pad text); \
+                 INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, {rows}) g"
+            ))
+            .expect("insert");
+    }
+
     /// A cluster with archive_mode on and a repository; `archive_command` is set to
     /// `pgkeep wal-push` unless `push` is false.
     pub fn start(version: PgVersion, segment_mib: u32, settings: &[(&str, &str)]) -> Self {
