@@ -642,6 +642,12 @@ pub(crate) struct BackupArgs {
     /// Do not ask the server to verify data checksums while sending.
     #[arg(long)]
     pub(crate) no_verify_checksums: bool,
+    /// Checksum algorithm of PostgreSQL's backup_manifest, which a restore checks every file
+    /// against: crc32c, sha224, sha256, sha384, sha512 or none (sizes only). The server
+    /// computes it while sending; SHA-256 costs it about a core-second per 2 GB. Also
+    /// PGKEEP_MANIFEST_CHECKSUMS; config key: manifest_checksums. [default: crc32c]
+    #[arg(long, value_name = "ALGORITHM")]
+    pub(crate) manifest_checksums: Option<String>,
     /// Worker threads for hashing, compression and encryption. Also PGKEEP_JOBS; config
     /// key: jobs. [default: one per core]
     #[arg(long, value_name = "N")]

@@ -32,6 +32,8 @@ pub(crate) struct ConfigFile {
     pub(crate) checkpoint: Option<String>,
     pub(crate) incremental_method: Option<String>,
     pub(crate) max_rate: Option<u32>,
+    /// `backup`: the checksum algorithm of PostgreSQL's `backup_manifest`.
+    pub(crate) manifest_checksums: Option<String>,
     pub(crate) timeout: Option<u64>,
     pub(crate) jobs: Option<usize>,
     /// `backup`: packs uploading at once.

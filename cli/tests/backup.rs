@@ -61,7 +61,8 @@ fn backup_list_incremental_and_failures_through_the_cli() {
         "{table}"
     );
 
-    // --full forces a full backup; one upload at a time works, none is refused.
+    // --full forces a full backup; one upload at a time works, none is refused. Any of
+    // PostgreSQL's manifest checksum algorithms can be asked for, nothing else.
     let (out, _) = e.expect(
         &[
             "--json",
@@ -71,12 +72,16 @@ fn backup_list_incremental_and_failures_through_the_cli() {
             "--full",
             "--uploads",
             "1",
+            "--manifest-checksums",
+            "SHA512",
         ],
         0,
     );
     assert!(out.contains("\"kind\": \"full\""), "{out}");
     let (_, err) = e.expect(&["backup", "--pg", &conn, "--uploads", "0"], 2);
     assert!(err.contains("uploads 0 is outside 1..=64"), "{err}");
+    let (_, err) = e.expect(&["backup", "--pg", &conn, "--manifest-checksums", "md5"], 2);
+    assert!(err.contains("\"md5\" is not one of none, crc32c"), "{err}");
 
     // PostgreSQL refusing the password: exit 6, the server's message, no password shown.
     let bad = format!("{conn} password=wrong-password");

@@ -15,6 +15,7 @@ pub mod dump;
 pub mod error;
 pub mod index;
 pub mod lock;
+pub mod manifest_checksum;
 pub mod pipeline;
 pub mod prune;
 pub mod read;

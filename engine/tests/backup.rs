@@ -3,10 +3,94 @@
 
 mod common;
 
+use std::collections::HashMap;
+
 use common::pg::{conn, extract, fresh_repo, verify_against_backup_manifest};
 use pgkeep_engine::backup::{take_backup, BackupOptions, NoProgress};
-use pgkeep_engine::format::BackupKind;
+use pgkeep_engine::format::{Attachment, BackupKind, Manifest};
+use pgkeep_engine::manifest_checksum::ManifestChecksum;
+use pgkeep_engine::restore::{materialize::materialize, Layout};
+use pgkeep_engine::{Chunking, Error, Repository, WriteOptions};
 use pgkeep_testkit::pg::{Auth, PgCluster, PgVersion};
+
+/// The checksum algorithm of a stored backup_manifest (all its entries have one).
+async fn manifest_algorithm(repo: &Repository, m: &Manifest) -> String {
+    let doc = stored_backup_manifest(repo, m).await;
+    let algorithms: std::collections::BTreeSet<String> = doc["Files"]
+        .as_array()
+        .expect("Files")
+        .iter()
+        .map(|f| {
+            f["Checksum-Algorithm"]
+                .as_str()
+                .expect("algorithm")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(algorithms.len(), 1, "{algorithms:?}");
+    algorithms.into_iter().next().expect("one")
+}
+
+async fn stored_backup_manifest(repo: &Repository, m: &Manifest) -> serde_json::Value {
+    let att = m.attachment("backup_manifest").expect("backup_manifest");
+    let mut json = Vec::new();
+    repo.write_extents(&att.extents, &mut json)
+        .await
+        .expect("read backup_manifest");
+    serde_json::from_slice(&json).expect("JSON")
+}
+
+/// A restore checks every file against PostgreSQL's backup_manifest by the backup's own
+/// algorithm: given a backup_manifest whose checksum of `PG_VERSION` is wrong by one digit,
+/// it refuses that file as damage and names it.
+async fn restore_refuses_a_checksum_mismatch(repo: &Repository, m: &Manifest) {
+    let mut doc = stored_backup_manifest(repo, m).await;
+    let entry = doc["Files"]
+        .as_array_mut()
+        .expect("Files")
+        .iter_mut()
+        .find(|f| f["Path"] == "PG_VERSION")
+        .expect("PG_VERSION listed");
+    let sum = entry["Checksum"].as_str().expect("Checksum").to_owned();
+    let flipped = if sum.starts_with('0') { "1" } else { "0" };
+    entry["Checksum"] = format!("{flipped}{}", &sum[1..]).into();
+    let altered = serde_json::to_vec(&doc).expect("JSON");
+    let session = repo
+        .write_session(WriteOptions::default())
+        .await
+        .expect("session");
+    let stored = session
+        .store_stream(&altered[..], Chunking::from_config(repo.config()))
+        .await
+        .expect("store");
+    session.finish().await.expect("finish");
+    let mut damaged = m.clone();
+    damaged.attachments.retain(|a| a.name != "backup_manifest");
+    damaged.attachments.push(Attachment {
+        name: "backup_manifest".into(),
+        size: stored.size,
+        extents: stored.extents,
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let layout = Layout {
+        pgdata: dir.path().join("data"),
+        tablespaces: m
+            .tablespaces
+            .iter()
+            .map(|t| (t.oid, dir.path().join(format!("ts{}", t.oid))))
+            .collect::<HashMap<_, _>>(),
+    };
+    match materialize(repo, &damaged, &layout, 2, false).await {
+        Err(Error::Corrupt { object, source }) => {
+            assert!(object.contains("PG_VERSION"), "{object}");
+            assert!(
+                source.to_string().contains("backup_manifest says"),
+                "{source}"
+            );
+        }
+        other => panic!("a checksum mismatch was not refused: {other:?}"),
+    }
+}
 
 async fn full_then_incremental(version: PgVersion) {
     let pg = PgCluster::builder(version)
@@ -47,6 +131,8 @@ async fn full_then_incremental(version: PgVersion) {
     extract(&repo, &full.manifest, dir.path()).await;
     let n = verify_against_backup_manifest(&repo, &full.manifest, dir.path()).await;
     assert!(n > 500, "only {n} files in the backup_manifest");
+    assert_eq!(manifest_algorithm(&repo, &full.manifest).await, "CRC32C");
+    restore_refuses_a_checksum_mismatch(&repo, &full.manifest).await;
 
     // A pgbench-like workload (200 transactions of random account updates and history
     // inserts) changes a small share of pages; then back up again.
@@ -58,15 +144,21 @@ async fn full_then_incremental(version: PgVersion) {
     )
     .expect("workload");
     pg.psql("CHECKPOINT").expect("checkpoint");
+    // The incremental asks for SHA-256 (a changed setting between two backups).
     let incr = take_backup(
         &repo,
         &cluster,
         &cfg,
-        &BackupOptions::default(),
+        &BackupOptions {
+            manifest_checksums: ManifestChecksum::Sha256,
+            ..BackupOptions::default()
+        },
         &NoProgress,
     )
     .await
     .expect("incremental backup");
+    assert_eq!(manifest_algorithm(&repo, &incr.manifest).await, "SHA256");
+    restore_refuses_a_checksum_mismatch(&repo, &incr.manifest).await;
     assert_eq!(incr.manifest.kind, BackupKind::Incremental);
     assert_eq!(
         incr.manifest.parent.as_deref(),

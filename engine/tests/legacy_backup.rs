@@ -266,9 +266,9 @@ async fn backup_matches_archives(version: &str, version_num: u32, chunk_sizes: &
     );
     assert!(received.startups[0].contains(&("replication".into(), "true".into())));
     let expected_command = if version_num >= 150_000 {
-        format!("BASE_BACKUP ( LABEL '{LABEL}', PROGRESS, CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'SHA256', TABLESPACE_MAP )")
+        format!("BASE_BACKUP ( LABEL '{LABEL}', PROGRESS, CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP )")
     } else {
-        format!("BASE_BACKUP LABEL '{LABEL}' PROGRESS FAST NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'SHA256' TABLESPACE_MAP")
+        format!("BASE_BACKUP LABEL '{LABEL}' PROGRESS FAST NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C' TABLESPACE_MAP")
     };
     assert_eq!(
         received.queries,

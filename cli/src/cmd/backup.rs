@@ -6,6 +6,7 @@ use anyhow::Context;
 use pgkeep_engine::backup::{
     take_backup, BackupOptions, BackupSummary, IncrementalMethod, Progress,
 };
+use pgkeep_engine::manifest_checksum::ManifestChecksum;
 use pgkeep_engine::WriteOptions;
 use serde::Serialize;
 
@@ -135,6 +136,16 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
             return Err(UsageError(format!("max rate {r} kB/s is outside 32..=1048576")).into());
         }
     }
+    let manifest_checksums = match pick(
+        a.manifest_checksums.clone(),
+        "PGKEEP_MANIFEST_CHECKSUMS",
+        s.file.manifest_checksums.clone(),
+    )? {
+        Some(name) => name
+            .parse::<ManifestChecksum>()
+            .map_err(|e| UsageError(e.to_string()))?,
+        None => ManifestChecksum::default(),
+    };
     let uploads = pick(a.uploads, "PGKEEP_UPLOADS", s.file.uploads)?
         .unwrap_or(WriteOptions::default().max_uploads);
     if !(1..=64).contains(&uploads) {
@@ -147,6 +158,7 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
         incremental_method,
         max_rate_kb: max_rate,
         verify_checksums: !a.no_verify_checksums,
+        manifest_checksums,
         read_timeout: match pick(a.timeout, "PGKEEP_TIMEOUT", s.file.timeout)?.unwrap_or(300) {
             0 => None,
             secs => Some(std::time::Duration::from_secs(secs)),

@@ -3,6 +3,7 @@
 
 use pgkeep_format::{Lsn, TimelineId};
 
+use crate::manifest_checksum::ManifestChecksum;
 use crate::replication::PgError;
 
 /// What the backup asks the server for.
@@ -14,6 +15,8 @@ pub struct BaseBackupRequest {
     /// kB/s, as the server counts it (32 to 1048576).
     pub max_rate: Option<u32>,
     pub verify_checksums: bool,
+    /// The per-file checksums of the server's `backup_manifest`.
+    pub manifest_checksums: ManifestChecksum,
     /// Server-side incremental (PostgreSQL 17+, after `UPLOAD_MANIFEST`).
     pub incremental: bool,
 }
@@ -40,7 +43,10 @@ impl BaseBackupRequest {
                 ),
                 "WAIT false".to_owned(),
                 "MANIFEST 'yes'".to_owned(),
-                "MANIFEST_CHECKSUMS 'SHA256'".to_owned(),
+                format!(
+                    "MANIFEST_CHECKSUMS {}",
+                    quote(self.manifest_checksums.sql_name())
+                ),
                 "TABLESPACE_MAP".to_owned(),
             ];
             if let Some(rate) = self.max_rate {
@@ -59,7 +65,10 @@ impl BaseBackupRequest {
             if self.fast_checkpoint {
                 cmd.push_str(" FAST");
             }
-            cmd.push_str(" NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'SHA256' TABLESPACE_MAP");
+            cmd.push_str(&format!(
+                " NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS {} TABLESPACE_MAP",
+                quote(self.manifest_checksums.sql_name())
+            ));
             if let Some(rate) = self.max_rate {
                 cmd.push_str(&format!(" MAX_RATE {rate}"));
             }
@@ -201,6 +210,7 @@ mod tests {
             fast_checkpoint: true,
             max_rate: Some(1024),
             verify_checksums: true,
+            manifest_checksums: ManifestChecksum::Sha256,
             incremental: false,
         };
         assert_eq!(
@@ -215,9 +225,13 @@ mod tests {
             fast_checkpoint: false,
             max_rate: None,
             verify_checksums: false,
+            manifest_checksums: ManifestChecksum::Crc32c,
             incremental: true,
             ..r
         };
+        assert!(spread
+            .command(170_000)
+            .contains(", MANIFEST_CHECKSUMS 'CRC32C', "));
         assert!(spread.command(170_000).contains("CHECKPOINT 'spread'"));
         assert!(spread
             .command(170_000)

@@ -50,6 +50,9 @@ pub struct BackupOptions {
     /// Throttle the server's sending, in kB/s.
     pub max_rate_kb: Option<u32>,
     pub verify_checksums: bool,
+    /// The per-file checksums of PostgreSQL's `backup_manifest`, which a restore checks every
+    /// file against (see [`crate::manifest_checksum`]).
+    pub manifest_checksums: crate::manifest_checksum::ManifestChecksum,
     /// Fail when the server sends nothing for this long once the backup data flows (not
     /// during the initial checkpoint, which may legitimately take long when spread).
     pub read_timeout: Option<std::time::Duration>,
@@ -67,6 +70,7 @@ impl Default for BackupOptions {
             incremental_method: IncrementalMethod::Auto,
             max_rate_kb: None,
             verify_checksums: true,
+            manifest_checksums: Default::default(),
             read_timeout: Some(std::time::Duration::from_secs(300)),
             write: WriteOptions::default(),
             lock: crate::lock::LockOptions::default(),
@@ -324,6 +328,7 @@ async fn backup_locked(
         fast_checkpoint: opts.fast_checkpoint,
         max_rate: opts.max_rate_kb,
         verify_checksums: opts.verify_checksums,
+        manifest_checksums: opts.manifest_checksums,
         incremental: server_side,
     };
     let expected_parent = parent

@@ -3,8 +3,9 @@
 //! Paths come from a manifest, which is untrusted input: every path is checked to be relative,
 //! free of `..` and of empty or `.` components, and nothing is written through a symlink that
 //! the restore did not create itself (tablespace links are made last, and their targets are
-//! the directories the operator chose). Every file's SHA-256 is computed while it is written
-//! and compared with PostgreSQL's own `backup_manifest` stored with the backup.
+//! the directories the operator chose). Every file's checksum (the algorithm the backup asked
+//! the server for, CRC32C by default) is computed while it is written and compared with
+//! PostgreSQL's own `backup_manifest` stored with the backup.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -13,10 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use pgkeep_format::{FileEntry, FileType, Manifest};
-use sha2::{Digest, Sha256};
 
 use super::file_writer::BatchedFileWriter;
 use crate::error::{Error, Result};
+use crate::manifest_checksum::{FileDigest, ManifestChecksum};
 use crate::repository::Repository;
 
 /// What to write where.
@@ -41,8 +42,16 @@ pub struct Materialized {
     pub removed: u64,
 }
 
-/// `backup_manifest` entries: path → (size, SHA-256 hex).
-type Checksums = HashMap<String, (u64, String)>;
+/// What PostgreSQL's `backup_manifest` says of one file.
+struct Expected {
+    size: u64,
+    /// The algorithm and its hex value; `None` when the manifest has no checksum (`NONE`)
+    /// or one of an algorithm this version does not know, and only the size is checked.
+    checksum: Option<(ManifestChecksum, String)>,
+}
+
+/// `backup_manifest` entries by path.
+type Checksums = HashMap<String, Expected>;
 
 /// Checks a manifest path and returns it as a relative path.
 pub fn safe_relative(raw: &[u8]) -> Result<PathBuf> {
@@ -136,11 +145,17 @@ async fn checksums(repo: &Repository, m: &Manifest) -> Result<Checksums> {
                 .unwrap_or_default(),
             _ => continue,
         };
-        if f["Checksum-Algorithm"] == "SHA256" {
-            if let (Some(size), Some(sum)) = (f["Size"].as_u64(), f["Checksum"].as_str()) {
-                out.insert(path, (size, sum.to_owned()));
-            }
-        }
+        let Some(size) = f["Size"].as_u64() else {
+            continue;
+        };
+        let algorithm = f["Checksum-Algorithm"]
+            .as_str()
+            .and_then(|a| a.parse().ok());
+        let checksum = match (algorithm, f["Checksum"].as_str()) {
+            (Some(a), Some(sum)) if a != ManifestChecksum::None => Some((a, sum.to_owned())),
+            _ => None,
+        };
+        out.insert(path, Expected { size, checksum });
     }
     Ok(out)
 }
@@ -237,8 +252,12 @@ async fn restore_file(
     let expected = sums.get(&key);
     stats.files.fetch_add(1, Ordering::Relaxed);
     if delta {
-        if let Some((size, sum)) = expected {
-            if matches_file(&path, *size, sum).await {
+        if let Some(Expected {
+            size,
+            checksum: Some((algorithm, sum)),
+        }) = expected
+        {
+            if matches_file(&path, *size, *algorithm, sum).await {
                 stats.kept.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
@@ -269,7 +288,8 @@ async fn restore_file(
         .map_err(|e| Error::io(format!("creating {}", path.display()), e))?
         .into_std()
         .await;
-    let mut out = BatchedFileWriter::new(file);
+    let algorithm = expected.and_then(|e| e.checksum.as_ref()).map(|(a, _)| *a);
+    let mut out = BatchedFileWriter::new(file, algorithm.and_then(ManifestChecksum::digest));
     let written = repo.write_extents(&f.extents, &mut out).await?;
     let digest = out
         .finish()
@@ -286,16 +306,24 @@ async fn restore_file(
             f.size
         )));
     }
-    if let Some((size, sum)) = expected {
-        let actual = hex::encode(digest);
-        if *size != written || *sum != actual {
+    if let Some(e) = expected {
+        let mismatch = match (&e.checksum, &digest) {
+            (Some((a, sum)), Some(actual)) if !FileDigest::matches(actual, sum) => Some(format!(
+                "{written} bytes with {a} {actual}; PostgreSQL's backup_manifest says {} bytes, {sum}",
+                e.size
+            )),
+            _ if e.size != written => Some(format!(
+                "{written} bytes; PostgreSQL's backup_manifest says {} bytes",
+                e.size
+            )),
+            _ => None,
+        };
+        if let Some(reason) = mismatch {
             return Err(Error::Corrupt {
                 object: format!("backup {} file {key}", f.path.escape_ascii()),
                 source: pgkeep_format::FormatError::Invalid {
                     what: "restored file",
-                    reason: format!(
-                        "{written} bytes with SHA-256 {actual}; PostgreSQL's backup_manifest says {size} bytes, {sum}"
-                    ),
+                    reason,
                 },
             });
         }
@@ -304,8 +332,11 @@ async fn restore_file(
     Ok(())
 }
 
-/// For `--delta`: whether the file on disk already has the backup's content.
-async fn matches_file(path: &Path, size: u64, sum: &str) -> bool {
+/// For `--delta`: whether the file on disk already has the backup's content: its size and
+/// its checksum by the manifest's algorithm. (With CRC32C, a changed file of the same size
+/// passes with a chance of 2^-32; backups made with `--manifest-checksums sha256` make it
+/// negligible.)
+async fn matches_file(path: &Path, size: u64, algorithm: ManifestChecksum, sum: &str) -> bool {
     match tokio::fs::symlink_metadata(path).await {
         Ok(meta) if meta.is_file() && meta.len() == size => {}
         _ => return false,
@@ -316,11 +347,13 @@ async fn matches_file(path: &Path, size: u64, sum: &str) -> bool {
         let Ok(mut f) = std::fs::File::open(&path) else {
             return false;
         };
-        let mut h = Sha256::new();
+        let Some(mut h) = algorithm.digest() else {
+            return false;
+        };
         if std::io::copy(&mut f, &mut h).is_err() {
             return false;
         }
-        hex::encode(h.finalize()) == sum
+        FileDigest::matches(&h.finish(), &sum)
     })
     .await
     .unwrap_or(false)

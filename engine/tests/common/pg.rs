@@ -7,7 +7,6 @@ use pgkeep_engine::conninfo::{self, ConnConfig};
 use pgkeep_engine::format::{ClusterName, FileType, Manifest};
 use pgkeep_engine::Repository;
 use pgkeep_testkit::pg::PgCluster;
-use sha2::Digest;
 
 /// A new repository in a temporary directory (kept alive by the returned backend) and the
 /// `main` cluster name.
@@ -57,7 +56,7 @@ pub async fn extract(repo: &Repository, m: &Manifest, dir: &Path) {
 }
 
 /// Checks the extracted files against PostgreSQL's own backup_manifest, stored with the
-/// backup: every listed file exists with its size and SHA-256. Returns the number checked.
+/// backup: every listed file exists with its size and checksum. Returns the number checked.
 pub async fn verify_against_backup_manifest(repo: &Repository, m: &Manifest, dir: &Path) -> usize {
     let att = m
         .attachment("backup_manifest")
@@ -82,12 +81,17 @@ pub async fn verify_against_backup_manifest(repo: &Repository, m: &Manifest, dir
             f["Size"].as_u64().expect("Size"),
             "{path}: size"
         );
-        assert_eq!(f["Checksum-Algorithm"], "SHA256", "{path}");
-        let sum = hex::encode(sha2::Sha256::digest(&data));
+        let algorithm: pgkeep_engine::manifest_checksum::ManifestChecksum = f["Checksum-Algorithm"]
+            .as_str()
+            .expect("Checksum-Algorithm")
+            .parse()
+            .expect("a known algorithm");
+        let mut digest = algorithm.digest().expect("a checksum");
+        digest.update(&data);
         assert_eq!(
-            sum,
+            digest.finish(),
             f["Checksum"].as_str().expect("Checksum"),
-            "{path}: SHA-256"
+            "{path}: {algorithm}"
         );
     }
     files.len()
