@@ -1,7 +1,53 @@
 //! The body: what a sealed unit's plaintext holds. `codec u8 || level i8 || raw_len u64 ||
 //! payload`. Compression happens before encryption (ciphertext does not compress).
 
+use std::cell::RefCell;
+
 use crate::error::FormatError;
+
+thread_local! {
+    /// Each thread's zstd contexts, kept between chunks. A fresh context per chunk costs its
+    /// allocation (a few hundred KiB of tables at level 1, more above) and the page faults
+    /// of touching it again, on every 1 MiB chunk; a context is reset, not rebuilt, by each
+    /// `compress`/`decompress`, so reuse cannot carry state from one chunk to the next.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// `zstd::bulk::compress` with this thread's context (set to `level` if it had another).
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        match slot.as_mut() {
+            Some((l, c)) if *l == level => {}
+            Some((l, c)) => {
+                c.set_compression_level(level)?;
+                *l = level;
+            }
+            None => *slot = Some((level, zstd::bulk::Compressor::new(level)?)),
+        }
+        let (_, c) = slot
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no context"))?;
+        c.compress(data)
+    })
+}
+
+/// `zstd::bulk::decompress` with this thread's context.
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let d = slot
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no context"))?;
+        d.decompress(data, capacity)
+    })
+}
 
 /// Bytes of the body header.
 pub const HEADER_LEN: usize = 10;
@@ -41,10 +87,10 @@ pub(crate) fn encode_into(out: &mut Vec<u8>, data: &[u8], level: i8) {
     out.extend_from_slice(&[Codec::Raw as u8, 0]);
     out.extend_from_slice(&(data.len() as u64).to_le_bytes());
     if level > 0 && !data.is_empty() {
-        // Into a buffer of its own: `zstd::bulk::compress` writes into spare capacity, where
+        // Into a buffer of its own: `Compressor::compress` writes into spare capacity, where
         // compressing into `out` would first zero-fill the whole worst-case bound (a memset
         // and a page fault per 4 KiB of it, for output that is usually a fraction of that).
-        if let Ok(compressed) = zstd::bulk::compress(data, i32::from(level)) {
+        if let Ok(compressed) = compress(data, i32::from(level)) {
             if worth_keeping(data.len(), compressed.len()) {
                 out.extend_from_slice(&compressed);
                 out[start] = Codec::Zstd as u8;
@@ -100,13 +146,12 @@ pub fn decode(mut body: Vec<u8>, limit: u64, what: &'static str) -> Result<Vec<u
                 return Err(invalid(format!("zstd body with level {level}")));
             }
             // `raw_len <= limit` was checked above, so this allocation is bounded.
-            let data =
-                zstd::bulk::decompress(&body[HEADER_LEN..], raw_len as usize).map_err(|e| {
-                    FormatError::Decompression {
-                        what,
-                        reason: e.to_string(),
-                    }
-                })?;
+            let data = decompress(&body[HEADER_LEN..], raw_len as usize).map_err(|e| {
+                FormatError::Decompression {
+                    what,
+                    reason: e.to_string(),
+                }
+            })?;
             if data.len() as u64 != raw_len {
                 return Err(invalid(format!(
                     "decompressed to {} bytes, declares {raw_len}",
