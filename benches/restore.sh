@@ -2,11 +2,18 @@
 # Restore throughput: `pgkeep restore` beside `pgbackrest restore` of the same database, on
 # this machine, in one run: a pgbench database (scale 50 by default, about 750 MB) in a
 # throwaway PostgreSQL 15 cluster, one full backup by each tool (zstd level 1, encryption on,
-# local repositories), then RUNS alternating restores into empty directories (pgBackRest,
-# pgkeep, pgBackRest, ...), each tool with 2 parallel jobs. Files only: no recovery run.
+# local repositories), then RUNS pairs of restores into empty directories (pgBackRest then
+# pgkeep, pgkeep then pgBackRest, ...), each tool with 2 parallel jobs. Files only: no
+# recovery run.
 #
 #   benches/restore.sh
 #   SCALE=100 RUNS=5 benches/restore.sh
+#   WRITES=30 benches/restore.sh        # restore an incremental taken after `pgbench -T 30`
+#   PGKEEP_BIN=/tmp/old/pgkeep benches/restore.sh   # time another pgkeep build (A/B)
+#
+# With WRITES=N, both tools take their incremental backup (pgkeep's default, page-level;
+# pgBackRest `--type=incr`, file-level) after N seconds of `pgbench -c 4 -j 2`, and the
+# restores are of that incremental: the case where a file is rebuilt from two backups.
 #
 # Needs root (the cluster runs as the postgres OS user); installs pgbackrest from Debian if
 # missing; builds pgkeep in release mode.
@@ -14,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SCALE=${SCALE:-50}
 RUNS=${RUNS:-3}
+WRITES=${WRITES:-0}
 PORT=${PORT:-55435}
 
 bash scripts/install-test-deps.sh >/dev/null
@@ -22,7 +30,7 @@ cargo build --release --locked --bin pgkeep
 BIN=/usr/lib/postgresql/15/bin
 
 WORK=$(mktemp -d /tmp/pgkeep-restorebench.XXXXXX)
-install -m 755 target/release/pgkeep "$WORK/pgkeep"
+install -m 755 "${PGKEEP_BIN:-target/release/pgkeep}" "$WORK/pgkeep"
 PGKEEP=$WORK/pgkeep
 chown postgres "$WORK"
 cleanup() {
@@ -53,13 +61,16 @@ size=$(as_pg "$BIN/psql" -h "$WORK" -p "$PORT" -XAtc "SELECT pg_database_size('p
 
 # pgkeep: a backup; its WAL is archived by the cluster's archive_command (a restore is
 # planned against the archive, so it needs the backup's WAL there).
+archived() { # waits until the server has archived every finished segment
+    as_pg "$BIN/psql" -h "$WORK" -p "$PORT" -XAtc "SELECT pg_switch_wal()" postgres >/dev/null
+    for _ in $(seq 300); do
+        ready=$(as_pg "$BIN/psql" -h "$WORK" -p "$PORT" -XAtc "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'" postgres)
+        [ "$ready" = 0 ] && return
+        sleep 0.2
+    done
+}
 as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" backup --pg "host=$WORK port=$PORT user=postgres" >/dev/null
-as_pg "$BIN/psql" -h "$WORK" -p "$PORT" -XAtc "SELECT pg_switch_wal()" postgres >/dev/null
-for _ in $(seq 150); do
-    ready=$(as_pg "$BIN/psql" -h "$WORK" -p "$PORT" -XAtc "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'" postgres)
-    [ "$ready" = 0 ] && break
-    sleep 0.2
-done
+archived
 
 # pgBackRest: the same settings, a full backup (no WAL archiving configured: archive-check off).
 mkdir -p "$WORK/pgbr-repo" "$WORK/pgbr-spool" "$WORK/pgbr-log"
@@ -90,21 +101,36 @@ PGBR=(pgbackrest --config="$WORK/pgbackrest.conf" --stanza=bench)
 as_pg "${PGBR[@]}" stanza-create >/dev/null
 as_pg "${PGBR[@]}" --type=full backup >/dev/null
 
+what="full backup"
+if [ "$WRITES" -gt 0 ]; then
+    as_pg "$BIN/pgbench" -h "$WORK" -p "$PORT" -n -c 4 -j 2 -T "$WRITES" postgres >/dev/null 2>&1
+    as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" backup --pg "host=$WORK port=$PORT user=postgres" >/dev/null
+    archived
+    as_pg "${PGBR[@]}" --type=incr backup >/dev/null
+    what="incremental backup after pgbench -T $WRITES"
+fi
+
 now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 : > "$WORK/t-pgbr"; : > "$WORK/t-pgkeep"
-for i in $(seq "$RUNS"); do
-    rm -rf "$WORK/r-pgbr" "$WORK/r-pgkeep"
+# Which tool goes first alternates (A B, B A, ...): see compare.sh, step 4.
+restore_pgbr() {
     sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
     t0=$(now); as_pg "${PGBR[@]}" --pg1-path="$WORK/r-pgbr" --type=immediate restore >/dev/null; t1=$(now)
     echo "$t1 - $t0" | bc -l >> "$WORK/t-pgbr"
+}
+restore_pgkeep() {
     sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
     t0=$(now); as_pg "$PGKEEP" --config "$WORK/pgkeep.toml" restore --pgdata "$WORK/r-pgkeep" --target-immediate >/dev/null; t1=$(now)
     echo "$t1 - $t0" | bc -l >> "$WORK/t-pgkeep"
+}
+for i in $(seq "$RUNS"); do
+    rm -rf "$WORK/r-pgbr" "$WORK/r-pgkeep"
+    if [ $((i % 2)) = 1 ]; then restore_pgbr; restore_pgkeep; else restore_pgkeep; restore_pgbr; fi
 done
 p=$(median < "$WORK/t-pgbr"); k=$(median < "$WORK/t-pgkeep")
-printf '\nrestore of a %s MB pgbench database (scale %s), zstd 1, encrypted, 2 jobs, median of %s alternating runs\n' \
-    "$((size / 1000000))" "$SCALE" "$RUNS"
+printf '\nrestore (%s) of a %s MB pgbench database (scale %s), zstd 1, encrypted, 2 jobs, median of %s alternating runs\n' \
+    "$what" "$((size / 1000000))" "$SCALE" "$RUNS"
 printf '%-24s %12s %12s %8s\n' measurement pgBackRest pgkeep ratio
 awk -v p="$p" -v k="$k" -v s="$size" 'BEGIN {
     printf "%-24s %10.2f s %10.2f s %7.2fx\n", "wall time", p, k, k / p
