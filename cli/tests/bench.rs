@@ -118,6 +118,8 @@ fn storage_is_measured_on_the_repository_and_cleaned_up() {
     let rec = &v["recommendation"];
     assert!(rec["concurrency"].as_u64().is_some(), "{rec}");
     assert_eq!(rec["compression_level"], 1, "{rec}");
+    // The scaling runs at the repository's level: 1, the default of a plain `init`.
+    assert_eq!(v["cpu"]["scaling_level"], 1, "{}", v["cpu"]);
     // Nothing left behind: the repository holds exactly what it held before.
     assert_eq!(tree(&e.path("repo")), before);
     assert!(!e.path("repo").join("bench").exists());

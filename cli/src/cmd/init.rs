@@ -33,7 +33,7 @@ pub(crate) async fn run(s: &Settings, a: &InitArgs, out: &Output) -> anyhow::Res
         key_label: s.key_label(&a.kdf)?,
         pack_target_size: pack_mib << 20,
         compression_level: pick(a.compression, "PGKEEP_COMPRESSION", s.file.compression)?
-            .unwrap_or(3),
+            .unwrap_or(InitOptions::default().compression_level),
     };
     let store = cmd::store(s, true)?;
     let pass = secret::repository(s, true)?;
