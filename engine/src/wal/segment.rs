@@ -150,10 +150,14 @@ pub fn prepare_sealed(
     ))
 }
 
-/// Prepares consecutive segments at once: each one's data unit sealed and its SHA-256
-/// computed on a thread of its own, while this thread reads headers and summarizes them in
-/// order (each summary needs the tail of the one before; that is the only sequential part,
-/// and the cheapest). Used by `wal-push`'s look-ahead.
+/// Prepares consecutive segments at once: each one's data unit sealed on a thread of its
+/// own and its SHA-256 computed on another, while this thread reads headers and summarizes
+/// them in order (each summary needs the tail of the one before; that is the only
+/// sequential part, and the cheapest). Used by `wal-push`, with and without look-ahead.
+///
+/// Sealing (zstd, then AES-256-GCM) is the longest part; hashing on the same thread after
+/// it made one segment's wall time the sum of both, where on two cores it can be the
+/// longer of the two.
 pub fn prepare_chain(
     files: Vec<(WalFileName, Vec<u8>)>,
     mut tail: Option<(Lsn, Vec<u8>)>,
@@ -167,10 +171,10 @@ pub fn prepare_chain(
             .zip(objects)
             .map(|((name, file), object)| {
                 let kind = name.object_kind();
-                s.spawn(move || {
-                    let unit = seal_wal_data(keys, kind, object, random_bytes(), file, level);
-                    (unit, sha256(file))
-                })
+                let unit =
+                    s.spawn(move || seal_wal_data(keys, kind, object, random_bytes(), file, level));
+                let digest = s.spawn(move || sha256(file));
+                (unit, digest)
             })
             .collect();
         let described: Vec<_> = files
@@ -183,7 +187,10 @@ pub fn prepare_chain(
                 d
             })
             .collect();
-        let sealed: Vec<_> = sealers.into_iter().map(|h| h.join()).collect();
+        let sealed: Vec<_> = sealers
+            .into_iter()
+            .map(|(unit, digest)| Ok((unit.join()?, digest.join()?)))
+            .collect::<Vec<std::thread::Result<_>>>();
         (sealed, described)
     });
     files
