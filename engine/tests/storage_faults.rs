@@ -85,8 +85,10 @@ fn cluster_with_archive() -> (PgCluster, PathBuf) {
         .start()
         .expect("cluster");
     let archive = pg.owned_dir("archive").expect("archive dir");
+    // Copied under a temporary name and renamed, so that a file is never seen half written
+    // (`switch_and_wait` would otherwise see it exist while `cp` still writes it).
     pg.psql(&format!(
-        "ALTER SYSTEM SET archive_command = 'cp %p {}/%f'; SELECT pg_reload_conf();",
+        "ALTER SYSTEM SET archive_command = 'cp %p {0}/%f.tmp && mv {0}/%f.tmp {0}/%f'; SELECT pg_reload_conf();",
         archive.display()
     ))
     .expect("archive_command");
@@ -114,6 +116,7 @@ async fn push_all(archive: &WalArchive, dir: &Path) -> Vec<(WalFileName, Vec<u8>
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("archive dir")
         .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .filter(|n| !n.ends_with(".tmp"))
         .collect();
     names.sort();
     let mut acknowledged = Vec::new();
