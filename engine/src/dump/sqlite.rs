@@ -3,12 +3,12 @@
 //! blocked), stored with the same content-defined chunking as pg_dump streams, and written
 //! back with `PRAGMA integrity_check`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use pgkeep_format::{ClusterName, DumpFormat, DumpManifest, DumpSource, LockMode};
 
-use super::{micros, stats, stream, write_stream_file, DumpSummary, MAIN_STREAM};
+use super::{micros, scratch_dir, stats, stream, write_stream_file, DumpSummary, MAIN_STREAM};
 use crate::chunker::Chunking;
 use crate::error::{Error, Result};
 use crate::lock::LockOptions;
@@ -82,8 +82,10 @@ pub async fn dump_sqlite(
     let started = SystemTime::now();
     let source = std::fs::canonicalize(path)
         .map_err(|e| Error::io(format!("SQLite database {}", path.display()), e))?;
-    let dir = tempfile_dir(&source)?;
-    let snap = dir.join("snapshot.sqlite");
+    // Beside the database: the same file system, and the same permissions domain as the
+    // data itself.
+    let dir = scratch_dir(Some(source.parent().unwrap_or(Path::new("."))), "snapshot")?;
+    let snap = dir.path().join("snapshot.sqlite");
     let (s, t) = (source.clone(), snap.clone());
     tokio::task::spawn_blocking(move || snapshot(&s, &t))
         .await
@@ -124,34 +126,10 @@ pub async fn dump_sqlite(
     }
     .await;
     let released = lock.release().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let out = result?;
     released?;
     Ok(out)
-}
-
-/// A private scratch directory beside the database (same file system, same permissions
-/// domain as the data itself), removed after the dump.
-fn tempfile_dir(source: &Path) -> Result<PathBuf> {
-    let parent = source.parent().unwrap_or(Path::new("."));
-    for _ in 0..8 {
-        let n: u64 = rand::random();
-        let dir = parent.join(format!(".pgkeep-snapshot-{n:016x}"));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| Error::io(format!("securing {}", dir.display()), e))?;
-                return Ok(dir);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
-        }
-    }
-    Err(Error::InvalidInput(format!(
-        "could not create a scratch directory in {}",
-        parent.display()
-    )))
 }
 
 /// Writes a SQLite dump to `target` (which must not exist) and checks it with
