@@ -53,6 +53,15 @@ fn conn(pg: &PgCluster, db: &str) -> String {
         .replace("dbname=postgres", &format!("dbname={db}"))
 }
 
+/// `dump-restore ID --to-file PATH`, which must succeed.
+fn to_file(e: &Env, id: &str, path: &Path, extra: &[&str]) {
+    let path = path.to_str().expect("utf-8");
+    e.expect(
+        &[&["dump-restore", id, "--to-file", path][..], extra].concat(),
+        0,
+    );
+}
+
 fn dump(e: &Env, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--json", "dump"];
     all.extend_from_slice(args);
@@ -187,15 +196,7 @@ fn round_trips(version: PgVersion) {
     // dump recorded.
     let file = e.path("whole.dump");
     let id = whole["id"].as_str().expect("id");
-    e.expect(
-        &[
-            "dump-restore",
-            id,
-            "--to-file",
-            file.to_str().expect("utf-8"),
-        ],
-        0,
-    );
+    to_file(&e, id, &file, &[]);
     assert_eq!(
         std::fs::metadata(&file).expect("file").len(),
         whole["logical_bytes"].as_u64().expect("size")
@@ -603,15 +604,7 @@ fn all_round_trip(version: PgVersion) {
 
     // --to-file: globals.sql and one archive per database, names escaped.
     let dir = e.path("cluster-files");
-    e.expect(
-        &[
-            "dump-restore",
-            id,
-            "--to-file",
-            dir.to_str().expect("utf-8"),
-        ],
-        0,
-    );
+    to_file(&e, id, &dir, &[]);
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .expect("dir")
         .map(|f| f.expect("entry").file_name().to_string_lossy().into_owned())
@@ -630,17 +623,7 @@ fn all_round_trip(version: PgVersion) {
     let globals = std::fs::read_to_string(dir.join("globals.sql")).expect("globals");
     assert!(globals.contains("CREATE ROLE app_owner"), "{globals}");
     let one = e.path("shop-only.dump");
-    e.expect(
-        &[
-            "dump-restore",
-            id,
-            "--database",
-            "shop",
-            "--to-file",
-            one.to_str().expect("utf-8"),
-        ],
-        0,
-    );
+    to_file(&e, id, &one, &["--database", "shop"]);
     assert_eq!(
         std::fs::read(&one).expect("one"),
         std::fs::read(dir.join("shop.dump")).expect("shop.dump")
@@ -844,15 +827,7 @@ fn dump_directory_and_plain_formats() {
     assert!(err.contains("run dump-restore once per schema"), "{err}");
 
     let out_dir = e.path("shop.dir");
-    e.expect(
-        &[
-            "dump-restore",
-            id,
-            "--to-file",
-            out_dir.to_str().expect("utf-8"),
-        ],
-        0,
-    );
+    to_file(&e, id, &out_dir, &[]);
     let listing = std::process::Command::new(pg.bin("pg_restore"))
         .arg("--list")
         .arg(&out_dir)
@@ -982,15 +957,7 @@ fn dump_directory_and_plain_formats() {
     );
     assert!(err.contains("--where needs an archive format"), "{err}");
     let sql = e.path("shop.sql");
-    e.expect(
-        &[
-            "dump-restore",
-            pid,
-            "--to-file",
-            sql.to_str().expect("utf-8"),
-        ],
-        0,
-    );
+    to_file(&e, pid, &sql, &[]);
     let text = std::fs::read_to_string(&sql).expect("sql");
     assert!(text.contains("PostgreSQL database dump") && text.contains("COPY public.orders"));
     eprintln!(

@@ -15,16 +15,16 @@ use std::time::SystemTime;
 use pgkeep_format::dump::{DATABASE_PREFIX, GLOBALS_STREAM};
 use pgkeep_format::{ClusterName, DumpFormat, DumpManifest, DumpSource, LockMode};
 
-use super::tools::{dbname_arg, find_tools, libpq_env, tool_version};
+use super::tools::{find_tools, libpq_env, tool_version};
 use super::{
-    micros, missing_stream, pg, pg_restore_archive, pipe_into, run_into, stats, stream,
-    write_stream_file, Archive, DumpRestoreOptions, DumpRestoreSummary, DumpSummary, PgDumpOptions,
-    PgRestoreRun,
+    commit, connect_source, missing_stream, new_manifest, pg, pg_restore_archive, pipe_into,
+    psql_script_args, run_into, stream, write_stream_file, Archive, DumpRestoreOptions,
+    DumpRestoreSummary, DumpSummary, PgDumpOptions, PgRestoreRun,
 };
 use crate::chunker::Chunking;
 use crate::conninfo::ConnConfig;
 use crate::error::{Error, Result};
-use crate::replication::{PgConnection, PgError, ReplicationMode};
+use crate::replication::PgConnection;
 use crate::repository::Repository;
 
 /// The databases `dump --all` takes: those that accept connections, but not the templates
@@ -82,17 +82,7 @@ pub async fn dump_all(
     opts.check_all()?;
     let clock = std::time::Instant::now();
     let started = SystemTime::now();
-    if conn.replication.is_some() {
-        return Err(Error::InvalidInput(
-            "pg_dumpall needs an ordinary connection: remove `replication` from --pg".into(),
-        ));
-    }
-    let mut session = PgConnection::connect(conn, ReplicationMode::None).await?;
-    let version_num = session.server_version_num().ok_or_else(|| {
-        Error::Postgres(PgError::Protocol(
-            "the server did not report server_version".into(),
-        ))
-    })?;
+    let (mut session, version_num) = connect_source(conn, "pg_dumpall").await?;
     let listed = session.query(DATABASES_SQL).await.map_err(pg);
     let _ = session.close().await;
     let databases: Vec<String> = listed?
@@ -130,36 +120,24 @@ pub async fn dump_all(
             let s = run_into(&write, pg_dump, &args, &env, chunking).await?;
             streams.push(stream(&format!("{DATABASE_PREFIX}{db}"), s));
         }
-        let (session_stats, _) = write.finish().await?;
-        let mut manifest = DumpManifest {
-            dump_id: String::new(),
-            cluster: cluster.to_string(),
-            source: DumpSource::PgDumpAll,
-            format: DumpFormat::Custom,
-            database: connect_db.clone(),
-            selection: opts.selection.args(),
-            row_filters: Vec::new(),
-            server_version_num: version_num,
-            tool_version: tool.clone(),
-            start_time_us: micros(started),
-            stop_time_us: micros(SystemTime::now()),
-            stats: stats(repo, &streams, &session_stats),
-            streams,
-            properties: vec![
-                ("pgkeep_version".into(), env!("CARGO_PKG_VERSION").into()),
-                ("host".into(), conn.display_target()),
-                (
-                    "globals_tool_version".into(),
-                    tool_version(pg_dumpall).unwrap_or_default(),
-                ),
-            ],
-        };
-        repo.commit_dump(&mut manifest, &lock).await?;
-        Ok(DumpSummary {
-            manifest,
-            session: session_stats,
-            seconds: clock.elapsed().as_secs_f64(),
-        })
+        let mut manifest = new_manifest(
+            cluster,
+            DumpSource::PgDumpAll,
+            DumpFormat::Custom,
+            connect_db.clone(),
+            started,
+        );
+        manifest.selection = opts.selection.args();
+        manifest.server_version_num = version_num;
+        manifest.tool_version = tool.clone();
+        manifest.properties.extend([
+            ("host".into(), conn.display_target()),
+            (
+                "globals_tool_version".into(),
+                tool_version(pg_dumpall).unwrap_or_default(),
+            ),
+        ]);
+        commit(repo, write, manifest, streams, &lock, clock).await
     }
     .await;
     let released = lock.release().await;
@@ -252,17 +230,8 @@ pub(super) async fn restore_all(
     let globals = m
         .stream(GLOBALS_STREAM)
         .ok_or_else(|| missing_stream(m, GLOBALS_STREAM))?;
-    let args: Vec<String> = vec![
-        "--no-psqlrc".into(),
-        "--quiet".into(),
-        "--no-password".into(),
-        // Errors with their SQLSTATE, so the tolerated ones are told apart by code.
-        "--set=VERBOSITY=verbose".into(),
-        "--set=ON_ERROR_STOP=0".into(),
-        // Read from stdin as a script, so each error names its line.
-        "--file=-".into(),
-        dbname_arg(connect_db),
-    ];
+    // Errors with their SQLSTATE, so the tolerated ones are told apart by code.
+    let args = psql_script_args(connect_db, &["VERBOSITY=verbose", "ON_ERROR_STOP=0"]);
     let (bytes, stderr) =
         pipe_into(repo, &globals.extents, psql, &args, &libpq_env(conn, None)).await?;
     let (tolerated, fatal) = globals_errors(&stderr);

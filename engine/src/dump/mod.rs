@@ -265,6 +265,70 @@ fn pg(e: PgError) -> Error {
     Error::Postgres(e)
 }
 
+/// An ordinary session to the server a dump reads, and its `server_version_num` (which
+/// picks the dump tools).
+async fn connect_source(conn: &ConnConfig, tool: &str) -> Result<(PgConnection, u32)> {
+    if conn.replication.is_some() {
+        return Err(Error::InvalidInput(format!(
+            "{tool} needs an ordinary connection: remove `replication` from --pg"
+        )));
+    }
+    let session = PgConnection::connect(conn, ReplicationMode::None).await?;
+    let version_num = session.server_version_num().ok_or_else(|| {
+        Error::Postgres(PgError::Protocol(
+            "the server did not report server_version".into(),
+        ))
+    })?;
+    Ok((session, version_num))
+}
+
+/// The manifest of a dump started at `started`, before its streams are stored.
+fn new_manifest(
+    cluster: &ClusterName,
+    source: DumpSource,
+    format: DumpFormat,
+    database: String,
+    started: SystemTime,
+) -> DumpManifest {
+    DumpManifest {
+        dump_id: String::new(),
+        cluster: cluster.to_string(),
+        source,
+        format,
+        database,
+        selection: Vec::new(),
+        row_filters: Vec::new(),
+        server_version_num: 0,
+        tool_version: String::new(),
+        start_time_us: micros(started),
+        stop_time_us: 0,
+        stats: BackupStats::default(),
+        streams: Vec::new(),
+        properties: vec![("pgkeep_version".into(), env!("CARGO_PKG_VERSION").into())],
+    }
+}
+
+/// Ends the write session and commits `manifest` with `streams`, its stop time and stats.
+async fn commit(
+    repo: &Repository,
+    write: WriteSession,
+    mut manifest: DumpManifest,
+    streams: Vec<Attachment>,
+    lock: &RepoLock,
+    clock: std::time::Instant,
+) -> Result<DumpSummary> {
+    let (session, _) = write.finish().await?;
+    manifest.stop_time_us = micros(SystemTime::now());
+    manifest.stats = stats(repo, &streams, &session);
+    manifest.streams = streams;
+    repo.commit_dump(&mut manifest, lock).await?;
+    Ok(DumpSummary {
+        manifest,
+        session,
+        seconds: clock.elapsed().as_secs_f64(),
+    })
+}
+
 /// Takes a pg_dump of the database `conn` names and stores it in `cluster`.
 pub async fn dump_postgres(
     repo: &Repository,
@@ -275,19 +339,9 @@ pub async fn dump_postgres(
     opts.check()?;
     let clock = std::time::Instant::now();
     let started = SystemTime::now();
-    if conn.replication.is_some() {
-        return Err(Error::InvalidInput(
-            "pg_dump needs an ordinary connection: remove `replication` from --pg".into(),
-        ));
-    }
     // An ordinary session first: the server's version picks pg_dump, and a tenant export
     // needs a snapshot shared by pg_dump and the row streams.
-    let mut session = PgConnection::connect(conn, ReplicationMode::None).await?;
-    let version_num = session.server_version_num().ok_or_else(|| {
-        Error::Postgres(PgError::Protocol(
-            "the server did not report server_version".into(),
-        ))
-    })?;
+    let (mut session, version_num) = connect_source(conn, "pg_dump").await?;
     let pg_dump = find_tool(opts.pg_bin.as_deref(), "pg_dump", version_num / 10000)?;
     let tool = tool_version(&pg_dump).unwrap_or_default();
     let snapshot = if opts.row_filters.is_empty() {
@@ -353,32 +407,21 @@ pub async fn dump_postgres(
         if snapshot.is_some() {
             session.query("COMMIT").await.map_err(pg)?;
         }
-        let (session_stats, _) = write.finish().await?;
-        let mut manifest = DumpManifest {
-            dump_id: String::new(),
-            cluster: cluster.to_string(),
-            source: DumpSource::PgDump,
-            format: opts.format,
-            database: conn.effective_dbname().to_owned(),
-            selection: opts.selection.args(),
-            row_filters: filters,
-            server_version_num: version_num,
-            tool_version: tool.clone(),
-            start_time_us: micros(started),
-            stop_time_us: micros(SystemTime::now()),
-            stats: stats(repo, &streams, &session_stats),
-            streams,
-            properties: vec![
-                ("pgkeep_version".into(), env!("CARGO_PKG_VERSION").into()),
-                ("host".into(), conn.display_target()),
-            ],
-        };
-        repo.commit_dump(&mut manifest, &lock).await?;
-        Ok(DumpSummary {
-            manifest,
-            session: session_stats,
-            seconds: clock.elapsed().as_secs_f64(),
-        })
+        let mut manifest = new_manifest(
+            cluster,
+            DumpSource::PgDump,
+            opts.format,
+            conn.effective_dbname().to_owned(),
+            started,
+        );
+        manifest.selection = opts.selection.args();
+        manifest.row_filters = filters;
+        manifest.server_version_num = version_num;
+        manifest.tool_version = tool.clone();
+        manifest
+            .properties
+            .push(("host".into(), conn.display_target()));
+        commit(repo, write, manifest, streams, &lock, clock).await
     }
     .await;
     let released = lock.release().await;
@@ -610,6 +653,21 @@ pub async fn restore_dump(
     Ok(out)
 }
 
+/// Ok when none of `flags` (each: is it given, its name) is given; else the usage error
+/// `why` makes of the given ones' names.
+fn refuse_flags(flags: &[(bool, &str)], why: impl FnOnce(String) -> String) -> Result<()> {
+    let given: Vec<&str> = flags
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, f)| *f)
+        .collect();
+    if given.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(why(given.join(", "))))
+    }
+}
+
 /// Refuses options the dump's kind cannot honour, before anything is connected or run.
 fn check_restore(m: &DumpManifest, opts: &DumpRestoreOptions) -> Result<()> {
     let id = &m.dump_id;
@@ -621,13 +679,6 @@ fn check_restore(m: &DumpManifest, opts: &DumpRestoreOptions) -> Result<()> {
     if opts.parallel == Some(0) {
         return Err(Error::InvalidInput("--parallel must be at least 1".into()));
     }
-    let given = |flags: &[(bool, &'static str)]| -> Vec<&'static str> {
-        flags
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, f)| *f)
-            .collect()
-    };
     let parallel_refused = || {
         Error::InvalidInput(format!(
             "--parallel needs a directory-format dump: pg_restore cannot run workers on an archive it reads from a pipe, and dump {id} is a {} dump",
@@ -654,42 +705,36 @@ fn check_restore(m: &DumpManifest, opts: &DumpRestoreOptions) -> Result<()> {
                 }
                 restore_table_args(&opts.tables).map(drop)
             }
-            None => {
-                let refused = given(&[
+            None => refuse_flags(
+                &[
                     (!opts.tables.is_empty(), "--table"),
                     (opts.schema_only, "--schema-only"),
                     (opts.data_only, "--data-only"),
                     (opts.parallel.is_some(), "--parallel"),
-                ]);
-                if refused.is_empty() {
-                    Ok(())
-                } else {
-                    Err(Error::InvalidInput(format!(
-                        "dump {id} holds a whole cluster (dump --all), and {} apply to one database: pick it with --database NAME",
-                        refused.join(", ")
-                    )))
-                }
-            }
+                ],
+                |flags| {
+                    format!(
+                    "dump {id} holds a whole cluster (dump --all), and {flags} apply to one database: pick it with --database NAME"
+                )
+                },
+            ),
         },
         _ if opts.database.is_some() => Err(not_all(m)),
-        (_, DumpFormat::Plain) => {
-            let refused = given(&[
+        (_, DumpFormat::Plain) => refuse_flags(
+            &[
                 (!opts.tables.is_empty(), "--table"),
                 (opts.schema_only, "--schema-only"),
                 (opts.data_only, "--data-only"),
                 (opts.clean, "--clean"),
                 (opts.create, "--create"),
                 (opts.parallel.is_some(), "--parallel"),
-            ]);
-            if refused.is_empty() {
-                Ok(())
-            } else {
-                Err(Error::InvalidInput(format!(
-                    "dump {id} is a plain SQL script, which psql runs whole: {} are pg_restore's and need an archive (dump --format custom or directory). Restore without them, or take the script with --to-file FILE and edit it",
-                    refused.join(", ")
-                )))
-            }
-        }
+            ],
+            |flags| {
+                format!(
+                "dump {id} is a plain SQL script, which psql runs whole: {flags} are pg_restore's and need an archive (dump --format custom or directory). Restore without them, or take the script with --to-file FILE and edit it"
+            )
+            },
+        ),
         (_, DumpFormat::Custom) if opts.parallel.is_some() => Err(parallel_refused()),
         _ => restore_table_args(&opts.tables).map(drop),
     }
@@ -780,18 +825,26 @@ async fn restore_plain(
     let main = m
         .stream(MAIN_STREAM)
         .ok_or_else(|| missing_stream(m, MAIN_STREAM))?;
-    let args: Vec<String> = vec![
-        "--no-psqlrc".into(),
-        "--quiet".into(),
-        "--no-password".into(),
-        "--set=ON_ERROR_STOP=1".into(),
-        dbname_arg(conn.effective_dbname()),
-    ];
+    let args = psql_script_args(conn.effective_dbname(), &["ON_ERROR_STOP=1"]);
     let (bytes, _) = pipe_into(repo, &main.extents, psql, &args, &libpq_env(conn, None)).await?;
     Ok(DumpRestoreSummary {
         bytes,
         ..DumpRestoreSummary::default()
     })
+}
+
+/// psql's options to run the script on its stdin in database `db`, with the variables
+/// `sets` (`NAME=VALUE`): no psqlrc, no prompts, and each error naming its script line.
+fn psql_script_args(db: &str, sets: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--no-psqlrc".into(),
+        "--quiet".into(),
+        "--no-password".into(),
+        "--file=-".into(),
+        dbname_arg(db),
+    ];
+    args.extend(sets.iter().map(|v| format!("--set={v}")));
+    args
 }
 
 /// What pg_restore reads: an archive streamed into its stdin, or a directory.

@@ -6,9 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use pgkeep_format::{ClusterName, DumpFormat, DumpManifest, DumpSource, LockMode};
+use pgkeep_format::{ClusterName, DumpFormat, DumpSource, LockMode};
 
-use super::{micros, scratch_dir, stats, stream, write_stream_file, DumpSummary, MAIN_STREAM};
+use super::{
+    commit, new_manifest, scratch_dir, stream, write_stream_file, DumpSummary, MAIN_STREAM,
+};
 use crate::chunker::Chunking;
 use crate::error::{Error, Result};
 use crate::lock::LockOptions;
@@ -99,30 +101,16 @@ pub async fn dump_sqlite(
         let stored = write
             .store_stream(file, Chunking::from_config(repo.config()))
             .await?;
-        let (session, _) = write.finish().await?;
+        let mut manifest = new_manifest(
+            cluster,
+            DumpSource::Sqlite,
+            DumpFormat::SqliteFile,
+            source.to_string_lossy().into_owned(),
+            started,
+        );
+        manifest.tool_version = format!("SQLite {}", rusqlite::version());
         let streams = vec![stream(MAIN_STREAM, stored)];
-        let mut manifest = DumpManifest {
-            dump_id: String::new(),
-            cluster: cluster.to_string(),
-            source: DumpSource::Sqlite,
-            format: DumpFormat::SqliteFile,
-            database: source.to_string_lossy().into_owned(),
-            selection: Vec::new(),
-            row_filters: Vec::new(),
-            server_version_num: 0,
-            tool_version: format!("SQLite {}", rusqlite::version()),
-            start_time_us: micros(started),
-            stop_time_us: micros(SystemTime::now()),
-            stats: stats(repo, &streams, &session),
-            streams,
-            properties: vec![("pgkeep_version".into(), env!("CARGO_PKG_VERSION").into())],
-        };
-        repo.commit_dump(&mut manifest, &lock).await?;
-        Ok(DumpSummary {
-            manifest,
-            session,
-            seconds: clock.elapsed().as_secs_f64(),
-        })
+        commit(repo, write, manifest, streams, &lock, clock).await
     }
     .await;
     let released = lock.release().await;
