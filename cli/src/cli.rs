@@ -357,7 +357,7 @@ pub(crate) struct DumpArgs {
     #[arg(long, value_name = "N", conflicts_with = "sqlite")]
     pub(crate) parallel: Option<u32>,
     /// Where the directory format waits until it is stored (a private directory inside it,
-    /// removed afterwards). [default: TMPDIR, else /tmp]
+    /// removed afterwards); directory format only. [default: TMPDIR, else /tmp]
     #[arg(long, value_name = "DIR", conflicts_with = "sqlite")]
     pub(crate) scratch: Option<std::path::PathBuf>,
     /// Only the schema (no data).
@@ -405,30 +405,31 @@ pub(crate) struct DumpRestoreArgs {
     pub(crate) pg_bin: Option<std::path::PathBuf>,
     /// Restore only this table: TABLE or SCHEMA.TABLE, no patterns (repeatable; all in one
     /// schema). Its definition and data, not its indexes or constraints (as pg_restore -t).
-    #[arg(long, value_name = "TABLE")]
+    #[arg(long, value_name = "TABLE", conflicts_with_all = ["to_file", "sqlite_to"])]
     pub(crate) table: Vec<String>,
     /// Restore only the schema.
-    #[arg(long, conflicts_with = "data_only")]
+    #[arg(long, conflicts_with_all = ["data_only", "to_file", "sqlite_to"])]
     pub(crate) schema_only: bool,
     /// Restore only the data.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["to_file", "sqlite_to"])]
     pub(crate) data_only: bool,
     /// Drop the objects before recreating them (pg_restore --clean --if-exists); for a
     /// dump --all dump, drop and recreate databases that exist.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["to_file", "sqlite_to"])]
     pub(crate) clean: bool,
     /// Create the dumped database (--pg then names the database to connect to first).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["to_file", "sqlite_to"])]
     pub(crate) create: bool,
     /// A dump --all dump: restore only this database, without the globals.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "sqlite_to")]
     pub(crate) database: Option<String>,
     /// pg_restore's parallel workers (pg_restore --jobs); directory-format dumps only.
     /// [default: 1]
     #[arg(long, value_name = "N", conflicts_with_all = ["to_file", "sqlite_to"])]
     pub(crate) parallel: Option<u32>,
     /// Where a directory-format dump is written back for pg_restore (a private directory
-    /// inside it, removed afterwards). [default: TMPDIR, else /tmp]
+    /// inside it, removed afterwards); directory-format dumps only. [default: TMPDIR, else
+    /// /tmp]
     #[arg(long, value_name = "DIR", conflicts_with_all = ["to_file", "sqlite_to"])]
     pub(crate) scratch: Option<std::path::PathBuf>,
     /// Write the dump back as pg_dump made it instead of restoring (refuses to overwrite):

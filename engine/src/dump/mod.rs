@@ -88,6 +88,12 @@ impl PgDumpOptions {
             }
             _ => {}
         }
+        if self.scratch.is_some() && self.format != DumpFormat::Directory {
+            return Err(Error::InvalidInput(format!(
+                "--scratch holds the directory format's output; a {} dump streams from pg_dump without one: add --format directory or leave --scratch out",
+                self.format.name()
+            )));
+        }
         match self.parallel {
             Some(0) => Err(Error::InvalidInput(
                 "--parallel must be at least 1".into(),
@@ -679,6 +685,14 @@ fn check_restore(m: &DumpManifest, opts: &DumpRestoreOptions) -> Result<()> {
     if opts.parallel == Some(0) {
         return Err(Error::InvalidInput("--parallel must be at least 1".into()));
     }
+    if opts.scratch.is_some()
+        && !(m.source == DumpSource::PgDump && m.format == DumpFormat::Directory)
+    {
+        return Err(Error::InvalidInput(format!(
+            "--scratch holds a directory-format dump while pg_restore reads it; dump {id} is a {} dump, restored from a pipe: leave --scratch out",
+            m.format.name()
+        )));
+    }
     let parallel_refused = || {
         Error::InvalidInput(format!(
             "--parallel needs a directory-format dump: pg_restore cannot run workers on an archive it reads from a pipe, and dump {id} is a {} dump",
@@ -764,7 +778,7 @@ async fn restore_locked(
                     let s = m
                         .stream(&format!("{}{db}", pgkeep_format::dump::DATABASE_PREFIX))
                         .ok_or_else(|| missing_stream(&m, db))?;
-                    let run = PgRestoreRun::from_options(pg_restore, opts, None)?;
+                    let run = PgRestoreRun::from_options(pg_restore, opts)?;
                     let mut summary =
                         pg_restore_archive(repo, &m, &Archive::Stream(&s.extents), db, conn, &run)
                             .await?;
@@ -784,7 +798,7 @@ async fn restore_locked(
             DumpFormat::Directory => {
                 let pg_restore = find_tool(pg_bin, "pg_restore", min_major)?;
                 let dir = directory::recreate(repo, &m, opts.scratch.as_deref()).await?;
-                let run = PgRestoreRun::from_options(&pg_restore, opts, None)?;
+                let run = PgRestoreRun::from_options(&pg_restore, opts)?;
                 let archive = Archive::Directory(&dir.path);
                 let mut summary =
                     pg_restore_archive(repo, &m, &archive, &m.database, conn, &run).await?;
@@ -796,7 +810,7 @@ async fn restore_locked(
                 let main = m
                     .stream(MAIN_STREAM)
                     .ok_or_else(|| missing_stream(&m, MAIN_STREAM))?;
-                let run = PgRestoreRun::from_options(&pg_restore, opts, None)?;
+                let run = PgRestoreRun::from_options(&pg_restore, opts)?;
                 pg_restore_archive(
                     repo,
                     &m,
@@ -872,11 +886,7 @@ struct PgRestoreRun<'a> {
 }
 
 impl<'a> PgRestoreRun<'a> {
-    fn from_options(
-        pg_restore: &'a Path,
-        opts: &'a DumpRestoreOptions,
-        connect_db: Option<&'a str>,
-    ) -> Result<Self> {
+    fn from_options(pg_restore: &'a Path, opts: &'a DumpRestoreOptions) -> Result<Self> {
         Ok(Self {
             pg_restore,
             selection: restore_table_args(&opts.tables)?,
@@ -886,7 +896,7 @@ impl<'a> PgRestoreRun<'a> {
             clean: opts.clean,
             create: opts.create,
             parallel: opts.parallel,
-            connect_db,
+            connect_db: None,
         })
     }
 }
@@ -1176,6 +1186,12 @@ mod tests {
             ..ok.clone()
         };
         assert!(err(&dir, &zero).contains("at least 1"));
+        let scratch = DumpRestoreOptions {
+            scratch: Some(PathBuf::from("/var/tmp")),
+            ..ok.clone()
+        };
+        assert!(check_restore(&dir, &scratch).is_ok());
+        assert!(err(&custom, &scratch).contains("leave --scratch out"));
         let sqlite = manifest(DumpSource::Sqlite, DumpFormat::SqliteFile, &["dump"]);
         assert!(err(&sqlite, &ok).contains("--sqlite-to"));
         let two_schemas = DumpRestoreOptions {
@@ -1205,6 +1221,14 @@ mod tests {
             ..parallel
         };
         assert!(dir.check().is_ok());
+        let scratch = PgDumpOptions {
+            scratch: Some(PathBuf::from("/var/tmp")),
+            ..PgDumpOptions::default()
+        };
+        assert!(
+            scratch.check().is_err(),
+            "custom format has no scratch directory"
+        );
         assert_eq!(
             dir.pg_dump_args(),
             [
