@@ -92,6 +92,9 @@ for o in objects:
     seed("header", o)
 if "manifest-object" in vec:
     seed("manifest", h(vec["manifest-object"]["plaintext"]))
+for name in ("dump-object", "dump-all-object", "dump-directory-object"):
+    if name in vec:
+        seed("dump_manifest", h(vec[name]["plaintext"]))
 if "config-object" in vec:
     seed("repo_config", h(vec["config-object"]["plaintext"]))
 if "keyfile" in vec:

@@ -157,9 +157,12 @@ one before it, so any instant of the window can be restored. Pinned backups and 
 of kept incrementals are always kept. WAL before the oldest kept backup's start is removed;
 timeline history files stay. Space comes back with `pgkeep prune`.
 Each rule: the flag, else PGKEEP_KEEP_LAST (..._DAILY, ...), else [retention] in the config.
+With --dumps the rules apply to dumps instead: the flag, else PGKEEP_DUMP_KEEP_LAST (...),
+else [dump_retention].
 
 Example (grandfather-father-son, and a 2-day PITR window):
-  pgkeep expire --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --keep-within 2d --dry-run"
+  pgkeep expire --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --keep-within 2d --dry-run
+  pgkeep expire --dumps --keep-daily 7 --keep-monthly 6"
     )]
     Expire(ExpireArgs),
     /// Pin a backup: retention keeps it until `pgkeep unpin`.
@@ -251,8 +254,9 @@ pub(crate) struct ExpireArgs {
     #[arg(long)]
     pub(crate) dry_run: bool,
     /// Apply the rules to the cluster's dumps instead of its backups. Dumps have their own
-    /// policy: with --dumps the rules come from the flags only (not PGKEEP_KEEP_* or
-    /// [retention], which are the backups' policy), and WAL is not touched.
+    /// policy: each rule comes from its flag, else PGKEEP_DUMP_KEEP_LAST (..._DAILY, ...),
+    /// else [dump_retention] in the config (never PGKEEP_KEEP_* or [retention], the
+    /// backups' policy); WAL is not touched.
     #[arg(long)]
     pub(crate) dumps: bool,
 }
@@ -274,11 +278,22 @@ version or newer. --where 'TABLE:CONDITION' exports only the matching rows of TA
 If pg_dump fails, nothing is listed and its own message is shown. --sqlite PATH snapshots a
 live SQLite database with SQLite's online backup API (writers keep working).
 
+--format directory runs pg_dump -Fd (with --parallel N workers) into a private scratch
+directory (--scratch, else TMPDIR; it needs room for the whole dump and is removed afterwards)
+and stores each file on its own: each table's data deduplicates separately. --format plain
+stores pg_dump's SQL script, restored with psql. --all dumps the whole cluster as one dump:
+pg_dumpall --globals-only (roles, tablespaces) and a custom archive of every database that
+accepts connections except template0 and template1 (--pg names the database to connect to);
+pg_dump and pg_dumpall come from the same directory.
+
 Examples:
   pgkeep dump --pg 'host=db1 dbname=shop user=backup'
   pgkeep dump --pg 'dbname=shop' --schema-only
   pgkeep dump --pg 'dbname=shop' --table public.orders --table public.customers \\
       --where 'public.orders:tenant_id = 42' --where 'public.customers:tenant_id = 42'
+  pgkeep dump --pg 'dbname=shop' --format directory --parallel 4
+  pgkeep dump --pg 'dbname=shop' --format plain
+  pgkeep dump --all --pg 'host=db1 dbname=postgres user=postgres'
   pgkeep --cluster devdb dump --sqlite /srv/app/dev.sqlite";
 
 const DUMP_RESTORE_HELP: &str = "\
@@ -288,23 +303,63 @@ pg_dump's file back unchanged (and each --where export as FILE.rows-N.copy), or 
 --sqlite-to writes a SQLite dump to a new file and runs PRAGMA integrity_check. ID is an id
 from `pgkeep list --dumps`, or latest.
 
+Directory-format dumps are written back into a private scratch directory (--scratch, else
+TMPDIR) for pg_restore, with --parallel N workers; --to-file DIR writes the directory. Plain
+SQL dumps are piped into psql -v ON_ERROR_STOP=1; pg_restore's options (--table,
+--schema-only, --data-only, --clean, --create, --parallel) are refused for them.
+
+A dump --all dump restores the globals with psql (errors of roles or tablespaces that already
+exist are tolerated and reported, as when restoring pg_dumpall's script; any other error fails
+the restore after the script, before any database), then creates every database with pg_restore --create from the database --pg
+names; postgres is restored into, not created. Databases that already exist are refused
+unless --clean (drop and recreate them). --database NAME restores only that database, exactly
+like a pg_dump dump of it (into --pg's database, or with --create under its own name), and
+without the globals. --to-file DIR writes DIR/globals.sql and DIR/NAME.dump per database.
+
+--table TABLE or SCHEMA.TABLE: pg_restore matches the name exactly (no patterns); SCHEMA.TABLE
+becomes --schema SCHEMA --table TABLE. Unquoted names are folded to lower case as in SQL.
+All tables of one run must be in one schema. Like pg_restore -t, it restores the table's
+definition and data, not its indexes, constraints or triggers.
+
 Examples:
   pgkeep dump-restore latest --pg 'dbname=shop_copy'
   pgkeep dump-restore 20261121T053200Z --pg 'dbname=postgres' --create --clean
-  pgkeep dump-restore 20261121T053200Z --pg 'dbname=shop' --table orders --data-only
+  pgkeep dump-restore 20261121T053200Z --pg 'dbname=shop' --table public.orders --data-only
   pgkeep dump-restore latest --to-file /tmp/shop.dump
+  pgkeep dump-restore 20261121T060000Z --pg 'host=db2 dbname=postgres user=postgres'
+  pgkeep dump-restore 20261121T060000Z --database shop --pg 'dbname=shop_copy'
   pgkeep --cluster devdb dump-restore latest --sqlite-to /tmp/dev-restored.sqlite";
 
 #[derive(Debug, Args)]
 pub(crate) struct DumpArgs {
-    /// PostgreSQL connection string or URI (an ordinary session; the database to dump). Also
-    /// PGKEEP_PG; config key: pg.
+    /// PostgreSQL connection string or URI (an ordinary session; the database to dump, or
+    /// with --all the one to connect to). Also PGKEEP_PG; config key: pg.
     #[arg(long, value_name = "CONNINFO", conflicts_with = "sqlite")]
     pub(crate) pg: Option<String>,
-    /// Directory of pg_dump. [default: PATH, then the standard locations, of the server's
-    /// major version or newer]
+    /// Directory of pg_dump (and pg_dumpall). [default: PATH, then the standard locations, of
+    /// the server's major version or newer]
     #[arg(long, value_name = "DIR", conflicts_with = "sqlite")]
     pub(crate) pg_bin: Option<std::path::PathBuf>,
+    /// Every database of the cluster and its globals (roles, tablespaces), as one dump.
+    #[arg(long, conflicts_with_all = ["sqlite", "table", "exclude_table", "schema", "where"])]
+    pub(crate) all: bool,
+    /// pg_dump's output format: custom (one archive), directory (one stream per file;
+    /// tables deduplicate separately) or plain (an SQL script for psql).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        value_parser = ["custom", "directory", "plain"],
+        default_value = "custom",
+        conflicts_with = "sqlite"
+    )]
+    pub(crate) format: String,
+    /// pg_dump's parallel workers (pg_dump --jobs); directory format only. [default: 1]
+    #[arg(long, value_name = "N", conflicts_with = "sqlite")]
+    pub(crate) parallel: Option<u32>,
+    /// Where the directory format waits until it is stored (a private directory inside it,
+    /// removed afterwards); directory format only. [default: TMPDIR, else /tmp]
+    #[arg(long, value_name = "DIR", conflicts_with = "sqlite")]
+    pub(crate) scratch: Option<std::path::PathBuf>,
     /// Only the schema (no data).
     #[arg(long, conflicts_with_all = ["data_only", "sqlite"])]
     pub(crate) schema_only: bool,
@@ -344,27 +399,42 @@ pub(crate) struct DumpRestoreArgs {
     /// Target database: a connection string or URI. Also PGKEEP_PG; config key: pg.
     #[arg(long, value_name = "CONNINFO", conflicts_with_all = ["to_file", "sqlite_to"])]
     pub(crate) pg: Option<String>,
-    /// Directory of pg_restore. [default: PATH, then the standard locations, of the target
-    /// server's and the dump's major version or newer]
+    /// Directory of pg_restore and psql. [default: PATH, then the standard locations, of the
+    /// target server's and the dump's major version or newer]
     #[arg(long, value_name = "DIR")]
     pub(crate) pg_bin: Option<std::path::PathBuf>,
-    /// Restore only this table (repeatable).
-    #[arg(long, value_name = "TABLE")]
+    /// Restore only this table: TABLE or SCHEMA.TABLE, no patterns (repeatable; all in one
+    /// schema). Its definition and data, not its indexes or constraints (as pg_restore -t).
+    #[arg(long, value_name = "TABLE", conflicts_with_all = ["to_file", "sqlite_to"])]
     pub(crate) table: Vec<String>,
     /// Restore only the schema.
-    #[arg(long, conflicts_with = "data_only")]
+    #[arg(long, conflicts_with_all = ["data_only", "to_file", "sqlite_to"])]
     pub(crate) schema_only: bool,
     /// Restore only the data.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["to_file", "sqlite_to"])]
     pub(crate) data_only: bool,
-    /// Drop the objects before recreating them (pg_restore --clean --if-exists).
-    #[arg(long)]
+    /// Drop the objects before recreating them (pg_restore --clean --if-exists); for a
+    /// dump --all dump, drop and recreate databases that exist.
+    #[arg(long, conflicts_with_all = ["to_file", "sqlite_to"])]
     pub(crate) clean: bool,
     /// Create the dumped database (--pg then names the database to connect to first).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["to_file", "sqlite_to"])]
     pub(crate) create: bool,
-    /// Write pg_dump's file back unchanged instead of restoring (refuses to overwrite).
-    #[arg(long, value_name = "FILE", conflicts_with = "sqlite_to")]
+    /// A dump --all dump: restore only this database, without the globals.
+    #[arg(long, value_name = "NAME", conflicts_with = "sqlite_to")]
+    pub(crate) database: Option<String>,
+    /// pg_restore's parallel workers (pg_restore --jobs); directory-format dumps only.
+    /// [default: 1]
+    #[arg(long, value_name = "N", conflicts_with_all = ["to_file", "sqlite_to"])]
+    pub(crate) parallel: Option<u32>,
+    /// Where a directory-format dump is written back for pg_restore (a private directory
+    /// inside it, removed afterwards); directory-format dumps only. [default: TMPDIR, else
+    /// /tmp]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["to_file", "sqlite_to"])]
+    pub(crate) scratch: Option<std::path::PathBuf>,
+    /// Write the dump back as pg_dump made it instead of restoring (refuses to overwrite):
+    /// a file, or a directory for directory-format and dump --all dumps.
+    #[arg(long, value_name = "PATH", conflicts_with = "sqlite_to")]
     pub(crate) to_file: Option<std::path::PathBuf>,
     /// Write a SQLite dump to this new file and run PRAGMA integrity_check.
     #[arg(long, value_name = "PATH")]

@@ -57,6 +57,9 @@ pub(crate) struct ConfigFile {
     /// `expire`: retention policy (see README, "Repository lifecycle").
     #[serde(default)]
     pub(crate) retention: Retention,
+    /// `expire --dumps`: the dumps' own retention policy, same keys as `[retention]`.
+    #[serde(default)]
+    pub(crate) dump_retention: Retention,
     /// `check`: WARNING when the newest backup is older (humantime, e.g. `26h`).
     pub(crate) max_backup_age: Option<String>,
     /// `check`: WARNING when the newest archived WAL is older (humantime, e.g. `1h`).
@@ -82,7 +85,8 @@ impl ConfigFile {
     }
 }
 
-/// The `[retention]` table: `expire`'s policy when no `--keep-*` flag is given.
+/// The `[retention]` table (`expire`'s policy when no `--keep-*` flag is given), and the
+/// `[dump_retention]` table (the same for `expire --dumps`).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Retention {

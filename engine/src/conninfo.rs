@@ -1131,7 +1131,7 @@ impl fmt::Debug for ConnConfig {
 }
 
 /// Quotes a value for a `keyword=value` string when needed.
-fn conninfo_quote(v: &str) -> Cow<'_, str> {
+pub(crate) fn conninfo_quote(v: &str) -> Cow<'_, str> {
     if !v.is_empty() && !v.bytes().any(|c| is_c_space(c) || c == b'\'' || c == b'\\') {
         return Cow::Borrowed(v);
     }

@@ -36,6 +36,10 @@ pub enum DumpFormat {
     Plain = 1,
     /// A SQLite database file.
     SqliteFile = 2,
+    /// pg_dump's directory format, uncompressed (`-Fd -Z0`): one stream per file of the
+    /// directory (`dir/toc.dat`, `dir/<n>.dat`, ...), so each table's data deduplicates on
+    /// its own.
+    Directory = 3,
 }
 
 impl DumpSource {
@@ -54,8 +58,27 @@ impl DumpFormat {
             Self::Custom => "custom",
             Self::Plain => "plain",
             Self::SqliteFile => "sqlite",
+            Self::Directory => "directory",
         }
     }
+}
+
+/// The main stream of a `pg_dump` (custom or plain) or SQLite dump.
+pub const MAIN_STREAM: &str = "dump";
+/// The `pg_dumpall --globals-only` stream of a `pg_dumpall` dump.
+pub const GLOBALS_STREAM: &str = "globals.sql";
+/// Prefix of each database's archive in a `pg_dumpall` dump: `db/<database>`.
+pub const DATABASE_PREFIX: &str = "db/";
+/// Prefix of each file of a directory-format dump: `dir/<file>`.
+pub const DIRECTORY_PREFIX: &str = "dir/";
+/// Prefix of the streams of row filters: `rows/<n>`.
+pub const ROWS_PREFIX: &str = "rows/";
+
+/// Whether `name` can be a file of a directory-format dump: one non-empty path component,
+/// not `.` or `..`, without `/` or NUL. Restore creates these files, so a name that could
+/// leave the directory is refused when the manifest is read.
+pub fn is_directory_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
 }
 
 /// A table whose rows were exported with a condition (`COPY (SELECT ...) TO STDOUT`), stored
@@ -108,6 +131,20 @@ impl DumpManifest {
 
     pub fn stream(&self, name: &str) -> Option<&Attachment> {
         self.streams.iter().find(|a| a.name == name)
+    }
+
+    /// The databases of a `pg_dumpall` dump with their archives, in manifest order.
+    pub fn databases(&self) -> impl Iterator<Item = (&str, &Attachment)> {
+        self.streams
+            .iter()
+            .filter_map(|s| Some((s.name.strip_prefix(DATABASE_PREFIX)?, s)))
+    }
+
+    /// The files of a directory-format dump with their streams, in manifest order.
+    pub fn directory_files(&self) -> impl Iterator<Item = (&str, &Attachment)> {
+        self.streams
+            .iter()
+            .filter_map(|s| Some((s.name.strip_prefix(DIRECTORY_PREFIX)?, s)))
     }
 
     /// Bytes of all streams (what a restore reads).
@@ -174,13 +211,14 @@ impl DumpManifest {
             0 => DumpFormat::Custom,
             1 => DumpFormat::Plain,
             2 => DumpFormat::SqliteFile,
+            3 => DumpFormat::Directory,
             k => return Err(r.invalid(format!("unknown dump format {k}"))),
         };
         let database = r.string()?;
         let n = r.count(4)?;
         let selection = (0..n).map(|_| r.string()).collect::<Result<_, _>>()?;
         let n = r.count(20)?;
-        let row_filters = (0..n)
+        let row_filters: Vec<RowFilter> = (0..n)
             .map(|_| {
                 Ok(RowFilter {
                     table: r.string()?,
@@ -210,7 +248,6 @@ impl DumpManifest {
                 extents,
             });
         }
-        let row_filters: Vec<RowFilter> = row_filters;
         for f in &row_filters {
             if !streams.iter().any(|s| s.name == f.stream) {
                 return Err(r.invalid(format!(
@@ -219,6 +256,7 @@ impl DumpManifest {
                 )));
             }
         }
+        check_streams(&r, source, format, &streams, &row_filters)?;
         let n = r.count(8)?;
         let properties = (0..n)
             .map(|_| Ok((r.string()?, r.string()?)))
@@ -240,6 +278,63 @@ impl DumpManifest {
             properties,
         })
     }
+}
+
+/// The stream names and combinations §11 allows: a `pg_dumpall` dump is custom archives
+/// (`globals.sql` and `db/<database>`, no row filters); a directory dump's files are
+/// `dir/<file>` with one safe path component each (restore creates them); row filters'
+/// streams are `rows/...`, so none can pass for a file or a database.
+fn check_streams(
+    r: &Reader<'_>,
+    source: DumpSource,
+    format: DumpFormat,
+    streams: &[Attachment],
+    row_filters: &[RowFilter],
+) -> Result<(), FormatError> {
+    // Row filters are restored between pg_restore's sections, which only archives have.
+    let valid = match (source, format) {
+        (DumpSource::PgDump, DumpFormat::Custom | DumpFormat::Directory) => true,
+        (DumpSource::PgDump, DumpFormat::Plain)
+        | (DumpSource::PgDumpAll, DumpFormat::Custom)
+        | (DumpSource::Sqlite, DumpFormat::SqliteFile) => row_filters.is_empty(),
+        _ => false,
+    };
+    if !valid {
+        return Err(r.invalid(format!(
+            "a {} dump cannot be in {} format{}",
+            source.name(),
+            format.name(),
+            if row_filters.is_empty() {
+                ""
+            } else {
+                " with row filters"
+            }
+        )));
+    }
+    for s in streams {
+        let name = s.name.as_str();
+        let ok = if row_filters.iter().any(|f| f.stream == name) {
+            name.starts_with(ROWS_PREFIX)
+        } else if source == DumpSource::PgDumpAll {
+            name == GLOBALS_STREAM
+                || name
+                    .strip_prefix(DATABASE_PREFIX)
+                    .is_some_and(|d| !d.is_empty())
+        } else if format == DumpFormat::Directory {
+            name.strip_prefix(DIRECTORY_PREFIX)
+                .is_some_and(is_directory_file_name)
+        } else {
+            name == MAIN_STREAM
+        };
+        if !ok {
+            return Err(r.invalid(format!(
+                "stream {name:?} has no place in a {} dump in {} format",
+                source.name(),
+                format.name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -333,5 +428,100 @@ mod tests {
         let at = 4 + 16 + 4 + 4;
         bytes[at] = 9;
         assert!(DumpManifest::decode(&bytes).is_err());
+    }
+
+    /// A `pg_dumpall` dump and a directory dump round-trip, and list their databases and
+    /// files.
+    #[test]
+    fn pg_dumpall_and_directory_dumps_round_trip() {
+        let base = sample();
+        let stream = |name: &str| Attachment {
+            name: name.into(),
+            ..base.streams[0].clone()
+        };
+        let all = DumpManifest {
+            source: DumpSource::PgDumpAll,
+            database: "postgres".into(),
+            selection: Vec::new(),
+            row_filters: Vec::new(),
+            streams: vec![
+                stream("globals.sql"),
+                stream("db/postgres"),
+                stream("db/shop"),
+            ],
+            ..base.clone()
+        };
+        let decoded = DumpManifest::decode(&all.encode()).expect("decodes");
+        assert_eq!(decoded, all);
+        let dbs: Vec<&str> = decoded.databases().map(|(d, _)| d).collect();
+        assert_eq!(dbs, ["postgres", "shop"]);
+
+        let dir = DumpManifest {
+            format: DumpFormat::Directory,
+            streams: vec![
+                stream("dir/toc.dat"),
+                stream("dir/3301.dat"),
+                base.streams[1].clone(),
+            ],
+            ..base.clone()
+        };
+        let decoded = DumpManifest::decode(&dir.encode()).expect("decodes");
+        assert_eq!(decoded, dir);
+        let files: Vec<&str> = decoded.directory_files().map(|(f, _)| f).collect();
+        assert_eq!(files, ["toc.dat", "3301.dat"]);
+        assert_eq!(DumpFormat::Directory.name(), "directory");
+    }
+
+    /// Stream names that do not fit the dump's source and format, and combinations §11 does
+    /// not define, are refused: a directory file that would leave the directory never
+    /// reaches restore.
+    #[test]
+    fn refuses_streams_out_of_place() {
+        let base = sample();
+        let with = |source, format, names: &[&str], filters: bool| {
+            let mut m = DumpManifest {
+                source,
+                format,
+                streams: names
+                    .iter()
+                    .map(|n| Attachment {
+                        name: (*n).into(),
+                        ..base.streams[0].clone()
+                    })
+                    .collect(),
+                ..base.clone()
+            };
+            if !filters {
+                m.row_filters.clear();
+            }
+            DumpManifest::decode(&m.encode())
+        };
+        use DumpFormat::*;
+        use DumpSource::*;
+        for name in [
+            "dir/../x", "dir/a/b", "dir/", "dir/.", "dir/..", "dir/a\0b", "dump",
+        ] {
+            let e = with(PgDump, Directory, &[name, "rows/0"], true).expect_err(name);
+            assert!(e.to_string().contains("has no place"), "{name}: {e}");
+        }
+        assert!(with(PgDump, Directory, &["dir/toc.dat", "rows/0"], true).is_ok());
+        // A row filter's stream posing as a file outside the directory.
+        let mut m = DumpManifest {
+            format: Directory,
+            ..base.clone()
+        };
+        m.streams[1].name = "dir/../x".into();
+        m.row_filters[0].stream = "dir/../x".into();
+        let e = DumpManifest::decode(&m.encode()).expect_err("row stream out of place");
+        assert!(e.to_string().contains("has no place"), "{e}");
+        assert!(with(PgDumpAll, Custom, &["globals.sql", "db/"], false).is_err());
+        assert!(with(PgDumpAll, Custom, &["globals.sql", "dump"], false).is_err());
+        assert!(with(PgDumpAll, Directory, &["globals.sql"], false).is_err());
+        assert!(with(PgDumpAll, Custom, &["globals.sql", "rows/0"], true).is_err());
+        assert!(with(PgDump, Plain, &["dump", "rows/0"], true).is_err());
+        assert!(with(PgDump, Plain, &["dump"], false).is_ok());
+        assert!(with(PgDump, SqliteFile, &["dump"], false).is_err());
+        assert!(with(Sqlite, Custom, &["dump"], false).is_err());
+        assert!(with(PgDump, Custom, &["dir/toc.dat"], false).is_err());
     }
 }

@@ -632,6 +632,83 @@ fn dump_object() {
     assert!(open_object(&k, Kind::Manifest, &name, &bytes, 1 << 20).is_err());
 }
 
+/// A `pg_dumpall` dump (source 1: globals and one custom archive per database) and a
+/// directory-format dump (format 3: one stream per file), as format 1.3 writes them.
+#[test]
+fn dump_all_and_directory_objects() {
+    use pgkeep_format::{DumpFormat, DumpManifest, DumpSource};
+    let k = keys();
+    let cluster = ClusterName::new("main").expect("valid");
+    let chunk = |text: &[u8]| ChunkRef {
+        id: k.chunk_id(text),
+        raw_len: text.len() as u32,
+    };
+    let stream = |name: &str, c: ChunkRef| Attachment {
+        name: name.into(),
+        size: u64::from(c.raw_len),
+        extents: vec![Extent::whole(c)],
+    };
+    let base = DumpManifest {
+        dump_id: "20261121T053200Z".into(),
+        cluster: "main".into(),
+        source: DumpSource::PgDumpAll,
+        format: DumpFormat::Custom,
+        database: "postgres".into(),
+        selection: Vec::new(),
+        row_filters: Vec::new(),
+        server_version_num: 180_001,
+        tool_version: "pg_dump (PostgreSQL) 18.1".into(),
+        start_time_us: 1_795_000_000_000_000,
+        stop_time_us: 1_795_000_001_000_000,
+        stats: BackupStats {
+            logical_bytes: 33,
+            stored_bytes: 200,
+            new_bytes: 200,
+            chunks: 3,
+            new_chunks: 3,
+        },
+        streams: vec![
+            stream("globals.sql", chunk(b"CREATE ROLE app;")),
+            stream("db/postgres", chunk(b"PGDMP postgres")),
+            stream("db/shop", chunk(b"PGDMP shop")),
+        ],
+        properties: vec![("pgkeep_version".into(), "0.1.0".into())],
+    };
+    let directory = DumpManifest {
+        dump_id: "20261121T053300Z".into(),
+        source: DumpSource::PgDump,
+        format: DumpFormat::Directory,
+        database: "shop".into(),
+        streams: vec![
+            stream("dir/3302.dat", chunk(b"1\t42\n")),
+            stream("dir/toc.dat", chunk(b"PGDMP toc")),
+        ],
+        ..base.clone()
+    };
+    for (vector, m, salt_byte, source, format) in [
+        ("dump-all-object", &base, 15, 1, 0),
+        ("dump-directory-object", &directory, 16, 0, 3),
+    ] {
+        let name = layout::dump(&cluster, &m.dump_id);
+        check(
+            vector,
+            json!({
+                "description": format!("a dump manifest of source {source}, format {format} (format 1.3, body uncompressed)"),
+                "name": name,
+                "plaintext": hex::encode(m.encode()),
+                "object": hex::encode(seal_object(&k, Kind::Dump, &name, salt(salt_byte), &m.encode(), 0)),
+            }),
+        );
+        let v = committed(vector);
+        let plain =
+            open_object(&k, Kind::Dump, &name, &hex_field(&v, "object"), 1 << 20).expect("opens");
+        // The source and format bytes follow the id and cluster strings.
+        let at = 4 + m.dump_id.len() + 4 + m.cluster.len();
+        assert_eq!((plain[at], plain[at + 1]), (source, format), "{vector}");
+        assert_eq!(&DumpManifest::decode(&plain).expect("decodes"), m);
+    }
+}
+
 /// Objects written by format 1.2 (minor version 2) stay readable. Frozen like the 1.0 vector.
 #[test]
 fn format_1_2_objects_open() {

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use pgkeep_engine::dump::selection::{RowFilterSpec, Selection};
 use pgkeep_engine::dump::{self, DumpRestoreOptions, DumpSummary, PgDumpOptions};
-use pgkeep_engine::format::DumpManifest;
+use pgkeep_engine::format::{DumpFormat, DumpManifest};
 use pgkeep_engine::WriteOptions;
 use serde::Serialize;
 
@@ -20,6 +20,8 @@ pub(crate) struct DumpRow {
     source: &'static str,
     format: &'static str,
     database: String,
+    /// The databases of a `dump --all` dump (empty for other dumps).
+    databases: Vec<String>,
     selection: Vec<String>,
     row_filters: Vec<String>,
     server_version: Option<String>,
@@ -39,6 +41,7 @@ impl From<&DumpManifest> for DumpRow {
             source: m.source.name(),
             format: m.format.name(),
             database: m.database.clone(),
+            databases: m.databases().map(|(d, _)| d.to_owned()).collect(),
             selection: m.selection.clone(),
             row_filters: m
                 .row_filters
@@ -68,6 +71,7 @@ pub(crate) fn render(rows: &[DumpRow]) -> String {
     let mut t = Table::new(&[
         "DUMP",
         "SOURCE",
+        "FORMAT",
         "DATABASE",
         "STARTED",
         "SECONDS",
@@ -87,7 +91,12 @@ pub(crate) fn render(rows: &[DumpRow]) -> String {
         t.row(vec![
             r.id.clone(),
             r.source.into(),
-            r.database.clone(),
+            r.format.into(),
+            if r.source == "pg_dumpall" {
+                format!("all: {}", r.databases.join(","))
+            } else {
+                r.database.clone()
+            },
             r.start_time.clone(),
             format!("{:.1}", r.duration_seconds),
             format_bytes(r.logical_bytes),
@@ -167,21 +176,38 @@ pub(crate) async fn run(s: &Settings, a: &DumpArgs, out: &Output) -> anyhow::Res
         .map(|w| RowFilterSpec::parse(w))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| UsageError(e.to_string()))?;
-    selection
-        .check(&row_filters)
-        .map_err(|e| UsageError(e.to_string()))?;
-    let conn = cmd::conn_config(s, a.pg.clone())?;
+    let format = match a.format.as_str() {
+        "directory" => DumpFormat::Directory,
+        "plain" => DumpFormat::Plain,
+        _ => DumpFormat::Custom,
+    };
     let opts = PgDumpOptions {
         pg_bin: a.pg_bin.clone(),
+        format,
         selection,
         row_filters,
+        parallel: a.parallel,
+        scratch: a.scratch.clone(),
         write,
         lock: s.lock_options()?,
     };
+    if a.all {
+        opts.check_all()
+    } else {
+        opts.check()
+    }
+    .map_err(|e| UsageError(e.to_string()))?;
+    let conn = cmd::conn_config(s, a.pg.clone())?;
     let repo = cmd::open(s).await?;
-    let summary = dump::dump_postgres(&repo, &cluster, &conn, &opts)
-        .await
-        .with_context(|| format!("dumping {}", conn.display_target()))?;
+    let summary = if a.all {
+        dump::all::dump_all(&repo, &cluster, &conn, &opts)
+            .await
+            .with_context(|| format!("dumping every database of {}", conn.display_target()))?
+    } else {
+        dump::dump_postgres(&repo, &cluster, &conn, &opts)
+            .await
+            .with_context(|| format!("dumping {}", conn.display_target()))?
+    };
     emit(out, &summary)
 }
 
@@ -198,7 +224,7 @@ pub(crate) async fn restore(s: &Settings, a: &DumpRestoreArgs, out: &Output) -> 
     };
     let lock = s.lock_options()?;
     if let Some(path) = &a.to_file {
-        let files = dump::dump_to_file(&repo, &cluster, &id, path, lock)
+        let files = dump::dump_to_file(&repo, &cluster, &id, path, a.database.as_deref(), lock)
             .await
             .with_context(|| format!("writing dump {id} to {}", path.display()))?;
         let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
@@ -228,24 +254,46 @@ pub(crate) async fn restore(s: &Settings, a: &DumpRestoreArgs, out: &Output) -> 
         data_only: a.data_only,
         clean: a.clean,
         create: a.create,
+        database: a.database.clone(),
+        parallel: a.parallel,
+        scratch: a.scratch.clone(),
         lock,
     };
     let summary = dump::restore_dump(&repo, &cluster, &id, &conn, &opts)
         .await
         .with_context(|| format!("restoring dump {id} into {}", conn.display_target()))?;
     out.emit(
-        &serde_json::json!({"dump": id, "bytes": summary.bytes, "filtered_rows": summary.filtered_rows}),
+        &serde_json::json!({
+            "dump": id,
+            "bytes": summary.bytes,
+            "filtered_rows": summary.filtered_rows,
+            "databases": summary.databases,
+            "tolerated_errors": summary.tolerated,
+        }),
         || {
-            format!(
-                "dump {id} restored into {} ({} read{})",
+            let mut text = format!(
+                "dump {id} restored into {} ({} read{}{})",
                 conn.display_target(),
                 format_bytes(summary.bytes),
                 if summary.filtered_rows > 0 {
                     format!(", {} filtered rows loaded", summary.filtered_rows)
                 } else {
                     String::new()
+                },
+                if summary.databases.is_empty() {
+                    String::new()
+                } else {
+                    format!("; databases: {}", summary.databases.join(", "))
                 }
-            )
+            );
+            if !summary.tolerated.is_empty() {
+                text.push_str(&format!(
+                    "\nglobals.sql: {} error(s) tolerated (the objects exist already):\n  {}",
+                    summary.tolerated.len(),
+                    summary.tolerated.join("\n  ")
+                ));
+            }
+            text
         },
     )
 }

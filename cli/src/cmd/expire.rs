@@ -32,20 +32,25 @@ struct Verdict {
     reasons: Vec<String>,
 }
 
-/// Each rule: flag, then `PGKEEP_KEEP_*`, then `[retention]` in the config file.
+/// Each rule: flag, then `PGKEEP_KEEP_*`, then `[retention]` in the config file; for
+/// `--dumps`, flag, then `PGKEEP_DUMP_KEEP_*`, then `[dump_retention]`.
 fn policy(s: &Settings, a: &ExpireArgs) -> anyhow::Result<Policy> {
-    let r = &s.file.retention;
+    let (r, var) = if a.dumps {
+        (&s.file.dump_retention, "PGKEEP_DUMP_KEEP_")
+    } else {
+        (&s.file.retention, "PGKEEP_KEEP_")
+    };
     let within = pick(
         a.keep_within.clone(),
-        "PGKEEP_KEEP_WITHIN",
+        &format!("{var}WITHIN"),
         r.keep_within.clone(),
     )?;
     Ok(Policy {
-        keep_last: pick(a.keep_last, "PGKEEP_KEEP_LAST", r.keep_last)?,
-        keep_daily: pick(a.keep_daily, "PGKEEP_KEEP_DAILY", r.keep_daily)?,
-        keep_weekly: pick(a.keep_weekly, "PGKEEP_KEEP_WEEKLY", r.keep_weekly)?,
-        keep_monthly: pick(a.keep_monthly, "PGKEEP_KEEP_MONTHLY", r.keep_monthly)?,
-        keep_yearly: pick(a.keep_yearly, "PGKEEP_KEEP_YEARLY", r.keep_yearly)?,
+        keep_last: pick(a.keep_last, &format!("{var}LAST"), r.keep_last)?,
+        keep_daily: pick(a.keep_daily, &format!("{var}DAILY"), r.keep_daily)?,
+        keep_weekly: pick(a.keep_weekly, &format!("{var}WEEKLY"), r.keep_weekly)?,
+        keep_monthly: pick(a.keep_monthly, &format!("{var}MONTHLY"), r.keep_monthly)?,
+        keep_yearly: pick(a.keep_yearly, &format!("{var}YEARLY"), r.keep_yearly)?,
         keep_within: within
             .map(|w| parse_duration("--keep-within", &w))
             .transpose()?,
@@ -103,21 +108,16 @@ struct DumpVerdict {
     reasons: Vec<String>,
 }
 
-/// `expire --dumps`: the dumps' own policy, from the flags only.
+/// `expire --dumps`: the dumps' own policy.
 async fn run_dumps(s: &Settings, a: &ExpireArgs, out: &Output) -> anyhow::Result<()> {
     let cluster = cmd::cluster(s)?;
-    let policy = Policy {
-        keep_last: a.keep_last,
-        keep_daily: a.keep_daily,
-        keep_weekly: a.keep_weekly,
-        keep_monthly: a.keep_monthly,
-        keep_yearly: a.keep_yearly,
-        keep_within: a
-            .keep_within
-            .as_deref()
-            .map(|w| parse_duration("--keep-within", w))
-            .transpose()?,
-    };
+    let policy = policy(s, a)?;
+    if policy.is_empty() {
+        return Err(crate::exit::UsageError(
+            "expire --dumps: no retention policy for dumps: give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within (or PGKEEP_DUMP_KEEP_*, or the same keys under [dump_retention] in the config file)".into(),
+        )
+        .into());
+    }
     policy
         .validate()
         .map_err(|e| crate::exit::UsageError(format!("expire --dumps: {e}")))?;

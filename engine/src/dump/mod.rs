@@ -1,13 +1,16 @@
-//! `pgkeep dump` and `dump-restore`: logical dumps (pg_dump, SQLite snapshots) stored in the
-//! same deduplicated, encrypted archive as base backups.
+//! `pgkeep dump` and `dump-restore`: logical dumps (pg_dump, pg_dumpall, SQLite snapshots)
+//! stored in the same deduplicated, encrypted archive as base backups.
 //!
-//! pg_dump writes its custom format uncompressed (`-Fc -Z0`) to a pipe; the stream is cut with
+//! pg_dump writes its custom format uncompressed (`-Fc -Z0`) to a pipe (the directory format
+//! into a scratch directory, see [`directory`]; `--all` in [`all`]); the stream is cut with
 //! FastCDC, so tomorrow's dump of a mostly unchanged database stores only the chunks around
 //! what changed (compression happens per chunk, after deduplication). A dump commits like a
 //! backup: chunks, then the index segment, then the dump manifest, under a shared lock that
 //! keeps `prune` out. A dump whose tool fails leaves no manifest, and its error is the tool's
 //! own stderr.
 
+pub mod all;
+mod directory;
 pub mod selection;
 pub mod sqlite;
 pub mod tools;
@@ -22,8 +25,8 @@ use pgkeep_format::{
 };
 use tokio::io::AsyncWriteExt;
 
-use self::selection::{RowFilterSpec, Selection};
-use self::tools::{find_tool, libpq_env, major_of, spawn, tool_version};
+use self::selection::{restore_table_args, table_selected, RowFilterSpec, Selection};
+use self::tools::{dbname_arg, find_tool, find_tools, libpq_env, major_of, spawn, tool_version};
 use crate::chunker::Chunking;
 use crate::conninfo::ConnConfig;
 use crate::error::{Error, Result};
@@ -33,18 +36,90 @@ use crate::replication::{Event, PgConnection, PgError, ReplicationMode};
 use crate::repository::{limits, Repository};
 use crate::storage::Created;
 
-/// The main stream of a dump.
-pub const MAIN_STREAM: &str = "dump";
+pub use pgkeep_format::dump::MAIN_STREAM;
 
-/// What `dump_postgres` should take.
+/// What `dump_postgres` (one database) and [`all::dump_all`] (every database) should take.
 #[derive(Debug, Clone)]
 pub struct PgDumpOptions {
-    /// Directory of pg_dump; else PATH and the standard locations.
+    /// Directory of pg_dump (and pg_dumpall); else PATH and the standard locations.
     pub pg_bin: Option<PathBuf>,
+    /// Custom (the default), plain SQL or directory.
+    pub format: DumpFormat,
     pub selection: Selection,
     pub row_filters: Vec<RowFilterSpec>,
+    /// pg_dump's parallel workers (`--jobs`); directory format only.
+    pub parallel: Option<u32>,
+    /// Where the directory format's output waits until it is stored; else the system's
+    /// temporary directory.
+    pub scratch: Option<PathBuf>,
     pub write: WriteOptions,
     pub lock: LockOptions,
+}
+
+impl Default for PgDumpOptions {
+    fn default() -> Self {
+        Self {
+            pg_bin: None,
+            format: DumpFormat::Custom,
+            selection: Selection::default(),
+            row_filters: Vec::new(),
+            parallel: None,
+            scratch: None,
+            write: WriteOptions::default(),
+            lock: LockOptions::default(),
+        }
+    }
+}
+
+impl PgDumpOptions {
+    /// Refuses combinations pg_dump or the restore could not honour, before anything runs.
+    pub fn check(&self) -> Result<()> {
+        self.selection.check(&self.row_filters)?;
+        match self.format {
+            DumpFormat::SqliteFile => {
+                return Err(Error::InvalidInput(
+                    "the sqlite format is for --sqlite PATH: PostgreSQL dumps are custom, directory or plain".into(),
+                ))
+            }
+            DumpFormat::Plain if !self.row_filters.is_empty() => {
+                return Err(Error::InvalidInput(
+                    "--where needs an archive format (custom or directory): the filtered rows are loaded between pg_restore's sections, which a plain SQL script does not have".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.scratch.is_some() && self.format != DumpFormat::Directory {
+            return Err(Error::InvalidInput(format!(
+                "--scratch holds the directory format's output; a {} dump streams from pg_dump without one: add --format directory or leave --scratch out",
+                self.format.name()
+            )));
+        }
+        match self.parallel {
+            Some(0) => Err(Error::InvalidInput(
+                "--parallel must be at least 1".into(),
+            )),
+            Some(_) if self.format != DumpFormat::Directory => Err(Error::InvalidInput(format!(
+                "--parallel runs pg_dump's workers, which write the directory format, not {}: add --format directory",
+                self.format.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// pg_dump's options for this dump, before connection and snapshot.
+    fn pg_dump_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            format!("--format={}", self.format.name()),
+            // Uncompressed: pg_dump's own compression would defeat deduplication.
+            "--compress=0".into(),
+            "--no-password".into(),
+        ];
+        if let Some(n) = self.parallel {
+            args.push(format!("--jobs={n}"));
+        }
+        args.extend(self.selection.args());
+        args
+    }
 }
 
 /// What a dump stored.
@@ -168,6 +243,22 @@ fn stats(repo: &Repository, streams: &[Attachment], session: &SessionStats) -> B
     probe.stats
 }
 
+/// A private scratch directory (mode 0700, from `tempfile`) under `parent`, or the system's
+/// temporary directory; it and everything in it are removed when dropped, also when the
+/// dump or restore fails.
+fn scratch_dir(parent: Option<&Path>, what: &str) -> Result<tempfile::TempDir> {
+    let parent = parent.map_or_else(std::env::temp_dir, Path::to_owned);
+    tempfile::Builder::new()
+        .prefix(&format!(".pgkeep-{what}-"))
+        .tempdir_in(&parent)
+        .map_err(|e| {
+            Error::io(
+                format!("creating a scratch directory in {}", parent.display()),
+                e,
+            )
+        })
+}
+
 fn stream(name: &str, s: StoredStream) -> Attachment {
     Attachment {
         name: name.to_owned(),
@@ -180,6 +271,70 @@ fn pg(e: PgError) -> Error {
     Error::Postgres(e)
 }
 
+/// An ordinary session to the server a dump reads, and its `server_version_num` (which
+/// picks the dump tools).
+async fn connect_source(conn: &ConnConfig, tool: &str) -> Result<(PgConnection, u32)> {
+    if conn.replication.is_some() {
+        return Err(Error::InvalidInput(format!(
+            "{tool} needs an ordinary connection: remove `replication` from --pg"
+        )));
+    }
+    let session = PgConnection::connect(conn, ReplicationMode::None).await?;
+    let version_num = session.server_version_num().ok_or_else(|| {
+        Error::Postgres(PgError::Protocol(
+            "the server did not report server_version".into(),
+        ))
+    })?;
+    Ok((session, version_num))
+}
+
+/// The manifest of a dump started at `started`, before its streams are stored.
+fn new_manifest(
+    cluster: &ClusterName,
+    source: DumpSource,
+    format: DumpFormat,
+    database: String,
+    started: SystemTime,
+) -> DumpManifest {
+    DumpManifest {
+        dump_id: String::new(),
+        cluster: cluster.to_string(),
+        source,
+        format,
+        database,
+        selection: Vec::new(),
+        row_filters: Vec::new(),
+        server_version_num: 0,
+        tool_version: String::new(),
+        start_time_us: micros(started),
+        stop_time_us: 0,
+        stats: BackupStats::default(),
+        streams: Vec::new(),
+        properties: vec![("pgkeep_version".into(), env!("CARGO_PKG_VERSION").into())],
+    }
+}
+
+/// Ends the write session and commits `manifest` with `streams`, its stop time and stats.
+async fn commit(
+    repo: &Repository,
+    write: WriteSession,
+    mut manifest: DumpManifest,
+    streams: Vec<Attachment>,
+    lock: &RepoLock,
+    clock: std::time::Instant,
+) -> Result<DumpSummary> {
+    let (session, _) = write.finish().await?;
+    manifest.stop_time_us = micros(SystemTime::now());
+    manifest.stats = stats(repo, &streams, &session);
+    manifest.streams = streams;
+    repo.commit_dump(&mut manifest, lock).await?;
+    Ok(DumpSummary {
+        manifest,
+        session,
+        seconds: clock.elapsed().as_secs_f64(),
+    })
+}
+
 /// Takes a pg_dump of the database `conn` names and stores it in `cluster`.
 pub async fn dump_postgres(
     repo: &Repository,
@@ -187,22 +342,12 @@ pub async fn dump_postgres(
     conn: &ConnConfig,
     opts: &PgDumpOptions,
 ) -> Result<DumpSummary> {
-    opts.selection.check(&opts.row_filters)?;
+    opts.check()?;
     let clock = std::time::Instant::now();
     let started = SystemTime::now();
-    if conn.replication.is_some() {
-        return Err(Error::InvalidInput(
-            "pg_dump needs an ordinary connection: remove `replication` from --pg".into(),
-        ));
-    }
     // An ordinary session first: the server's version picks pg_dump, and a tenant export
     // needs a snapshot shared by pg_dump and the row streams.
-    let mut session = PgConnection::connect(conn, ReplicationMode::None).await?;
-    let version_num = session.server_version_num().ok_or_else(|| {
-        Error::Postgres(PgError::Protocol(
-            "the server did not report server_version".into(),
-        ))
-    })?;
+    let (mut session, version_num) = connect_source(conn, "pg_dump").await?;
     let pg_dump = find_tool(opts.pg_bin.as_deref(), "pg_dump", version_num / 10000)?;
     let tool = tool_version(&pg_dump).unwrap_or_default();
     let snapshot = if opts.row_filters.is_empty() {
@@ -222,13 +367,7 @@ pub async fn dump_postgres(
             ))
         })?)
     };
-    let mut args: Vec<String> = vec![
-        "--format=custom".into(),
-        // Uncompressed: pg_dump's own compression would defeat deduplication.
-        "--compress=0".into(),
-        "--no-password".into(),
-    ];
-    args.extend(opts.selection.args());
+    let mut args = opts.pg_dump_args();
     for f in &opts.row_filters {
         args.push(format!("--exclude-table-data={}", f.table));
     }
@@ -241,9 +380,23 @@ pub async fn dump_postgres(
     let result: Result<_> = async {
         let write = repo.write_session(opts.write).await?;
         let chunking = Chunking::from_config(repo.config());
-        let mut streams = Vec::new();
-        let main = run_into(&write, &pg_dump, &args, &env, chunking).await?;
-        streams.push(stream(MAIN_STREAM, main));
+        let mut streams = match opts.format {
+            DumpFormat::Directory => {
+                directory::dump_into(
+                    &write,
+                    &pg_dump,
+                    &args,
+                    &env,
+                    chunking,
+                    opts.scratch.as_deref(),
+                )
+                .await?
+            }
+            _ => vec![stream(
+                MAIN_STREAM,
+                run_into(&write, &pg_dump, &args, &env, chunking).await?,
+            )],
+        };
         let mut filters = Vec::new();
         for (n, f) in opts.row_filters.iter().enumerate() {
             let name = format!("rows/{n}");
@@ -260,32 +413,21 @@ pub async fn dump_postgres(
         if snapshot.is_some() {
             session.query("COMMIT").await.map_err(pg)?;
         }
-        let (session_stats, _) = write.finish().await?;
-        let mut manifest = DumpManifest {
-            dump_id: String::new(),
-            cluster: cluster.to_string(),
-            source: DumpSource::PgDump,
-            format: DumpFormat::Custom,
-            database: conn.effective_dbname().to_owned(),
-            selection: opts.selection.args(),
-            row_filters: filters,
-            server_version_num: version_num,
-            tool_version: tool.clone(),
-            start_time_us: micros(started),
-            stop_time_us: micros(SystemTime::now()),
-            stats: stats(repo, &streams, &session_stats),
-            streams,
-            properties: vec![
-                ("pgkeep_version".into(), env!("CARGO_PKG_VERSION").into()),
-                ("host".into(), conn.display_target()),
-            ],
-        };
-        repo.commit_dump(&mut manifest, &lock).await?;
-        Ok(DumpSummary {
-            manifest,
-            session: session_stats,
-            seconds: clock.elapsed().as_secs_f64(),
-        })
+        let mut manifest = new_manifest(
+            cluster,
+            DumpSource::PgDump,
+            opts.format,
+            conn.effective_dbname().to_owned(),
+            started,
+        );
+        manifest.selection = opts.selection.args();
+        manifest.row_filters = filters;
+        manifest.server_version_num = version_num;
+        manifest.tool_version = tool.clone();
+        manifest
+            .properties
+            .push(("host".into(), conn.display_target()));
+        commit(repo, write, manifest, streams, &lock, clock).await
     }
     .await;
     let released = lock.release().await;
@@ -372,6 +514,7 @@ async fn copy_out_into(
 pub struct DumpRestoreOptions {
     /// Directory of pg_restore/psql; else PATH and the standard locations.
     pub pg_bin: Option<PathBuf>,
+    /// `TABLE` or `SCHEMA.TABLE`, see [`selection::restore_table_args`].
     pub tables: Vec<String>,
     pub schema_only: bool,
     pub data_only: bool,
@@ -379,35 +522,63 @@ pub struct DumpRestoreOptions {
     pub clean: bool,
     /// `--create`: create the database (connect to another one, e.g. `postgres`).
     pub create: bool,
+    /// A `dump --all` dump: restore only this database, as a pg_dump dump of it.
+    pub database: Option<String>,
+    /// pg_restore's parallel workers (`--jobs`); directory-format dumps only.
+    pub parallel: Option<u32>,
+    /// Where a directory-format dump is written back for pg_restore; else the system's
+    /// temporary directory.
+    pub scratch: Option<PathBuf>,
     pub lock: LockOptions,
 }
 
 /// What a restore did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DumpRestoreSummary {
     pub bytes: u64,
     /// Rows loaded from row-filter streams.
     pub filtered_rows: u64,
+    /// The databases restored from a `dump --all` dump, in order.
+    pub databases: Vec<String>,
+    /// Errors of `globals.sql` that were tolerated (objects that already exist), as psql
+    /// reported them.
+    pub tolerated: Vec<String>,
 }
 
-/// Writes a dump's main stream to `path` unchanged (pg_dump's own file), and each row
-/// filter's rows to `PATH.rows-N.copy`. Refuses to overwrite.
+/// Writes a dump back as the files its tool made, refusing to overwrite anything:
+/// - a custom or plain dump: pg_dump's file at `path`, and each row filter's rows at
+///   `PATH.rows-N.copy`;
+/// - a directory dump: the directory at `path` (created, mode 0700), rows as above;
+/// - a `dump --all` dump: the directory `path` with `globals.sql` and one `<database>.dump`
+///   per database (names escaped, see [`database_file_name`]); with `database`, only that
+///   database's archive, at `path`;
+/// - a SQLite dump: the database file.
 pub async fn dump_to_file(
     repo: &Repository,
     cluster: &ClusterName,
     dump_id: &str,
     path: &Path,
+    database: Option<&str>,
     lock: LockOptions,
 ) -> Result<Vec<PathBuf>> {
     let lock = repo.lock(LockMode::Shared, "dump-restore", lock).await?;
     let result: Result<_> = async {
         let m = repo.read_dump(cluster, dump_id).await?;
-        let mut written = Vec::new();
-        let main = m
-            .stream(MAIN_STREAM)
-            .ok_or_else(|| missing_stream(&m, MAIN_STREAM))?;
-        write_stream_file(repo, &main.extents, path).await?;
-        written.push(path.to_owned());
+        if m.source == DumpSource::PgDumpAll {
+            return all::write_files(repo, &m, path, database).await;
+        }
+        if database.is_some() {
+            return Err(not_all(&m));
+        }
+        let mut written = vec![path.to_owned()];
+        if m.format == DumpFormat::Directory {
+            directory::write_directory(repo, &m, path).await?;
+        } else {
+            let main = m
+                .stream(MAIN_STREAM)
+                .ok_or_else(|| missing_stream(&m, MAIN_STREAM))?;
+            write_stream_file(repo, &main.extents, path).await?;
+        }
         for (n, f) in m.row_filters.iter().enumerate() {
             let s = m
                 .stream(&f.stream)
@@ -423,6 +594,16 @@ pub async fn dump_to_file(
     let out = result?;
     released?;
     Ok(out)
+}
+
+/// `--database` given for a dump that is not a `dump --all` dump.
+fn not_all(m: &DumpManifest) -> Error {
+    Error::InvalidInput(format!(
+        "--database picks one database out of a `dump --all` dump, but dump {} is a {} dump of {}: leave --database out",
+        m.dump_id,
+        m.source.name(),
+        m.database
+    ))
 }
 
 fn missing_stream(m: &DumpManifest, name: &str) -> Error {
@@ -454,10 +635,13 @@ async fn write_stream_file(
         .map_err(|e| Error::io(format!("syncing {}", path.display()), e))
 }
 
-/// Restores a pg_dump dump into the database `conn` names with pg_restore. A tenant export
-/// (row filters) is restored in sections: schema, pg_dump's data, the filtered rows with
-/// `COPY ... FROM STDIN`, then indexes and constraints, so the rows load before the
-/// constraints that check them are built, as pg_restore itself does.
+/// Restores a PostgreSQL dump into the server `conn` names: an archive (custom or
+/// directory) with pg_restore into `conn`'s database (with `create`, a new one), a plain
+/// SQL dump with psql, a `dump --all` dump as globals then every database (see
+/// [`all::restore_all`]). A tenant export (row filters) is restored in sections: schema,
+/// pg_dump's data, the filtered rows with `COPY ... FROM STDIN`, then indexes and
+/// constraints, so the rows load before the constraints that check them are built, as
+/// pg_restore itself does.
 pub async fn restore_dump(
     repo: &Repository,
     cluster: &ClusterName,
@@ -465,11 +649,6 @@ pub async fn restore_dump(
     conn: &ConnConfig,
     opts: &DumpRestoreOptions,
 ) -> Result<DumpRestoreSummary> {
-    if opts.schema_only && opts.data_only {
-        return Err(Error::InvalidInput(
-            "--schema-only and --data-only exclude each other".into(),
-        ));
-    }
     let lock = repo
         .lock(LockMode::Shared, "dump-restore", opts.lock)
         .await?;
@@ -480,6 +659,101 @@ pub async fn restore_dump(
     Ok(out)
 }
 
+/// Ok when none of `flags` (each: is it given, its name) is given; else the usage error
+/// `why` makes of the given ones' names.
+fn refuse_flags(flags: &[(bool, &str)], why: impl FnOnce(String) -> String) -> Result<()> {
+    let given: Vec<&str> = flags
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, f)| *f)
+        .collect();
+    if given.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(why(given.join(", "))))
+    }
+}
+
+/// Refuses options the dump's kind cannot honour, before anything is connected or run.
+fn check_restore(m: &DumpManifest, opts: &DumpRestoreOptions) -> Result<()> {
+    let id = &m.dump_id;
+    if opts.schema_only && opts.data_only {
+        return Err(Error::InvalidInput(
+            "--schema-only and --data-only exclude each other".into(),
+        ));
+    }
+    if opts.parallel == Some(0) {
+        return Err(Error::InvalidInput("--parallel must be at least 1".into()));
+    }
+    if opts.scratch.is_some()
+        && !(m.source == DumpSource::PgDump && m.format == DumpFormat::Directory)
+    {
+        return Err(Error::InvalidInput(format!(
+            "--scratch holds a directory-format dump while pg_restore reads it; dump {id} is a {} dump, restored from a pipe: leave --scratch out",
+            m.format.name()
+        )));
+    }
+    let parallel_refused = || {
+        Error::InvalidInput(format!(
+            "--parallel needs a directory-format dump: pg_restore cannot run workers on an archive it reads from a pipe, and dump {id} is a {} dump",
+            m.format.name()
+        ))
+    };
+    match (m.source, m.format) {
+        (_, DumpFormat::SqliteFile) => Err(Error::InvalidInput(format!(
+            "dump {id} is a SQLite database: restore it with --sqlite-to PATH or --to-file PATH"
+        ))),
+        (DumpSource::PgDumpAll, _) => match &opts.database {
+            Some(db) => {
+                if m.stream(&format!("{}{db}", pgkeep_format::dump::DATABASE_PREFIX))
+                    .is_none()
+                {
+                    let names: Vec<&str> = m.databases().map(|(d, _)| d).collect();
+                    return Err(Error::InvalidInput(format!(
+                        "dump {id} has no database {db:?}; it has {}",
+                        names.join(", ")
+                    )));
+                }
+                if opts.parallel.is_some() {
+                    return Err(parallel_refused());
+                }
+                restore_table_args(&opts.tables).map(drop)
+            }
+            None => refuse_flags(
+                &[
+                    (!opts.tables.is_empty(), "--table"),
+                    (opts.schema_only, "--schema-only"),
+                    (opts.data_only, "--data-only"),
+                    (opts.parallel.is_some(), "--parallel"),
+                ],
+                |flags| {
+                    format!(
+                    "dump {id} holds a whole cluster (dump --all), and {flags} apply to one database: pick it with --database NAME"
+                )
+                },
+            ),
+        },
+        _ if opts.database.is_some() => Err(not_all(m)),
+        (_, DumpFormat::Plain) => refuse_flags(
+            &[
+                (!opts.tables.is_empty(), "--table"),
+                (opts.schema_only, "--schema-only"),
+                (opts.data_only, "--data-only"),
+                (opts.clean, "--clean"),
+                (opts.create, "--create"),
+                (opts.parallel.is_some(), "--parallel"),
+            ],
+            |flags| {
+                format!(
+                "dump {id} is a plain SQL script, which psql runs whole: {flags} are pg_restore's and need an archive (dump --format custom or directory). Restore without them, or take the script with --to-file FILE and edit it"
+            )
+            },
+        ),
+        (_, DumpFormat::Custom) if opts.parallel.is_some() => Err(parallel_refused()),
+        _ => restore_table_args(&opts.tables).map(drop),
+    }
+}
+
 async fn restore_locked(
     repo: &Repository,
     cluster: &ClusterName,
@@ -488,57 +762,182 @@ async fn restore_locked(
     opts: &DumpRestoreOptions,
 ) -> Result<DumpRestoreSummary> {
     let m = repo.read_dump(cluster, dump_id).await?;
-    if m.format != DumpFormat::Custom {
-        return Err(Error::InvalidInput(format!(
-            "dump {dump_id} is a {} dump: restore it with --sqlite-to PATH or --to-file PATH",
-            m.format.name()
-        )));
-    }
-    let main = m
-        .stream(MAIN_STREAM)
-        .ok_or_else(|| missing_stream(&m, MAIN_STREAM))?;
+    check_restore(&m, opts)?;
     let mut session = PgConnection::connect(conn, ReplicationMode::None).await?;
     let target_major = session.server_version_num().unwrap_or(0) / 10000;
-    let dump_major = major_of(&m.tool_version).unwrap_or(0);
-    let pg_restore = find_tool(
-        opts.pg_bin.as_deref(),
-        "pg_restore",
-        target_major.max(dump_major),
-    )?;
+    // pg_restore reads archives of its own and older versions, and psql runs the scripts of
+    // its own and older pg_dump (newer ones use meta-commands it may not know).
+    let min_major = target_major.max(major_of(&m.tool_version).unwrap_or(0));
+    let pg_bin = opts.pg_bin.as_deref();
+    let result = async {
+        if m.source == DumpSource::PgDumpAll {
+            let tools = find_tools(pg_bin, &["pg_restore", "psql"], min_major)?;
+            let (pg_restore, psql) = (&tools[0], &tools[1]);
+            return match &opts.database {
+                Some(db) => {
+                    let s = m
+                        .stream(&format!("{}{db}", pgkeep_format::dump::DATABASE_PREFIX))
+                        .ok_or_else(|| missing_stream(&m, db))?;
+                    let run = PgRestoreRun::from_options(pg_restore, opts)?;
+                    let mut summary =
+                        pg_restore_archive(repo, &m, &Archive::Stream(&s.extents), db, conn, &run)
+                            .await?;
+                    summary.databases.push(db.clone());
+                    Ok(summary)
+                }
+                None => {
+                    all::restore_all(repo, &m, conn, &mut session, pg_restore, psql, opts).await
+                }
+            };
+        }
+        match m.format {
+            DumpFormat::Plain => {
+                let psql = find_tool(pg_bin, "psql", min_major)?;
+                restore_plain(repo, &m, conn, &psql).await
+            }
+            DumpFormat::Directory => {
+                let pg_restore = find_tool(pg_bin, "pg_restore", min_major)?;
+                let dir = directory::recreate(repo, &m, opts.scratch.as_deref()).await?;
+                let run = PgRestoreRun::from_options(&pg_restore, opts)?;
+                let archive = Archive::Directory(&dir.path);
+                let mut summary =
+                    pg_restore_archive(repo, &m, &archive, &m.database, conn, &run).await?;
+                summary.bytes = dir.bytes;
+                Ok(summary)
+            }
+            _ => {
+                let pg_restore = find_tool(pg_bin, "pg_restore", min_major)?;
+                let main = m
+                    .stream(MAIN_STREAM)
+                    .ok_or_else(|| missing_stream(&m, MAIN_STREAM))?;
+                let run = PgRestoreRun::from_options(&pg_restore, opts)?;
+                pg_restore_archive(
+                    repo,
+                    &m,
+                    &Archive::Stream(&main.extents),
+                    &m.database,
+                    conn,
+                    &run,
+                )
+                .await
+            }
+        }
+    }
+    .await;
+    let _ = session.close().await;
+    result
+}
+
+/// A plain SQL dump piped into `psql -v ON_ERROR_STOP=1`: the first error stops it, and is
+/// the restore's error.
+async fn restore_plain(
+    repo: &Repository,
+    m: &DumpManifest,
+    conn: &ConnConfig,
+    psql: &Path,
+) -> Result<DumpRestoreSummary> {
+    let main = m
+        .stream(MAIN_STREAM)
+        .ok_or_else(|| missing_stream(m, MAIN_STREAM))?;
+    let args = psql_script_args(conn.effective_dbname(), &["ON_ERROR_STOP=1"]);
+    let (bytes, _) = pipe_into(repo, &main.extents, psql, &args, &libpq_env(conn, None)).await?;
+    Ok(DumpRestoreSummary {
+        bytes,
+        ..DumpRestoreSummary::default()
+    })
+}
+
+/// psql's options to run the script on its stdin in database `db`, with the variables
+/// `sets` (`NAME=VALUE`): no psqlrc, no prompts, and each error naming its script line.
+fn psql_script_args(db: &str, sets: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--no-psqlrc".into(),
+        "--quiet".into(),
+        "--no-password".into(),
+        "--file=-".into(),
+        dbname_arg(db),
+    ];
+    args.extend(sets.iter().map(|v| format!("--set={v}")));
+    args
+}
+
+/// What pg_restore reads: an archive streamed into its stdin, or a directory.
+#[derive(Debug)]
+enum Archive<'a> {
+    Stream(&'a [pgkeep_format::Extent]),
+    Directory(&'a Path),
+}
+
+/// One archive's pg_restore options.
+#[derive(Debug)]
+struct PgRestoreRun<'a> {
+    pg_restore: &'a Path,
+    /// `--schema`/`--table` from `dump-restore --table`.
+    selection: Vec<String>,
+    /// As given, to match the row filters.
+    tables: &'a [String],
+    schema_only: bool,
+    data_only: bool,
+    clean: bool,
+    create: bool,
+    parallel: Option<u32>,
+    /// The database pg_restore connects to, when not `conn`'s.
+    connect_db: Option<&'a str>,
+}
+
+impl<'a> PgRestoreRun<'a> {
+    fn from_options(pg_restore: &'a Path, opts: &'a DumpRestoreOptions) -> Result<Self> {
+        Ok(Self {
+            pg_restore,
+            selection: restore_table_args(&opts.tables)?,
+            tables: &opts.tables,
+            schema_only: opts.schema_only,
+            data_only: opts.data_only,
+            clean: opts.clean,
+            create: opts.create,
+            parallel: opts.parallel,
+            connect_db: None,
+        })
+    }
+}
+
+/// Restores one archive with pg_restore, in sections when it has row filters to load.
+/// `archive_db` is the database the archive creates with `--create`.
+async fn pg_restore_archive(
+    repo: &Repository,
+    m: &DumpManifest,
+    archive: &Archive<'_>,
+    archive_db: &str,
+    conn: &ConnConfig,
+    run: &PgRestoreRun<'_>,
+) -> Result<DumpRestoreSummary> {
     let mut base: Vec<String> = vec!["--exit-on-error".into(), "--no-password".into()];
-    if opts.clean {
+    if run.clean {
         base.push("--clean".into());
         base.push("--if-exists".into());
     }
-    for t in &opts.tables {
-        base.push(format!("--table={t}"));
+    if let Some(n) = run.parallel {
+        base.push(format!("--jobs={n}"));
     }
+    base.extend(run.selection.iter().cloned());
     let wants_rows = |f: &RowFilter| {
-        !opts.schema_only
-            && (opts.tables.is_empty()
-                || opts
-                    .tables
-                    .iter()
-                    .any(|t| f.table == *t || f.table.rsplit('.').next() == Some(t.as_str())))
+        !run.schema_only && (run.tables.is_empty() || table_selected(&f.table, run.tables))
     };
     let rows: Vec<&RowFilter> = m.row_filters.iter().filter(|f| wants_rows(f)).collect();
     // With --create, pg_restore connects to `conn`'s database and creates the dumped one;
     // later passes and the row loads go to the created database.
-    let created_db = opts.create.then(|| m.database.clone());
-    let mut summary = DumpRestoreSummary {
-        bytes: 0,
-        filtered_rows: 0,
-    };
+    let created_db = run.create.then_some(archive_db);
+    let mut summary = DumpRestoreSummary::default();
     let passes: Vec<Vec<&str>> = if rows.is_empty() {
         let mut p = Vec::new();
-        if opts.schema_only {
+        if run.schema_only {
             p.push("--schema-only");
         }
-        if opts.data_only {
+        if run.data_only {
             p.push("--data-only");
         }
         vec![p]
-    } else if opts.data_only {
+    } else if run.data_only {
         vec![vec!["--data-only"]]
     } else {
         vec![
@@ -552,32 +951,38 @@ async fn restore_locked(
         let mut args = base.clone();
         args.extend(pass.iter().map(|s| (*s).to_owned()));
         let first = i == 0;
-        if opts.create && first {
+        if run.create && first {
             args.push("--create".into());
         }
-        let db = if first { None } else { created_db.as_deref() };
-        let env = libpq_env(conn, db);
-        args.push(format!(
-            "--dbname={}",
-            env.iter()
-                .find(|(k, _)| k == "PGDATABASE")
-                .map_or("", |(_, v)| v.as_str())
+        let db = if first { run.connect_db } else { created_db };
+        let env = libpq_env(conn, db.or(run.connect_db));
+        args.push(dbname_arg(
+            db.or(run.connect_db).unwrap_or(conn.effective_dbname()),
         ));
-        summary.bytes += pipe_into(repo, &main.extents, &pg_restore, &args, &env).await?;
+        match archive {
+            Archive::Stream(extents) => {
+                summary.bytes += pipe_into(repo, extents, run.pg_restore, &args, &env)
+                    .await?
+                    .0;
+            }
+            Archive::Directory(dir) => {
+                args.push(dir.display().to_string());
+                spawn(run.pg_restore, &args, &env, Stdio::null(), Stdio::null())?
+                    .wait()
+                    .await?;
+            }
+        }
         let is_data_pass = pass.contains(&"--section=data") || pass.contains(&"--data-only");
         if is_data_pass && !rows.is_empty() {
-            let target = match &created_db {
-                Some(db) => {
-                    let mut c = conn.clone();
-                    c.dbname = Some(db.clone());
-                    session_db.insert(PgConnection::connect(&c, ReplicationMode::None).await?)
-                }
-                None => &mut session,
-            };
+            let mut c = conn.clone();
+            if let Some(db) = created_db.or(run.connect_db) {
+                c.dbname = Some(db.to_owned());
+            }
+            let target = session_db.insert(PgConnection::connect(&c, ReplicationMode::None).await?);
             for f in &rows {
                 let s = m
                     .stream(&f.stream)
-                    .ok_or_else(|| missing_stream(&m, &f.stream))?;
+                    .ok_or_else(|| missing_stream(m, &f.stream))?;
                 summary.filtered_rows += copy_in(repo, target, &f.table, &s.extents).await?;
             }
         }
@@ -585,18 +990,18 @@ async fn restore_locked(
     if let Some(s) = session_db {
         let _ = s.close().await;
     }
-    let _ = session.close().await;
     Ok(summary)
 }
 
-/// Pipes a stream into a tool's stdin and waits for it.
+/// Pipes a stream into a tool's stdin and waits for it; returns the bytes written and the
+/// tool's stderr (warnings; a failure is the error).
 async fn pipe_into(
     repo: &Repository,
     extents: &[pgkeep_format::Extent],
     tool: &Path,
     args: &[String],
     env: &[(String, String)],
-) -> Result<u64> {
+) -> Result<(u64, String)> {
     let mut running = spawn(tool, args, env, Stdio::piped(), Stdio::null())?;
     let mut stdin = running
         .child
@@ -606,9 +1011,8 @@ async fn pipe_into(
     let written = repo.write_extents(extents, &mut stdin).await;
     drop(stdin);
     // The tool's failure explains a broken pipe better than the pipe does.
-    let waited = running.wait().await;
-    waited?;
-    written
+    let stderr = running.wait().await?;
+    Ok((written?, stderr))
 }
 
 /// Loads a COPY text stream into `table`.
@@ -692,5 +1096,174 @@ mod tests {
         let mut sorted = vec![two.clone(), base.clone(), one.clone()];
         sorted.sort();
         assert_eq!(sorted, [base, one, two], "suffixed ids sort by time");
+    }
+
+    fn manifest(source: DumpSource, format: DumpFormat, streams: &[&str]) -> DumpManifest {
+        DumpManifest {
+            dump_id: "20261121T053200Z".into(),
+            cluster: "main".into(),
+            source,
+            format,
+            database: "shop".into(),
+            selection: Vec::new(),
+            row_filters: Vec::new(),
+            server_version_num: 150_000,
+            tool_version: "pg_dump (PostgreSQL) 15.10".into(),
+            start_time_us: 0,
+            stop_time_us: 0,
+            stats: BackupStats::default(),
+            streams: streams
+                .iter()
+                .map(|n| Attachment {
+                    name: (*n).into(),
+                    size: 0,
+                    extents: Vec::new(),
+                })
+                .collect(),
+            properties: Vec::new(),
+        }
+    }
+
+    /// Each kind of dump refuses the options it cannot honour, naming them.
+    #[test]
+    fn restore_options_fit_the_dump() {
+        let plain = manifest(DumpSource::PgDump, DumpFormat::Plain, &["dump"]);
+        let custom = manifest(DumpSource::PgDump, DumpFormat::Custom, &["dump"]);
+        let dir = manifest(DumpSource::PgDump, DumpFormat::Directory, &["dir/toc.dat"]);
+        let all = manifest(
+            DumpSource::PgDumpAll,
+            DumpFormat::Custom,
+            &["globals.sql", "db/postgres", "db/shop"],
+        );
+        let ok = DumpRestoreOptions::default();
+        for m in [&plain, &custom, &dir, &all] {
+            assert!(check_restore(m, &ok).is_ok(), "{:?}", m.format);
+        }
+        let err = |m: &DumpManifest, o: &DumpRestoreOptions| {
+            check_restore(m, o).expect_err("refused").to_string()
+        };
+        let tables = DumpRestoreOptions {
+            tables: vec!["orders".into()],
+            clean: true,
+            ..ok.clone()
+        };
+        let e = err(&plain, &tables);
+        assert!(
+            e.contains("plain SQL") && e.contains("--table, --clean"),
+            "{e}"
+        );
+        assert!(check_restore(&custom, &tables).is_ok());
+        let e = err(&all, &tables);
+        assert!(
+            e.contains("--database NAME") && e.contains("--table"),
+            "{e}"
+        );
+        let one = DumpRestoreOptions {
+            database: Some("shop".into()),
+            ..tables.clone()
+        };
+        assert!(
+            check_restore(&all, &one).is_ok(),
+            "one database takes --table"
+        );
+        let e = err(&custom, &one);
+        assert!(e.contains("leave --database out"), "{e}");
+        let missing = DumpRestoreOptions {
+            database: Some("app".into()),
+            ..ok.clone()
+        };
+        let e = err(&all, &missing);
+        assert!(e.contains("it has postgres, shop"), "{e}");
+        let parallel = DumpRestoreOptions {
+            parallel: Some(4),
+            ..ok.clone()
+        };
+        assert!(check_restore(&dir, &parallel).is_ok());
+        assert!(err(&custom, &parallel).contains("directory-format"));
+        assert!(err(&plain, &parallel).contains("--parallel"));
+        let zero = DumpRestoreOptions {
+            parallel: Some(0),
+            ..ok.clone()
+        };
+        assert!(err(&dir, &zero).contains("at least 1"));
+        let scratch = DumpRestoreOptions {
+            scratch: Some(PathBuf::from("/var/tmp")),
+            ..ok.clone()
+        };
+        assert!(check_restore(&dir, &scratch).is_ok());
+        assert!(err(&custom, &scratch).contains("leave --scratch out"));
+        let sqlite = manifest(DumpSource::Sqlite, DumpFormat::SqliteFile, &["dump"]);
+        assert!(err(&sqlite, &ok).contains("--sqlite-to"));
+        let two_schemas = DumpRestoreOptions {
+            tables: vec!["a.x".into(), "b.y".into()],
+            ..ok
+        };
+        assert!(err(&dir, &two_schemas).contains("once per schema"));
+    }
+
+    #[test]
+    fn dump_options_fit_the_format() {
+        let ok = PgDumpOptions::default();
+        assert!(ok.check().is_ok() && ok.check_all().is_ok());
+        let plain_rows = PgDumpOptions {
+            format: DumpFormat::Plain,
+            row_filters: vec![RowFilterSpec::parse("orders:tenant_id = 1").expect("parses")],
+            ..PgDumpOptions::default()
+        };
+        assert!(plain_rows.check().is_err());
+        let parallel = PgDumpOptions {
+            parallel: Some(4),
+            ..PgDumpOptions::default()
+        };
+        assert!(parallel.check().is_err(), "custom format has no workers");
+        let dir = PgDumpOptions {
+            format: DumpFormat::Directory,
+            ..parallel
+        };
+        assert!(dir.check().is_ok());
+        let scratch = PgDumpOptions {
+            scratch: Some(PathBuf::from("/var/tmp")),
+            ..PgDumpOptions::default()
+        };
+        assert!(
+            scratch.check().is_err(),
+            "custom format has no scratch directory"
+        );
+        assert_eq!(
+            dir.pg_dump_args(),
+            [
+                "--format=directory",
+                "--compress=0",
+                "--no-password",
+                "--jobs=4"
+            ]
+        );
+        let e = dir.check_all().expect_err("--all is custom").to_string();
+        assert!(e.contains("--format other than custom"), "{e}");
+        let tables = PgDumpOptions {
+            selection: Selection {
+                tables: vec!["orders".into()],
+                ..Selection::default()
+            },
+            ..PgDumpOptions::default()
+        };
+        assert!(tables.check().is_ok() && tables.check_all().is_err());
+        let schema_only = PgDumpOptions {
+            selection: Selection {
+                schema_only: true,
+                ..Selection::default()
+            },
+            ..PgDumpOptions::default()
+        };
+        assert!(schema_only.check_all().is_ok(), "--all --schema-only");
+        let data_only = PgDumpOptions {
+            selection: Selection {
+                data_only: true,
+                ..Selection::default()
+            },
+            ..PgDumpOptions::default()
+        };
+        let e = data_only.check_all().expect_err("no database to create");
+        assert!(e.to_string().contains("--data-only"), "{e}");
     }
 }

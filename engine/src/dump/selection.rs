@@ -131,29 +131,40 @@ fn split_table(text: &str) -> Option<(&str, &str)> {
 /// double-quoted string with `""` for a quote. Refusing anything else keeps the name from
 /// carrying SQL of its own into the `COPY` statement and pg_dump's pattern.
 fn is_table_name(s: &str) -> bool {
-    let mut parts = 0;
+    parse_qualified(s).is_some()
+}
+
+/// A table name as SQL reads it: the schema (if given) and the name, unquoted identifiers
+/// folded to lower case, quoted ones taken as written (`""` being one quote). `None` for
+/// anything but `ident` or `ident.ident`.
+fn parse_qualified(s: &str) -> Option<(Option<String>, String)> {
+    let mut parts: Vec<String> = Vec::new();
     let mut rest = s;
     loop {
-        parts += 1;
         if let Some(q) = rest.strip_prefix('"') {
-            let mut end = None;
             let b = q.as_bytes();
+            let mut ident = String::new();
             let mut i = 0;
+            let mut end = None;
             while i < b.len() {
                 if b[i] == b'"' {
                     if b.get(i + 1) == Some(&b'"') {
+                        ident.push('"');
                         i += 2;
                         continue;
                     }
                     end = Some(i);
                     break;
                 }
-                i += 1;
+                let c = q[i..].chars().next()?;
+                ident.push(c);
+                i += c.len_utf8();
             }
-            let Some(end) = end else { return false };
+            let end = end?;
             if end == 0 {
-                return false;
+                return None;
             }
+            parts.push(ident);
             rest = &q[end + 1..];
         } else {
             let len = rest
@@ -161,16 +172,74 @@ fn is_table_name(s: &str) -> bool {
                 .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '$'))
                 .map_or(rest.len(), |(i, _)| i);
             if len == 0 || rest.as_bytes()[0].is_ascii_digit() || rest.starts_with('$') {
-                return false;
+                return None;
             }
+            parts.push(rest[..len].to_ascii_lowercase());
             rest = &rest[len..];
         }
         match rest.strip_prefix('.') {
-            Some(r) if parts < 2 => rest = r,
-            Some(_) => return false,
-            None => return rest.is_empty(),
+            Some(r) if parts.len() < 2 => rest = r,
+            Some(_) => return None,
+            None if !rest.is_empty() => return None,
+            None => break,
         }
     }
+    let name = parts.pop()?;
+    Some((parts.pop(), name))
+}
+
+/// pg_restore's options for `dump-restore --table` (repeatable). pg_restore's own `--table`
+/// compares the bare name with each table's name exactly (no schema, no pattern, no case
+/// folding) and `--schema` restricts to a schema, so `schema.table` becomes `--schema=schema
+/// --table=table`, with identifiers as SQL reads them. pg_restore combines the two
+/// conditions for all tables at once, so every qualified table must be in the same schema:
+/// tables of several schemas would restore every name in every schema, which is refused.
+pub fn restore_table_args(tables: &[String]) -> Result<Vec<String>> {
+    let mut schema: Option<String> = None;
+    let mut names = Vec::new();
+    let mut bare = false;
+    for t in tables {
+        let (s, name) = parse_qualified(t).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "--table {t:?}: expected TABLE or SCHEMA.TABLE (identifiers, optionally double-quoted; no patterns)"
+            ))
+        })?;
+        match s {
+            None => bare = true,
+            Some(s) => match &schema {
+                Some(prev) if *prev != s => {
+                    return Err(Error::InvalidInput(format!(
+                        "--table {t:?}: pg_restore selects tables by name within the --schema given, so tables of two schemas ({prev} and {s}) cannot be restored in one run: run dump-restore once per schema"
+                    )))
+                }
+                _ => schema = Some(s),
+            },
+        }
+        names.push(name);
+    }
+    if bare && schema.is_some() {
+        return Err(Error::InvalidInput(
+            "--table: give all tables with their schema (SCHEMA.TABLE) or none: pg_restore applies one --schema to all of them".into(),
+        ));
+    }
+    let mut args: Vec<String> = schema
+        .into_iter()
+        .map(|s| format!("--schema={s}"))
+        .collect();
+    args.extend(names.into_iter().map(|n| format!("--table={n}")));
+    Ok(args)
+}
+
+/// Whether the row filter on `filter_table` (as given to `dump --where`) is one of the
+/// tables `dump-restore --table` asked for.
+pub fn table_selected(filter_table: &str, tables: &[String]) -> bool {
+    let Some((fs, fname)) = parse_qualified(filter_table) else {
+        return false;
+    };
+    tables
+        .iter()
+        .filter_map(|t| parse_qualified(t))
+        .any(|(s, name)| name == fname && (s.is_none() || fs.is_none() || s == fs))
 }
 
 #[cfg(test)]
@@ -234,5 +303,33 @@ mod tests {
         ] {
             assert!(RowFilterSpec::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn restore_tables_become_schema_and_name() {
+        let args =
+            |t: &[&str]| restore_table_args(&t.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(args(&["orders"]).expect("bare"), ["--table=orders"]);
+        assert_eq!(
+            args(&["public.Orders", "public.customers"]).expect("one schema"),
+            ["--schema=public", "--table=orders", "--table=customers"]
+        );
+        assert_eq!(
+            args(&[r#""My Schema"."Big""Orders""#]).expect("quoted"),
+            ["--schema=My Schema", r#"--table=Big"Orders"#]
+        );
+        let e = args(&["a.x", "b.y"]).expect_err("two schemas");
+        assert!(e.to_string().contains("once per schema"), "{e}");
+        assert!(args(&["a.x", "y"]).is_err(), "qualified and bare mixed");
+        assert!(args(&["orders*"]).is_err(), "a pattern");
+        assert!(args(&["--file=x"]).is_err());
+        assert!(args(&["a.b.c"]).is_err());
+
+        let t = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(table_selected("public.orders", &t(&["orders"])));
+        assert!(table_selected("public.orders", &t(&["PUBLIC.Orders"])));
+        assert!(table_selected("orders", &t(&["public.orders"])));
+        assert!(!table_selected("public.orders", &t(&["app.orders"])));
+        assert!(!table_selected("public.orders", &t(&["customers"])));
     }
 }

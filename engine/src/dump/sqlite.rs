@@ -3,12 +3,14 @@
 //! blocked), stored with the same content-defined chunking as pg_dump streams, and written
 //! back with `PRAGMA integrity_check`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use pgkeep_format::{ClusterName, DumpFormat, DumpManifest, DumpSource, LockMode};
+use pgkeep_format::{ClusterName, DumpFormat, DumpSource, LockMode};
 
-use super::{micros, stats, stream, write_stream_file, DumpSummary, MAIN_STREAM};
+use super::{
+    commit, new_manifest, scratch_dir, stream, write_stream_file, DumpSummary, MAIN_STREAM,
+};
 use crate::chunker::Chunking;
 use crate::error::{Error, Result};
 use crate::lock::LockOptions;
@@ -82,8 +84,10 @@ pub async fn dump_sqlite(
     let started = SystemTime::now();
     let source = std::fs::canonicalize(path)
         .map_err(|e| Error::io(format!("SQLite database {}", path.display()), e))?;
-    let dir = tempfile_dir(&source)?;
-    let snap = dir.join("snapshot.sqlite");
+    // Beside the database: the same file system, and the same permissions domain as the
+    // data itself.
+    let dir = scratch_dir(Some(source.parent().unwrap_or(Path::new("."))), "snapshot")?;
+    let snap = dir.path().join("snapshot.sqlite");
     let (s, t) = (source.clone(), snap.clone());
     tokio::task::spawn_blocking(move || snapshot(&s, &t))
         .await
@@ -97,61 +101,23 @@ pub async fn dump_sqlite(
         let stored = write
             .store_stream(file, Chunking::from_config(repo.config()))
             .await?;
-        let (session, _) = write.finish().await?;
+        let mut manifest = new_manifest(
+            cluster,
+            DumpSource::Sqlite,
+            DumpFormat::SqliteFile,
+            source.to_string_lossy().into_owned(),
+            started,
+        );
+        manifest.tool_version = format!("SQLite {}", rusqlite::version());
         let streams = vec![stream(MAIN_STREAM, stored)];
-        let mut manifest = DumpManifest {
-            dump_id: String::new(),
-            cluster: cluster.to_string(),
-            source: DumpSource::Sqlite,
-            format: DumpFormat::SqliteFile,
-            database: source.to_string_lossy().into_owned(),
-            selection: Vec::new(),
-            row_filters: Vec::new(),
-            server_version_num: 0,
-            tool_version: format!("SQLite {}", rusqlite::version()),
-            start_time_us: micros(started),
-            stop_time_us: micros(SystemTime::now()),
-            stats: stats(repo, &streams, &session),
-            streams,
-            properties: vec![("pgkeep_version".into(), env!("CARGO_PKG_VERSION").into())],
-        };
-        repo.commit_dump(&mut manifest, &lock).await?;
-        Ok(DumpSummary {
-            manifest,
-            session,
-            seconds: clock.elapsed().as_secs_f64(),
-        })
+        commit(repo, write, manifest, streams, &lock, clock).await
     }
     .await;
     let released = lock.release().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let out = result?;
     released?;
     Ok(out)
-}
-
-/// A private scratch directory beside the database (same file system, same permissions
-/// domain as the data itself), removed after the dump.
-fn tempfile_dir(source: &Path) -> Result<PathBuf> {
-    let parent = source.parent().unwrap_or(Path::new("."));
-    for _ in 0..8 {
-        let n: u64 = rand::random();
-        let dir = parent.join(format!(".pgkeep-snapshot-{n:016x}"));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| Error::io(format!("securing {}", dir.display()), e))?;
-                return Ok(dir);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
-        }
-    }
-    Err(Error::InvalidInput(format!(
-        "could not create a scratch directory in {}",
-        parent.display()
-    )))
 }
 
 /// Writes a SQLite dump to `target` (which must not exist) and checks it with

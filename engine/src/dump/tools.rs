@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use tokio::io::AsyncReadExt;
 
-use crate::conninfo::{ConnConfig, Host};
+use crate::conninfo::{conninfo_quote, ConnConfig, Host};
 use crate::error::{Error, Result};
 
 /// The most of a tool's stderr kept for its error message.
@@ -18,6 +18,15 @@ const STDERR_LIMIT: usize = 64 << 10;
 /// first. pg_dump refuses servers newer than itself, and pg_restore archives of a newer
 /// pg_dump, hence "at least".
 pub fn find_tool(explicit: Option<&Path>, tool: &str, min_major: u32) -> Result<PathBuf> {
+    let mut found = find_tools(explicit, &[tool], min_major)?;
+    Ok(found.remove(0))
+}
+
+/// Like [`find_tool`] for programs that work together (pg_dump and pg_dumpall, pg_restore
+/// and psql): the first directory holding all of them, each of `min_major` or newer, so
+/// that one command never mixes programs of two installations. Returns their paths in the
+/// order asked.
+pub fn find_tools(explicit: Option<&Path>, tools: &[&str], min_major: u32) -> Result<Vec<PathBuf>> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(dir) = explicit {
         candidates.push(dir.to_owned());
@@ -32,23 +41,42 @@ pub fn find_tool(explicit: Option<&Path>, tool: &str, min_major: u32) -> Result<
         candidates.push(PathBuf::from("/usr/local/pgsql/bin"));
     }
     let mut seen = Vec::new();
-    for dir in candidates {
-        let path = dir.join(tool);
-        if !path.is_file() {
+    'dirs: for dir in candidates {
+        let paths: Vec<PathBuf> = tools.iter().map(|t| dir.join(t)).collect();
+        if !paths[0].is_file() {
             continue;
         }
-        match tool_version(&path).as_deref().and_then(major_of) {
-            Some(m) if m >= min_major => return Ok(path),
-            Some(m) => seen.push(format!("{} ({m})", path.display())),
-            None => seen.push(format!("{} (version unknown)", path.display())),
+        for path in &paths {
+            if !path.is_file() {
+                seen.push(format!("{} (missing)", path.display()));
+                continue 'dirs;
+            }
+            match tool_version(path).as_deref().and_then(major_of) {
+                Some(m) if m >= min_major => {}
+                Some(m) => {
+                    seen.push(format!("{} ({m})", path.display()));
+                    continue 'dirs;
+                }
+                None => {
+                    seen.push(format!("{} (version unknown)", path.display()));
+                    continue 'dirs;
+                }
+            }
         }
+        return Ok(paths);
     }
+    let what = tools.join(" and ");
+    let together = if tools.len() > 1 {
+        " in one directory"
+    } else {
+        ""
+    };
     Err(Error::InvalidInput(format!(
-        "no {tool} of PostgreSQL {min_major} or newer found{}: install the client programs of that version, or pass --pg-bin DIR",
+        "no {what} of PostgreSQL {min_major} or newer found{together}{}: install the client programs of that version, or pass --pg-bin DIR",
         if seen.is_empty() {
             String::new()
         } else {
-            format!(" (found older ones: {})", seen.join(", "))
+            format!(" (found unusable ones: {})", seen.join(", "))
         }
     )))
 }
@@ -111,6 +139,13 @@ pub fn libpq_env(cfg: &ConnConfig, dbname: Option<&str>) -> Vec<(String, String)
         env.push(("PGAPPNAME".into(), a.clone()));
     }
     env
+}
+
+/// The `--dbname` option of pg_restore and psql for database `db`, as a `dbname=...`
+/// connection string: both hand a bare name to libpq, which reads one containing `=` as a
+/// connection string of its own. The rest of the connection comes from [`libpq_env`].
+pub(crate) fn dbname_arg(db: &str) -> String {
+    format!("--dbname=dbname={}", conninfo_quote(db))
 }
 
 /// A tool started with its stderr collected in the background.
@@ -220,6 +255,8 @@ mod tests {
         assert_eq!(get("PGPORT"), Some("5433"));
         assert_eq!(get("PGDATABASE"), Some("shop"));
         assert_eq!(get("PGPASSWORD"), Some("s3cret"));
+        assert_eq!(dbname_arg("shop"), "--dbname=dbname=shop");
+        assert_eq!(dbname_arg("it's x"), r"--dbname=dbname='it\'s x'");
         assert_eq!(
             libpq_env(&cfg, Some("other"))
                 .iter()
