@@ -230,10 +230,13 @@ pub(super) async fn restore_all(
     let globals = m
         .stream(GLOBALS_STREAM)
         .ok_or_else(|| missing_stream(m, GLOBALS_STREAM))?;
-    // Errors with their SQLSTATE, so the tolerated ones are told apart by code.
+    // Errors with their SQLSTATE, so the tolerated ones are told apart by code, whatever
+    // language the server's lc_messages prints severities in; psql's own messages in the C
+    // locale, so that its "error:" is recognised too.
     let args = psql_script_args(connect_db, &["VERBOSITY=verbose", "ON_ERROR_STOP=0"]);
-    let (bytes, stderr) =
-        pipe_into(repo, &globals.extents, psql, &args, &libpq_env(conn, None)).await?;
+    let mut env = libpq_env(conn, None);
+    env.push(("LC_ALL".into(), "C".into()));
+    let (bytes, stderr) = pipe_into(repo, &globals.extents, psql, &args, &env).await?;
     let (tolerated, fatal) = globals_errors(&stderr);
     if !fatal.is_empty() {
         return Err(Error::ToolFailed {
@@ -279,8 +282,22 @@ pub(super) async fn restore_all(
     Ok(summary)
 }
 
+/// The SQLSTATE of a server message as psql prints it with `VERBOSITY=verbose`:
+/// `SEVERITY:  CODE: text`. The severity word is in the server's `lc_messages` language
+/// (`ERROR`, `FEHLER`, `ERREUR`, ...); the code is not, so errors are told by it.
+fn sqlstate(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once(":  ")?;
+    let code = rest.get(..5)?;
+    let valid = code
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+    (valid && rest[5..].starts_with(':')).then_some(code)
+}
+
 /// Splits psql's stderr (with `VERBOSITY=verbose`) into the tolerated errors (SQLSTATE
 /// 42710, the object exists) and every other error, each as psql printed its first line.
+/// Server messages are classified by SQLSTATE (classes 00, 01 and 02 are notices, warnings
+/// and "no data", everything else an error); psql's own errors carry none.
 fn globals_errors(stderr: &str) -> (Vec<String>, Vec<String>) {
     let mut tolerated = Vec::new();
     let mut fatal = Vec::new();
@@ -292,13 +309,17 @@ fn globals_errors(stderr: &str) -> (Vec<String>, Vec<String>) {
             Some(rest) => rest.splitn(3, ':').nth(2).unwrap_or(rest).trim_start(),
             None => line,
         };
-        if message.starts_with("ERROR:  42710:") {
-            tolerated.push(line.to_owned());
-        } else if ["ERROR:", "FATAL:", "PANIC:", "error:"]
-            .iter()
-            .any(|p| message.starts_with(p))
-        {
-            fatal.push(line.to_owned());
+        match sqlstate(message) {
+            Some("42710") => tolerated.push(line.to_owned()),
+            Some(code) if !matches!(&code[..2], "00" | "01" | "02") => fatal.push(line.to_owned()),
+            Some(_) => {}
+            None if ["ERROR:", "FATAL:", "PANIC:", "error:"]
+                .iter()
+                .any(|p| message.starts_with(p)) =>
+            {
+                fatal.push(line.to_owned())
+            }
+            None => {}
         }
     }
     (tolerated, fatal)
@@ -380,13 +401,22 @@ mod tests {
              psql:<stdin>:20: WARNING:  01000: something to say\n\
              psql:<stdin>:31: ERROR:  58P01: directory \"/srv/ts\" does not exist\n\
              psql:<stdin>:40: error: invalid command \\restrict\n\
-             ERROR:  42501: permission denied to create role\n";
+             ERROR:  42501: permission denied to create role\n\
+             psql:<stdin>:44: FEHLER:  42710: Rolle »app« existiert bereits\n\
+             psql:<stdin>:45: HINWEIS:  00000: nur ein Hinweis\n\
+             psql:<stdin>:46: FEHLER:  42501: keine Berechtigung\n\
+             DETAIL:  a detail: with colons\n";
         let (tolerated, fatal) = globals_errors(stderr);
+        // A server whose lc_messages is German: the same codes, other words.
         assert_eq!(
             tolerated,
-            ["psql:<stdin>:14: ERROR:  42710: role \"postgres\" already exists"]
+            [
+                "psql:<stdin>:14: ERROR:  42710: role \"postgres\" already exists",
+                "psql:<stdin>:44: FEHLER:  42710: Rolle »app« existiert bereits"
+            ]
         );
-        assert_eq!(fatal.len(), 3, "{fatal:?}");
+        assert_eq!(fatal.len(), 4, "{fatal:?}");
+        assert!(fatal[3].contains("keine Berechtigung"), "{fatal:?}");
         assert!(fatal[0].contains("58P01") && fatal[1].contains("invalid command"));
         assert_eq!(globals_errors(""), (Vec::new(), Vec::new()));
     }
