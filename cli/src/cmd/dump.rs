@@ -4,6 +4,7 @@ use anyhow::Context;
 use pgkeep_engine::dump::selection::{RowFilterSpec, Selection};
 use pgkeep_engine::dump::{self, DumpRestoreOptions, DumpSummary, PgDumpOptions};
 use pgkeep_engine::format::{DumpFormat, DumpManifest};
+use pgkeep_engine::replication::version_text;
 use pgkeep_engine::WriteOptions;
 use serde::Serialize;
 
@@ -48,13 +49,7 @@ impl From<&DumpManifest> for DumpRow {
                 .iter()
                 .map(|f| format!("{}:{} ({} rows)", f.table, f.condition, f.rows))
                 .collect(),
-            server_version: (m.server_version_num > 0).then(|| {
-                format!(
-                    "{}.{}",
-                    m.server_version_num / 10000,
-                    m.server_version_num % 10000
-                )
-            }),
+            server_version: (m.server_version_num > 0).then(|| version_text(m.server_version_num)),
             tool_version: m.tool_version.clone(),
             start_time: format_unix(m.start_time_us.div_euclid(1_000_000)),
             stop_time: format_unix(m.stop_time_us.div_euclid(1_000_000)),

@@ -3,6 +3,7 @@
 
 use pgkeep_engine::format::{Lsn, Manifest, SegmentName, TimelineId};
 use pgkeep_engine::prune::usage_of;
+use pgkeep_engine::replication::version_text;
 use pgkeep_engine::timestamp::{format_timestamp_us, now_us};
 use pgkeep_engine::wal::catalog::{timelines, TimelineWal};
 use pgkeep_engine::wal::WalArchive;
@@ -164,8 +165,7 @@ pub(crate) async fn run(s: &Settings, out: &Output) -> anyhow::Result<()> {
         schema: 2,
         cluster: cluster.to_string(),
         system_id: newest_pg.map(|p| p.system_id.to_string()),
-        pg_version: newest_pg
-            .map(|p| format!("{}.{}", p.version_num / 10000, p.version_num % 10000)),
+        pg_version: newest_pg.map(|p| version_text(p.version_num)),
         backups: manifests.iter().map(backup_info).collect(),
         dumps,
         recoverable: manifests.iter().filter_map(|m| window(m, &wal)).collect(),

@@ -1,6 +1,7 @@
 //! `pgkeep list`: the backups of one cluster.
 
 use pgkeep_engine::format::{BackupKind, Lsn, Manifest, SegmentName, TimelineId};
+use pgkeep_engine::replication::version_text;
 use serde::Serialize;
 
 use crate::cli::ListArgs;
@@ -61,9 +62,7 @@ impl From<&Manifest> for BackupRow {
             timeline: m.postgres.map(|p| p.timeline),
             start_lsn: m.postgres.map(|p| Lsn(p.start_lsn).to_string()),
             stop_lsn: m.postgres.map(|p| Lsn(p.stop_lsn).to_string()),
-            pg_version: m
-                .postgres
-                .map(|p| format!("{}.{}", p.version_num / 10000, p.version_num % 10000)),
+            pg_version: m.postgres.map(|p| version_text(p.version_num)),
             system_id: m.postgres.map(|p| p.system_id.to_string()),
             start_wal: m
                 .postgres

@@ -411,7 +411,7 @@ async fn backup_locked(
             ),
             (
                 "server_version".into(),
-                conn_version_text(server.version_num),
+                crate::replication::version_text(server.version_num),
             ),
         ],
     };
@@ -431,10 +431,6 @@ async fn backup_locked(
         pages,
         seconds: clock.elapsed().as_secs_f64(),
     })
-}
-
-fn conn_version_text(num: u32) -> String {
-    format!("{}.{}", num / 10000, num % 10000)
 }
 
 /// What the copy stream delivered besides the files.

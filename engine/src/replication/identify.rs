@@ -20,6 +20,12 @@ pub struct ServerInfo {
     pub wal_segment_size: u32,
 }
 
+/// `server_version_num` as people write the version: `150020` is `15.20`, `180006` is
+/// `18.6` (PostgreSQL 10 and later number releases major.minor).
+pub fn version_text(version_num: u32) -> String {
+    format!("{}.{}", version_num / 10000, version_num % 10000)
+}
+
 pub async fn identify(conn: &mut PgConnection) -> Result<ServerInfo> {
     let row = conn.query_row("IDENTIFY_SYSTEM").await?;
     let column = |i: usize| row.get(i).and_then(|c| c.as_deref());
@@ -59,4 +65,16 @@ pub async fn identify(conn: &mut PgConnection) -> Result<ServerInfo> {
         version_num,
         wal_segment_size,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_read_as_major_dot_minor() {
+        assert_eq!(version_text(150_020), "15.20");
+        assert_eq!(version_text(180_006), "18.6");
+        assert_eq!(version_text(130_000), "13.0");
+    }
 }

@@ -12,7 +12,7 @@ pub mod tls;
 pub mod wire;
 
 pub use connection::{Event, PgConnection, ReplicationMode};
-pub use identify::{identify, ServerInfo};
+pub use identify::{identify, version_text, ServerInfo};
 
 use thiserror::Error;
 
