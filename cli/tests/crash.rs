@@ -93,14 +93,6 @@ fn kill_after(mut cmd: Command, delay: Duration) -> Run {
     }
 }
 
-/// `pgkeep` as the server's OS user with the setup's config (the repository is its).
-fn server_cmd(a: &Archiving, args: &[&str]) -> Command {
-    let mut cmd = a.env.command(args);
-    a.pg.run_as_owner(&mut cmd)
-        .env("HOME", a.config.parent().expect("config dir"));
-    cmd
-}
-
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
@@ -179,7 +171,7 @@ fn backup_killed_at_random_points() {
             "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 101 = {round}"
         ));
         let at = rng.delay(Duration::ZERO, span * 11 / 10);
-        let run = kill_after(server_cmd(&a, &throttled), at);
+        let run = kill_after(a.command_as_server(&throttled), at);
         if run.killed {
             killed += 1;
         } else {
@@ -348,20 +340,17 @@ fn lsn(text: &str) -> u64 {
 }
 
 fn stream_cmd(a: &Archiving) -> Command {
-    server_cmd(
-        a,
-        &[
-            "--log-level",
-            "info",
-            "wal-stream",
-            "--pg",
-            &a.pg.connstring(),
-            "--slot",
-            "crash",
-            "--partial-interval",
-            "1",
-        ],
-    )
+    a.command_as_server(&[
+        "--log-level",
+        "info",
+        "wal-stream",
+        "--pg",
+        &a.pg.connstring(),
+        "--slot",
+        "crash",
+        "--partial-interval",
+        "1",
+    ])
 }
 
 /// `wal-stream` killed at random points while WAL is written: after each kill the slot's
@@ -467,7 +456,7 @@ fn kill_repeatedly(
     let mut kills = 0;
     for _ in 0..tries {
         let at = rng.delay(Duration::ZERO, limit);
-        let run = kill_after(server_cmd(a, args), at);
+        let run = kill_after(a.command_as_server(args), at);
         if !run.killed {
             run.assert_finished_ok(&format!("{args:?} that beat its kill"));
             break;

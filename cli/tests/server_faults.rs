@@ -6,22 +6,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::archiving::Archiving;
+use common::archiving::{scrape, Archiving};
 use common::free_port;
 use pgkeep_testkit::pg::PgVersion;
 use serde_json::Value;
-
-fn server_cmd(a: &Archiving, args: &[&str]) -> Command {
-    let mut cmd = a.env.command(args);
-    a.pg.run_as_owner(&mut cmd)
-        .env("HOME", a.config.parent().expect("config dir"));
-    cmd
-}
 
 fn listed(a: &Archiving) -> usize {
     let (out, _) = a.expect_as_server(&["--json", "list"], 0);
@@ -50,10 +41,7 @@ fn signal(pid: &str, sig: &str) {
 /// child and the walsender's pid.
 fn backup_in_flight(a: &Archiving, extra_env: &[(&str, &str)]) -> (Child, String) {
     let conn = a.pg.connstring();
-    let mut cmd = server_cmd(
-        a,
-        &["backup", "--full", "--pg", &conn, "--max-rate", "4096"],
-    );
+    let mut cmd = a.command_as_server(&["backup", "--full", "--pg", &conn, "--max-rate", "4096"]);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -184,12 +172,10 @@ fn backup_times_out_when_the_server_stops_sending() {
         .to_owned();
     signal(&postmaster, "-STOP");
     let t0 = Instant::now();
-    let out = server_cmd(
-        &a,
-        &["backup", "--pg", &a.pg.connstring(), "--timeout", "2"],
-    )
-    .output()
-    .expect("backup");
+    let out = a
+        .command_as_server(&["backup", "--pg", &a.pg.connstring(), "--timeout", "2"])
+        .output()
+        .expect("backup");
     let took = t0.elapsed();
     signal(&postmaster, "-CONT");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -206,24 +192,6 @@ fn backup_times_out_when_the_server_stops_sending() {
     a.expect_as_server(&["verify"], 0);
 }
 
-/// GET /metrics, parsed into name → value.
-fn scrape(addr: &str) -> Option<std::collections::HashMap<String, f64>> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    Some(
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect(),
-    )
-}
-
 /// `wal-stream --timeout 2` whose walsender stops sending (SIGSTOP): the receiver gives up
 /// on the connection after 2 s, counts an error and retries; once the server runs again it
 /// streams on, and the archive has every segment without a gap.
@@ -233,9 +201,8 @@ fn wal_stream_reconnects_when_the_server_stops_sending() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let log_path = a.env.path("wal-stream.log");
     let log = std::fs::File::create(&log_path).expect("log");
-    let mut child = server_cmd(
-        &a,
-        &[
+    let mut child = a
+        .command_as_server(&[
             "--log-level",
             "info",
             "wal-stream",
@@ -249,12 +216,11 @@ fn wal_stream_reconnects_when_the_server_stops_sending() {
             "2",
             "--metrics-addr",
             &metrics,
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(log)
-    .spawn()
-    .expect("wal-stream starts");
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("wal-stream starts");
     let mut pid = String::new();
     wait_for(Duration::from_secs(30), "streaming", || {
         pid = a.sql("SELECT coalesce(max(pid)::text, '') FROM pg_stat_replication WHERE state = 'streaming'");

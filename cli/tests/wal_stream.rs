@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::archiving::Archiving;
+use common::archiving::{scrape, Archiving};
 use common::free_port;
 use pgkeep_testkit::pg::{PgCluster, PgVersion};
 use serde_json::Value;
@@ -65,24 +63,6 @@ fn start_stream(a: &Archiving, pg: &PgCluster, slot: &str) -> Streamer {
 
 fn stream_log(a: &Archiving) -> String {
     std::fs::read_to_string(a.env.path("wal-stream.log")).unwrap_or_default()
-}
-
-/// GET /metrics, parsed into name → value.
-fn scrape(addr: &str) -> Option<std::collections::HashMap<String, f64>> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    Some(
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect(),
-    )
 }
 
 fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {

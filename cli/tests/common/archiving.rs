@@ -11,6 +11,26 @@ use super::Env;
 
 pub const PGKEEP: &str = env!("CARGO_BIN_EXE_pgkeep");
 
+/// GET /metrics of a `wal-stream --metrics-addr`, parsed into name → value; `None` while
+/// nothing answers there.
+pub fn scrape(addr: &str) -> Option<std::collections::HashMap<String, f64>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
 /// A cluster archiving into a pgkeep repository, configured the way a DBA would: a config
 /// file and a passphrase file owned by the server's OS user, mode 0600.
 pub struct Archiving {
@@ -151,16 +171,18 @@ impl Archiving {
         a
     }
 
-    /// Runs pgkeep with this setup's config as the server's OS user (so the repository stays
-    /// readable by `archive_command`), with HOME in the setup's directory.
-    pub fn pgkeep_as_server(&self, args: &[&str]) -> std::process::Output {
+    /// pgkeep with this setup's config as the server's OS user (so the repository stays
+    /// readable by `archive_command`), with HOME in the setup's directory; not started.
+    pub fn command_as_server(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = self.env.command(args);
         let home = self.config.parent().expect("config dir").to_owned();
-        self.pg
-            .run_as_owner(&mut cmd)
-            .env("HOME", home)
-            .output()
-            .expect("pgkeep runs")
+        self.pg.run_as_owner(&mut cmd).env("HOME", home);
+        cmd
+    }
+
+    /// Runs [`Self::command_as_server`] to its end.
+    pub fn pgkeep_as_server(&self, args: &[&str]) -> std::process::Output {
+        self.command_as_server(args).output().expect("pgkeep runs")
     }
 
     /// [`Self::pgkeep_as_server`], asserting the exit code; returns stdout and stderr.
