@@ -134,6 +134,32 @@ impl RepoKeys {
         let mut unit = Vec::with_capacity(SEAL_OVERHEAD + body::max_encoded_len(data.len(), level));
         unit.extend_from_slice(&salt);
         body::encode_into(&mut unit, data, level);
+        self.seal_body(header, name, unit)
+    }
+
+    /// [`seal`](Self::seal) for a body whose [`body::parts`] were compressed beforehand (on
+    /// several threads, say) by [`body::compress_part`].
+    pub fn seal_parts(
+        &self,
+        header: &Header,
+        name: &[u8],
+        salt: [u8; SALT_LEN],
+        data: &[u8],
+        level: i8,
+        frames: &[Option<Vec<u8>>],
+    ) -> Vec<u8> {
+        let payload = frames.iter().flatten().map(Vec::len).sum::<usize>();
+        let mut unit =
+            Vec::with_capacity(SEAL_OVERHEAD + body::HEADER_LEN + payload.max(data.len()));
+        unit.extend_from_slice(&salt);
+        body::encode_parts_into(&mut unit, data, level, frames);
+        self.seal_body(header, name, unit)
+    }
+
+    /// Encrypts the body that follows the salt in `unit` in place and appends the tag.
+    fn seal_body(&self, header: &Header, name: &[u8], mut unit: Vec<u8>) -> Vec<u8> {
+        let mut salt = [0u8; SALT_LEN];
+        salt.copy_from_slice(&unit[..SALT_LEN]);
         let aad = self.aad(&header.encode(), name);
         let tag = aead::seal_in_place(&self.unit_key(&salt), &aad, &mut unit[SALT_LEN..]);
         unit.extend_from_slice(&tag);

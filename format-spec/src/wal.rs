@@ -363,7 +363,7 @@ fn data_unit_name(object: &str) -> String {
     format!("{object}#data")
 }
 
-/// Seals a WAL object: meta unit (zstd level 3) then the file (at `level`).
+/// Seals a WAL object: meta unit then the file, both at zstd `level`.
 pub fn seal_wal_object(
     keys: &RepoKeys,
     kind: Kind,
@@ -374,7 +374,7 @@ pub fn seal_wal_object(
     level: i8,
 ) -> Vec<u8> {
     let data_unit = seal_wal_data(keys, kind, object, salts.1, file, level);
-    assemble_wal_object(keys, kind, object, meta, salts.0, &data_unit)
+    assemble_wal_object(keys, kind, object, meta, salts.0, &data_unit, level)
 }
 
 /// Seals the data unit alone. The expensive half of a WAL object (compression and
@@ -398,8 +398,34 @@ pub fn seal_wal_data(
     )
 }
 
+/// [`seal_wal_data`] for a file whose [`body::parts`](crate::body::parts) were compressed
+/// beforehand, in order (see [`RepoKeys::seal_parts`]): a 16 MiB segment compresses on
+/// every core instead of one.
+pub fn seal_wal_data_parts(
+    keys: &RepoKeys,
+    kind: Kind,
+    object: &str,
+    salt: [u8; SALT_LEN],
+    file: &[u8],
+    level: i8,
+    frames: &[Option<Vec<u8>>],
+) -> Vec<u8> {
+    let header = Header::new(kind, keys.key_id().0);
+    keys.seal_parts(
+        &header,
+        data_unit_name(object).as_bytes(),
+        salt,
+        file,
+        level,
+        frames,
+    )
+}
+
 /// Seals the meta unit and puts the object together around a data unit from
-/// [`seal_wal_data`] for the same kind and object.
+/// [`seal_wal_data`] for the same kind and object, its body compressed at `meta_level`. The
+/// meta of a segment of small transactions holds thousands of events (a few hundred KiB);
+/// sealing it is the last step before the upload, so `archive_command` waits for all of it,
+/// and a higher level than the data's buys little on a unit read a few hundred KiB at a time.
 pub fn assemble_wal_object(
     keys: &RepoKeys,
     kind: Kind,
@@ -407,9 +433,16 @@ pub fn assemble_wal_object(
     meta: &WalMeta,
     meta_salt: [u8; SALT_LEN],
     data_unit: &[u8],
+    meta_level: i8,
 ) -> Vec<u8> {
     let header = Header::new(kind, keys.key_id().0);
-    let meta_unit = keys.seal(&header, object.as_bytes(), meta_salt, &meta.encode(), 3);
+    let meta_unit = keys.seal(
+        &header,
+        object.as_bytes(),
+        meta_salt,
+        &meta.encode(),
+        meta_level,
+    );
     let mut out = Vec::with_capacity(HEADER_LEN + 4 + meta_unit.len() + data_unit.len());
     out.extend_from_slice(&header.encode());
     let len = u32::try_from(meta_unit.len()).unwrap_or(u32::MAX);

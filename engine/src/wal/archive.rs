@@ -10,16 +10,16 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use pgkeep_format::wal::{
-    self, assemble_wal_object, open_wal_meta, open_wal_object, seal_wal_data, wal_frame,
-};
+use pgkeep_format::wal::{self, assemble_wal_object, open_wal_meta, open_wal_object, wal_frame};
 use pgkeep_format::{ClusterName, Lsn, TimelineId, WalFileKind, WalFileName, WalMeta};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::repository::{blocking, random_bytes, Repository};
 use crate::storage::Created;
-use crate::wal::segment::{prepare_chain, prepare_sealed, Sealing, SegmentIdentity};
+use crate::wal::segment::{
+    prepare_chain, prepare_sealed, seal_data_unit, Sealing, SegmentIdentity, WalSource,
+};
 
 /// A file ready to store: its bytes and the meta computed from them.
 #[derive(Debug)]
@@ -105,7 +105,7 @@ impl WalArchive {
     /// [`prepare`](Self::prepare) for consecutive segments (see `segment::prepare_chain`).
     pub async fn prepare_chain(
         &self,
-        files: Vec<(WalFileName, Vec<u8>)>,
+        files: Vec<(WalFileName, WalSource)>,
         tail: Option<(Lsn, Vec<u8>)>,
         level: i8,
     ) -> Result<Vec<(WalFileName, Result<(PreparedWal, Option<SegmentIdentity>)>)>> {
@@ -222,10 +222,17 @@ impl WalArchive {
         let owned = object.to_owned();
         blocking(move || {
             let kind = name.object_kind();
-            let data_unit = data_unit.unwrap_or_else(|| {
-                seal_wal_data(repo.keys(), kind, &owned, random_bytes(), &file, level)
-            });
-            assemble_wal_object(repo.keys(), kind, &owned, &meta, random_bytes(), &data_unit)
+            let data_unit = data_unit
+                .unwrap_or_else(|| seal_data_unit(repo.keys(), kind, &owned, &file, level));
+            assemble_wal_object(
+                repo.keys(),
+                kind,
+                &owned,
+                &meta,
+                random_bytes(),
+                &data_unit,
+                level,
+            )
         })
         .await
     }

@@ -20,7 +20,7 @@ use pgkeep_format::{Lsn, WalFileKind, WalFileName, WalMeta};
 use crate::error::{Error, Result};
 use crate::repository::blocking;
 use crate::wal::archive::{compare, sha256, PushOutcome, WalArchive};
-use crate::wal::segment::{identify_segment, SegmentIdentity};
+use crate::wal::segment::{identify_segment, SegmentIdentity, WalSource};
 
 /// Tuning of `wal-push`.
 #[derive(Debug, Clone, Default)]
@@ -177,10 +177,10 @@ pub async fn push_file(
             (outcome, ahead)
         }
         Own::Done(outcome, _) => (outcome, Vec::new()),
-        Own::Store { file, prev_tail } => {
+        Own::Store { source, prev_tail } => {
             // The own file heads the chain: sealed beside the look-ahead files, stored with them.
             let mut chain = Chain::after(&name, prev_tail);
-            chain.own = Some((name.clone(), file));
+            chain.own = Some((name.clone(), source));
             if !look_ahead {
                 chain.current = None;
             }
@@ -202,65 +202,71 @@ pub async fn push_file(
 enum Own {
     /// Stored before (identical): the outcome, and its summary's tail for the next segment.
     Done(PushOutcome, Option<(Lsn, Vec<u8>)>),
-    /// Not stored yet (or a `.partial` to replace): its bytes, and the previous segment's tail.
+    /// Not stored yet (or a `.partial` to replace): where its bytes are, and the previous
+    /// segment's tail.
     Store {
-        file: Vec<u8>,
+        source: WalSource,
         prev_tail: Option<(Lsn, Vec<u8>)>,
     },
 }
 
-/// Reads and checks the call's own file. A file already stored costs one ranged read and a
-/// SHA-256; only a new one needs the previous segment's summary.
+/// Checks the call's own file. A new file is left to be read while it is compressed (see
+/// `segment::prepare_chain`); one already stored is read here and compared by its SHA-256.
 async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Result<Own> {
+    let Some(stored) = archive.meta(name).await? else {
+        let prev_tail = previous_tail(archive, name).await;
+        return Ok(Own::Store {
+            source: WalSource::Path(path.to_path_buf()),
+            prev_tail,
+        });
+    };
     let file = tokio::fs::read(path)
         .await
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    // The header check costs no I/O: do it first, so a foreign or misnamed segment is
-    // reported as such even when a file of that name is stored.
+    // Already stored (by a look-ahead, or before a crash): only its checksum is needed. The
+    // header is checked first, so that a foreign or misnamed segment is reported as such.
     let identity = match name.kind() {
         WalFileKind::Segment | WalFileKind::Partial => Some(identify_segment(name, &file)?),
         _ => None,
     };
-    // Already stored (by a look-ahead, or before a crash)? Then only its checksum is needed.
-    if let Some(stored) = archive.meta(name).await? {
-        if let (Some(id), Some(facts)) = (identity, stored.segment) {
-            if id.system_id != facts.system_id {
-                return Err(Error::WrongSystem {
-                    cluster: archive.cluster().to_string(),
-                    bound: facts.system_id,
-                    found: id.system_id,
-                });
-            }
-        }
-        let (file, digest) = blocking(move || {
-            let digest = sha256(&file);
-            (file, digest)
-        })
-        .await?;
-        let new = WalMeta {
-            size: file.len() as u64,
-            sha256: digest,
-            segment: None,
-            summary: None,
-        };
-        match compare(name, &stored, &new) {
-            Ok(outcome) => return Ok(Own::Done(outcome, stored.summary.and_then(|s| s.tail))),
-            // A newer .partial replaces the stored one (see `WalArchive::store`).
-            Err(Error::WalConflict { .. }) if name.kind() == WalFileKind::Partial => {
-                let prev_tail = previous_tail(archive, name).await;
-                return Ok(Own::Store { file, prev_tail });
-            }
-            Err(e) => return Err(e),
+    if let (Some(id), Some(facts)) = (identity, stored.segment) {
+        if id.system_id != facts.system_id {
+            return Err(Error::WrongSystem {
+                cluster: archive.cluster().to_string(),
+                bound: facts.system_id,
+                found: id.system_id,
+            });
         }
     }
-    let prev_tail = previous_tail(archive, name).await;
-    Ok(Own::Store { file, prev_tail })
+    let (file, digest) = blocking(move || {
+        let digest = sha256(&file);
+        (file, digest)
+    })
+    .await?;
+    let new = WalMeta {
+        size: file.len() as u64,
+        sha256: digest,
+        segment: None,
+        summary: None,
+    };
+    match compare(name, &stored, &new) {
+        Ok(outcome) => Ok(Own::Done(outcome, stored.summary.and_then(|s| s.tail))),
+        // A newer .partial replaces the stored one (see `WalArchive::store`).
+        Err(Error::WalConflict { .. }) if name.kind() == WalFileKind::Partial => {
+            let prev_tail = previous_tail(archive, name).await;
+            Ok(Own::Store {
+                source: WalSource::Bytes(file),
+                prev_tail,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Files to store together: optionally the call's own, then the ready segments after
 /// `current` (none when `current` is `None`).
 struct Chain {
-    own: Option<(WalFileName, Vec<u8>)>,
+    own: Option<(WalFileName, WalSource)>,
     current: Option<WalFileName>,
     tail: Option<(Lsn, Vec<u8>)>,
 }
@@ -290,10 +296,10 @@ async fn push_chain(
 ) {
     let mut results = Vec::new();
     // (name, bytes, the file's identity for a marker: None for the own file)
-    let mut files: Vec<(WalFileName, Vec<u8>, Option<std::fs::Metadata>)> = Vec::new();
+    let mut files: Vec<(WalFileName, WalSource, Option<std::fs::Metadata>)> = Vec::new();
     let own_name = chain.own.as_ref().map(|(n, _)| n.clone());
-    if let Some((name, file)) = chain.own {
-        files.push((name, file, None));
+    if let Some((name, source)) = chain.own {
+        files.push((name, source, None));
     }
     if let Some(current) = &chain.current {
         gather_ready(
@@ -311,7 +317,7 @@ async fn push_chain(
         return (None, results);
     }
     let stats: Vec<Option<std::fs::Metadata>> = files.iter_mut().map(|f| f.2.take()).collect();
-    let named: Vec<(WalFileName, Vec<u8>)> = files.into_iter().map(|(n, f, _)| (n, f)).collect();
+    let named: Vec<(WalFileName, WalSource)> = files.into_iter().map(|(n, f, _)| (n, f)).collect();
     let prepared = match archive.prepare_chain(named, chain.tail, opts.level).await {
         Ok(p) => p,
         Err(e) => {
@@ -355,15 +361,16 @@ async fn push_chain(
     (own, results)
 }
 
-/// Reads up to `limit` ready segments after `current` that the archive does not hold yet,
-/// stopping at the first one that is stored or unreadable.
+/// Finds up to `limit` ready segments after `current` that the archive does not hold yet,
+/// stopping at the first one that is stored or cannot be looked at. Their identity (for the
+/// marker) is taken here, before `prepare_chain` reads them.
 async fn gather_ready(
     archive: &WalArchive,
     dir: &Path,
     current: &WalFileName,
     limit: usize,
     markers: &Path,
-    files: &mut Vec<(WalFileName, Vec<u8>, Option<std::fs::Metadata>)>,
+    files: &mut Vec<(WalFileName, WalSource, Option<std::fs::Metadata>)>,
     results: &mut Vec<(WalFileName, Result<PushOutcome>)>,
 ) {
     let ready = match ready_segments(dir, current).await {
@@ -385,13 +392,8 @@ async fn gather_ready(
             }
         }
         let path = dir.join(name.as_str());
-        let read = async {
-            let stat = tokio::fs::metadata(&path).await?;
-            let file = tokio::fs::read(&path).await?;
-            Ok::<_, std::io::Error>((stat, file))
-        };
-        match read.await {
-            Ok((stat, file)) => files.push((name, file, Some(stat))),
+        match tokio::fs::metadata(&path).await {
+            Ok(stat) => files.push((name, WalSource::Path(path), Some(stat))),
             Err(e) => {
                 let context = format!("reading {}", path.display());
                 results.push((name, Err(Error::io(context, e))));

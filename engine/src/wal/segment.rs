@@ -7,14 +7,49 @@ use pgkeep_format::{
     Lsn, SegmentFacts, SegmentName, WalFileKind, WalFileName, WalMeta, WalSummary,
 };
 
-use pgkeep_format::wal::seal_wal_data;
-use pgkeep_format::RepoKeys;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use pgkeep_format::body::{compress_part, parts, PART_LEN};
+use pgkeep_format::wal::seal_wal_data_parts;
+use pgkeep_format::{Kind, RepoKeys};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::repository::random_bytes;
 use crate::wal::archive::{sha256, PreparedWal};
 use crate::wal::decode::PageHeader;
 use crate::wal::summary::summarize;
+
+/// Compresses a file's parts (`body::PART_LEN` each, four for a 16 MiB segment) on threads
+/// of their own, then seals the data unit. archive_command's latency is what PostgreSQL waits
+/// for, and zstd is most of a call's CPU: as one frame it ran on one core while the other
+/// had only the SHA-256 and the summary to do.
+pub fn seal_data_unit(
+    keys: &RepoKeys,
+    kind: Kind,
+    object: &str,
+    file: &[u8],
+    level: i8,
+) -> Vec<u8> {
+    let frames: Vec<Option<Vec<u8>>> = if level > 0 {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = parts(file)
+                .map(|part| s.spawn(move || compress_part(part, level)))
+                .collect();
+            // A part whose thread panicked counts as not compressed: the file is stored raw.
+            workers
+                .into_iter()
+                .map(|w| w.join().ok().flatten())
+                .collect()
+        })
+    } else {
+        Vec::new()
+    };
+    seal_wal_data_parts(keys, kind, object, random_bytes(), file, level, &frames)
+}
 
 /// What the long page header at the start of a segment says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +67,12 @@ pub struct SegmentIdentity {
 /// segment of a new timeline begins with pages copied from the old one), and the file must be
 /// a whole segment (a `.partial` file may be shorter).
 pub fn identify_segment(name: &WalFileName, bytes: &[u8]) -> Result<SegmentIdentity> {
+    identify(name, bytes, bytes.len() as u64)
+}
+
+/// [`identify_segment`] from the file's first bytes (at least its first page header) and its
+/// length.
+fn identify(name: &WalFileName, bytes: &[u8], len: u64) -> Result<SegmentIdentity> {
     let refuse = |reason: String| Error::WalRefused {
         file: name.to_string(),
         reason,
@@ -65,7 +106,6 @@ pub fn identify_segment(name: &WalFileName, bytes: &[u8]) -> Result<SegmentIdent
             name.timeline().0
         )));
     }
-    let len = bytes.len() as u64;
     let whole = u64::from(segment_size);
     match name.kind() {
         WalFileKind::Segment if len != whole => Err(refuse(format!(
@@ -123,16 +163,8 @@ pub fn prepare_sealed(
 ) -> Result<(PreparedWal, Option<SegmentIdentity>)> {
     let kind = name.object_kind();
     let (data_unit, built) = std::thread::scope(|s| {
-        let sealer = s.spawn(|| {
-            seal_wal_data(
-                sealing.keys,
-                kind,
-                sealing.object,
-                random_bytes(),
-                &file,
-                sealing.level,
-            )
-        });
+        let sealer =
+            s.spawn(|| seal_data_unit(sealing.keys, kind, sealing.object, &file, sealing.level));
         let built = build_meta(&name, &file, prev_tail);
         (sealer.join(), built)
     });
@@ -150,56 +182,223 @@ pub fn prepare_sealed(
     ))
 }
 
-/// Prepares consecutive segments at once: each one's data unit sealed on a thread of its
-/// own and its SHA-256 computed on another, while this thread reads headers and summarizes
-/// them in order (each summary needs the tail of the one before; that is the only
-/// sequential part, and the cheapest). Used by `wal-push`, with and without look-ahead.
-///
-/// Sealing (zstd, then AES-256-GCM) is the longest part; hashing on the same thread after
-/// it made one segment's wall time the sum of both, where on two cores it can be the
-/// longer of the two.
+/// Where the bytes of a file to prepare come from.
+#[derive(Debug)]
+pub enum WalSource {
+    /// Read already (a file first compared with its stored copy).
+    Bytes(Vec<u8>),
+    /// Read by [`prepare_chain`], each part by the thread that then compresses it.
+    Path(PathBuf),
+}
+
+/// One file of a chain, as [`prepare_chain`] holds it while its parts are read.
+struct Loading {
+    buf: Vec<u8>,
+    /// The open file, when the parts are still to be read.
+    file: Option<File>,
+    /// Where it is, for messages.
+    path: Option<PathBuf>,
+    /// Why the file could not be opened, if it could not.
+    failed: Option<std::io::Error>,
+}
+
+impl Loading {
+    fn open(source: WalSource) -> Self {
+        let path = match source {
+            WalSource::Bytes(buf) => {
+                return Self {
+                    buf,
+                    file: None,
+                    path: None,
+                    failed: None,
+                }
+            }
+            WalSource::Path(path) => path,
+        };
+        let opened = File::open(&path).and_then(|f| {
+            let len = usize::try_from(f.metadata()?.len())
+                .map_err(|_| std::io::Error::other("larger than this machine can address"))?;
+            Ok((f, len))
+        });
+        match opened {
+            // Fresh zeroed pages from the allocator; the reads touch them first, on the part
+            // threads.
+            Ok((f, len)) => Self {
+                buf: vec![0; len],
+                file: Some(f),
+                path: Some(path),
+                failed: None,
+            },
+            Err(e) => Self {
+                buf: Vec::new(),
+                file: None,
+                path: Some(path),
+                failed: Some(e),
+            },
+        }
+    }
+}
+
+fn read_error(path: &Option<PathBuf>, name: &WalFileName, e: std::io::Error) -> Error {
+    let path = path
+        .as_ref()
+        .map_or_else(|| name.to_string(), |p| p.display().to_string());
+    Error::io(format!("reading {path}"), e)
+}
+
+/// A part of a file as its thread reports it: read (or already in memory), or why not.
+type Arrival<'a> = (usize, usize, std::io::Result<&'a [u8]>);
+
+/// On a part's own thread: reads it if its file is not read yet, tells the coordinator, then
+/// compresses it (`None`: not compressed; the file is then stored raw).
+fn read_and_compress<'a>(
+    (f, i): (usize, usize),
+    part: &'a mut [u8],
+    file: Option<&File>,
+    level: i8,
+    tx: &mpsc::Sender<Arrival<'a>>,
+) -> Option<Vec<u8>> {
+    if let Some(file) = file {
+        if let Err(e) = file.read_exact_at(part, (i * PART_LEN) as u64) {
+            let _ = tx.send((f, i, Err(e)));
+            return None;
+        }
+    }
+    let part: &'a [u8] = part;
+    let _ = tx.send((f, i, Ok(part)));
+    if level > 0 {
+        compress_part(part, level)
+    } else {
+        None
+    }
+}
+
+/// A file's parts once all have arrived: `None` while some have not, else the parts or the
+/// first error.
+fn all_parts<'a>(
+    arrived: &[Option<std::io::Result<&'a [u8]>>],
+) -> Option<std::io::Result<Vec<&'a [u8]>>> {
+    arrived
+        .iter()
+        .map(|a| {
+            a.as_ref().map(|r| match r {
+                Ok(part) => Ok(*part),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(|parts| parts.into_iter().collect())
+}
+
+/// Prepares consecutive files at once. Each file is cut into `body::PART_LEN` parts, and one
+/// thread per part reads it (unless the file is in memory already) and compresses it, so
+/// reading (a copy and the page faults of a fresh 16 MiB buffer) and zstd, most of the CPU
+/// work, are spread over every core. Once a file's parts are all read, its SHA-256 runs on a
+/// thread of its own while this thread checks headers and summarizes the files in order (each
+/// summary needs the tail of the one before; that is the only sequential part). Used by
+/// `wal-push`, with and without look-ahead: PostgreSQL waits for `archive_command`, so its
+/// latency is what counts, and it is the longest of these rather than their sum.
 pub fn prepare_chain(
-    files: Vec<(WalFileName, Vec<u8>)>,
+    files: Vec<(WalFileName, WalSource)>,
     mut tail: Option<(Lsn, Vec<u8>)>,
     keys: &RepoKeys,
     objects: &[String],
     level: i8,
 ) -> Vec<Result<(PreparedWal, Option<SegmentIdentity>)>> {
-    let (sealed, described) = std::thread::scope(|s| {
-        let sealers: Vec<_> = files
-            .iter()
-            .zip(objects)
-            .map(|((name, file), object)| {
-                let kind = name.object_kind();
-                let unit =
-                    s.spawn(move || seal_wal_data(keys, kind, object, random_bytes(), file, level));
-                let digest = s.spawn(move || sha256(file));
-                (unit, digest)
-            })
-            .collect();
-        let described: Vec<_> = files
-            .iter()
-            .map(|(name, file)| {
-                let d = describe(name, file, tail.take());
-                if let Ok(d) = &d {
-                    tail = d.summary.as_ref().and_then(|s| s.tail.clone());
-                }
-                d
-            })
-            .collect();
-        let sealed: Vec<_> = sealers
-            .into_iter()
-            .map(|(unit, digest)| Ok((unit.join()?, digest.join()?)))
-            .collect::<Vec<std::thread::Result<_>>>();
-        (sealed, described)
-    });
-    files
+    let (names, mut loads): (Vec<WalFileName>, Vec<Loading>) = files
         .into_iter()
-        .zip(sealed.into_iter().zip(described))
-        .map(|((name, file), (sealed, described))| {
-            let (data_unit, digest) = sealed
-                .map_err(|_| Error::Pipeline(format!("sealing {name} failed (thread panicked)")))?;
-            let (meta, identity) = described?.into_meta(file.len(), digest);
+        .map(|(name, source)| (name, Loading::open(source)))
+        .unzip();
+    let lens: Vec<u64> = loads.iter().map(|l| l.buf.len() as u64).collect();
+    let paths: Vec<Option<PathBuf>> = loads.iter_mut().map(|l| l.path.take()).collect();
+    let (frames, digests, described) = std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel::<Arrival<'_>>();
+        let mut workers = Vec::new();
+        let mut arrived = Vec::new();
+        for (f, load) in loads.iter_mut().enumerate() {
+            let file = load.file.as_ref();
+            let parts: Vec<&mut [u8]> = load.buf.chunks_mut(PART_LEN).collect();
+            let mut waiting: Vec<_> = parts.iter().map(|_| None).collect();
+            if let Some(e) = load.failed.take() {
+                // Not opened: the file's one "part" is the error.
+                waiting = vec![Some(Err(e))];
+            }
+            arrived.push(waiting);
+            let threads: Vec<_> = parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, part)| {
+                    let tx = tx.clone();
+                    s.spawn(move || read_and_compress((f, i), part, file, level, &tx))
+                })
+                .collect();
+            workers.push(threads);
+        }
+        drop(tx);
+        let mut hashers: Vec<Option<_>> = (0..names.len()).map(|_| None).collect();
+        let mut described = Vec::new();
+        for (f, name) in names.iter().enumerate() {
+            // Wait for this file's parts, starting the hasher of each file whose parts are all in.
+            let parts = loop {
+                if let Some(parts) = all_parts(&arrived[f]) {
+                    break parts;
+                }
+                let Ok((g, i, part)) = rx.recv() else {
+                    break Err(std::io::Error::other("a part's reading thread stopped"));
+                };
+                arrived[g][i] = Some(part);
+                if let Some(Ok(parts)) = all_parts(&arrived[g]) {
+                    hashers[g] = Some(s.spawn(move || sha256_parts(&parts)));
+                }
+            };
+            let d = match parts {
+                Err(e) => Err(read_error(&paths[f], name, e)),
+                Ok(parts) => {
+                    if hashers[f].is_none() {
+                        // No parts to wait for: an empty file.
+                        hashers[f] = Some(s.spawn(|| sha256_parts(&[])));
+                    }
+                    describe(name, &parts, lens[f], tail.take())
+                }
+            };
+            tail = d
+                .as_ref()
+                .ok()
+                .and_then(|d| d.summary.as_ref())
+                .and_then(|s| s.tail.clone());
+            described.push(d);
+        }
+        let frames: Vec<Vec<Option<Vec<u8>>>> = workers
+            .into_iter()
+            .map(|w| w.into_iter().map(|h| h.join().ok().flatten()).collect())
+            .collect();
+        let digests: Vec<Option<[u8; 32]>> = hashers
+            .into_iter()
+            .map(|h| h.and_then(|h| h.join().ok()))
+            .collect();
+        (frames, digests, described)
+    });
+    names
+        .into_iter()
+        .zip(loads)
+        .zip(objects)
+        .zip(frames.into_iter().zip(digests).zip(described))
+        .map(|(((name, load), object), ((frames, digest), described))| {
+            let described = described?;
+            let digest = digest.ok_or_else(|| {
+                Error::Pipeline(format!("hashing {name} failed (thread panicked)"))
+            })?;
+            let file = load.buf;
+            let data_unit = seal_wal_data_parts(
+                keys,
+                name.object_kind(),
+                object,
+                random_bytes(),
+                &file,
+                level,
+                &frames,
+            );
+            let (meta, identity) = described.into_meta(file.len(), digest);
             Ok((
                 PreparedWal {
                     meta,
@@ -232,26 +431,34 @@ impl Description {
     }
 }
 
+/// Describes a file given in consecutive parts, `len` bytes in all.
 fn describe(
     name: &WalFileName,
-    file: &[u8],
+    parts: &[&[u8]],
+    len: u64,
     prev_tail: Option<(Lsn, Vec<u8>)>,
 ) -> Result<Description> {
     Ok(match name.kind() {
         WalFileKind::Segment | WalFileKind::Partial => {
-            let id = identify_segment(name, file)?;
+            let head = parts.first().copied().unwrap_or_default();
+            let id = identify(name, head, len)?;
             Description {
                 facts: Some(SegmentFacts {
                     system_id: id.system_id,
                     segment_size: id.segment_size,
                     pg_major: id.pg_major,
                 }),
-                summary: Some(summarize(file, id.start, id.segment_size, prev_tail)),
+                summary: Some(summarize(
+                    parts.iter().copied(),
+                    id.start,
+                    id.segment_size,
+                    prev_tail,
+                )),
                 identity: Some(id),
             }
         }
         WalFileKind::History | WalFileKind::BackupHistory => {
-            check_text_file(name, file)?;
+            check_text_file(name, len)?;
             Description {
                 facts: None,
                 summary: None,
@@ -266,22 +473,113 @@ fn build_meta(
     file: &[u8],
     prev_tail: Option<(Lsn, Vec<u8>)>,
 ) -> Result<(WalMeta, Option<SegmentIdentity>)> {
-    Ok(describe(name, file, prev_tail)?.into_meta(file.len(), sha256(file)))
+    Ok(describe(name, &[file], file.len() as u64, prev_tail)?.into_meta(file.len(), sha256(file)))
+}
+
+/// SHA-256 of a file given in consecutive parts.
+fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().into()
 }
 
 /// History and backup history files are short text files. Their text is not checked (a
 /// restore point name in a reason line may be in any server encoding, and refusing would stall
 /// archiving), only their size.
-fn check_text_file(name: &WalFileName, file: &[u8]) -> Result<()> {
-    const LIMIT: usize = 16 << 20;
-    if file.len() > LIMIT {
+fn check_text_file(name: &WalFileName, len: u64) -> Result<()> {
+    const LIMIT: u64 = 16 << 20;
+    if len > LIMIT {
         return Err(Error::WalRefused {
             file: name.to_string(),
-            reason: format!(
-                "is {} bytes; history files are short text files",
-                file.len()
-            ),
+            reason: format!("is {len} bytes; history files are short text files"),
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use pgkeep_format::wal::{assemble_wal_object, open_wal_object};
+
+    use super::*;
+    use crate::bench::throwaway_keys;
+    use crate::wal::decode::synth::WalWriter;
+    use crate::wal::decode::WalVersion;
+
+    /// Two 8 MiB segments (two parts each) of records of assorted sizes, some crossing pages
+    /// and one crossing the boundary between the two.
+    fn two_segments(seg: u32) -> Vec<u8> {
+        let start = Lsn(2 * u64::from(seg));
+        let mut w = WalWriter::new(start, seg, WalVersion::V15);
+        let mut i = 0u32;
+        while w.position().0 < start.0 + 2 * u64::from(seg) {
+            let len = [60, 200, 3000, 9000][(i % 4) as usize] + (i % 17) as usize;
+            let body: Vec<u8> = (0..len).map(|b| (b as u32 ^ i) as u8).collect();
+            w.record_with_main_data(10, 0, 700 + i, &body);
+            i += 1;
+        }
+        w.into_bytes()
+    }
+
+    #[test]
+    fn a_chain_read_in_parts_is_the_files_with_their_summaries() {
+        let seg: u32 = 8 << 20;
+        let wal = two_segments(seg);
+        let (first, second) = (&wal[..seg as usize], &wal[seg as usize..2 * seg as usize]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let second_path = dir.path().join("000000010000000000000003");
+        std::fs::write(&second_path, second).expect("write");
+        let missing = dir.path().join("000000010000000000000004");
+        let names: Vec<WalFileName> = [
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004",
+        ]
+        .iter()
+        .map(|n| WalFileName::parse(n).expect("name"))
+        .collect();
+        let objects: Vec<String> = names.iter().map(|n| format!("wal/{n}")).collect();
+        let keys = throwaway_keys();
+        let sources = vec![
+            WalSource::Bytes(first.to_vec()),
+            WalSource::Path(second_path),
+            WalSource::Path(missing.clone()),
+        ];
+        let files = names.iter().cloned().zip(sources).collect();
+        let mut results = prepare_chain(files, None, &keys, &objects, 1).into_iter();
+
+        // Each file as it is, its checksum, and the summary a one-piece pass gives; the second
+        // one continues the record the first one's tail began.
+        let mut tail: Option<(Lsn, Vec<u8>)> = None;
+        for ((bytes, name), object) in [first, second].iter().zip(&names).zip(&objects) {
+            let (prepared, identity) = results.next().expect("result").expect("prepared");
+            let id = identity.expect("a segment");
+            assert_eq!(prepared.file, *bytes);
+            assert_eq!(prepared.meta.sha256, sha256(bytes));
+            let expected = summarize([*bytes], id.start, seg, tail.take());
+            assert_eq!(expected.stopped, None);
+            assert!(!expected.head_unknown);
+            assert!(expected.records > 1000, "{} records", expected.records);
+            assert_eq!(prepared.meta.summary.as_ref(), Some(&expected));
+            // Both end inside a record; the first one's is continued by the second, whose
+            // head is therefore known.
+            assert!(expected.tail.is_some(), "{name}");
+            tail = expected.tail.clone();
+            let unit = prepared.data_unit.expect("sealed");
+            // Compressed, as one frame per part.
+            assert!(unit.len() < bytes.len() / 2, "{} bytes", unit.len());
+            let kind = name.object_kind();
+            let object_bytes =
+                assemble_wal_object(&keys, kind, object, &prepared.meta, [1; 24], &unit, 1);
+            let (meta, file) = open_wal_object(&keys, kind, object, &object_bytes).expect("opens");
+            assert_eq!((meta, file.as_slice()), (prepared.meta, *bytes));
+        }
+        let err = results.next().expect("result").expect_err("missing file");
+        assert!(
+            err.to_string().contains(&missing.display().to_string()),
+            "{err}"
+        );
+    }
 }

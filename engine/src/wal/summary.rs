@@ -9,14 +9,15 @@ use crate::wal::decode::{DecodedRecord, RecordKind, WalStreamDecoder, XactInfo};
 /// How much of a segment the decoder is given at a time.
 const FEED: usize = 64 << 10;
 
-/// Summarizes the WAL in `file`, which starts at `start` (a segment boundary). `prev_tail` is
+/// Summarizes the WAL in `file` (given in consecutive parts: the parts of a segment another
+/// thread read and compresses), which starts at `start` (a segment boundary). `prev_tail` is
 /// the start of a record begun in the previous segment, so the record that straddles the
 /// boundary is decoded here; without it that one record is skipped and the summary says so.
 ///
 /// Never fails: a decoding problem ends the summary early and is recorded in
 /// [`WalSummary::stopped`]; the file itself is archived regardless.
-pub fn summarize(
-    file: &[u8],
+pub fn summarize<'a>(
+    file: impl IntoIterator<Item = &'a [u8]>,
     start: Lsn,
     segment_size: u32,
     prev_tail: Option<(Lsn, Vec<u8>)>,
@@ -30,7 +31,7 @@ pub fn summarize(
         ..WalSummary::default()
     };
     // Fed a piece at a time, so the decoder never holds a copy of the whole segment.
-    'file: for piece in file.chunks(FEED) {
+    'file: for piece in file.into_iter().flat_map(|part| part.chunks(FEED)) {
         decoder.feed(piece);
         loop {
             match decoder.poll() {

@@ -561,6 +561,19 @@ impl WalStreamDecoder {
                 len: total_len,
             });
         }
+        // Most records lie whole within one page and within the bytes at hand: decoded where
+        // they are, without assembling a copy (that copy, an allocation per record, was most
+        // of the decoder's cost on a segment of small records).
+        let len = total_len as usize;
+        if self.page_chunk(u64::from(total_len)) == len {
+            let (header, kind) = {
+                let bytes = self.avail().get(..len).unwrap_or_default();
+                self.check_record_header(lsn, bytes)?;
+                self.check_record(lsn, bytes)?
+            };
+            self.consume(len);
+            return Ok(Step::Record(self.finish(lsn, &header, kind)));
+        }
         self.state = State::InRecord(Partial {
             start: lsn,
             total_len,
@@ -582,40 +595,45 @@ impl WalStreamDecoder {
             .extend_from_slice(self.avail().get(..n).unwrap_or_default());
         self.consume(n);
         if !p.header_checked && p.buf.len() >= RECORD_HEADER_LEN {
-            self.check_record_header(&p)?;
+            self.check_record_header(p.start, &p.buf)?;
             p.header_checked = true;
         }
         if p.buf.len() < p.total_len as usize {
             self.state = State::InRecord(p);
             return Ok(Step::Continue);
         }
-        self.finish(p).map(Step::Record)
+        let (header, kind) = self.check_record(p.start, &p.buf)?;
+        Ok(Step::Record(self.finish(p.start, &header, kind)))
     }
 
     /// `ValidXLogRecordHeader`'s previous-record check, as soon as the header is complete.
-    fn check_record_header(&self, p: &Partial) -> Result<(), WalDecodeError> {
-        let h = RecordHeader::parse(&p.buf)
-            .ok_or_else(|| WalDecodeError::malformed(p.start, "record header incomplete"))?;
+    fn check_record_header(&self, start: Lsn, bytes: &[u8]) -> Result<(), WalDecodeError> {
+        let h = RecordHeader::parse(bytes)
+            .ok_or_else(|| WalDecodeError::malformed(start, "record header incomplete"))?;
         match self.prev_record {
             Some(expected) if h.prev != expected => Err(WalDecodeError::PrevLinkMismatch {
-                lsn: p.start,
+                lsn: start,
                 expected,
                 found: h.prev,
             }),
-            None if h.prev >= p.start => Err(WalDecodeError::PrevLinkNotBefore {
-                lsn: p.start,
+            None if h.prev >= start => Err(WalDecodeError::PrevLinkNotBefore {
+                lsn: start,
                 found: h.prev,
             }),
             _ => Ok(()),
         }
     }
 
-    /// A record's bytes are complete: check its CRC, find and classify its main data.
-    fn finish(&mut self, p: Partial) -> Result<DecodedRecord, WalDecodeError> {
-        let lsn = p.start;
-        let h = RecordHeader::parse(&p.buf)
+    /// A record's bytes, complete and without page headers: check its CRC, find and classify
+    /// its main data.
+    fn check_record(
+        &self,
+        lsn: Lsn,
+        bytes: &[u8],
+    ) -> Result<(RecordHeader, RecordKind), WalDecodeError> {
+        let h = RecordHeader::parse(bytes)
             .ok_or_else(|| WalDecodeError::malformed(lsn, "record header incomplete"))?;
-        let computed = record_crc(&p.buf);
+        let computed = record_crc(bytes);
         if computed != h.crc {
             return Err(WalDecodeError::CrcMismatch {
                 lsn,
@@ -626,8 +644,13 @@ impl WalStreamDecoder {
         let version = self
             .version
             .ok_or_else(|| WalDecodeError::malformed(lsn, "record before any page header"))?;
-        let main = main_data(&p.buf, version, lsn)?;
+        let main = main_data(bytes, version, lsn)?;
         let kind = classify(h.rmid, h.info, h.xid, main, version, lsn)?;
+        Ok((h, kind))
+    }
+
+    /// A checked record was consumed: move on past it.
+    fn finish(&mut self, lsn: Lsn, h: &RecordHeader, kind: RecordKind) -> DecodedRecord {
         let is_switch = h.rmid == RM_XLOG_ID && h.info & 0xF0 == XLOG_SWITCH;
         let seg = u64::from(self.segment_size);
         let mut end = maxalign(self.pos);
@@ -641,7 +664,7 @@ impl WalStreamDecoder {
         } else {
             State::RecordStart
         };
-        Ok(DecodedRecord {
+        DecodedRecord {
             lsn,
             end: Lsn(end),
             xid: h.xid,
@@ -650,7 +673,7 @@ impl WalStreamDecoder {
             prev: h.prev,
             total_len: h.tot_len,
             kind,
-        })
+        }
     }
 
     /// At a page boundary: read and check the page header, then decide what its first data
