@@ -13,6 +13,8 @@ use bytes::Bytes;
 use pgkeep_format::wal::{self, assemble_wal_object, open_wal_meta, open_wal_object, wal_frame};
 use pgkeep_format::{ClusterName, Lsn, TimelineId, WalFileKind, WalFileName, WalMeta};
 use sha2::{Digest, Sha256};
+use std::future::Future;
+use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::repository::{blocking, random_bytes, Repository};
@@ -106,15 +108,24 @@ impl WalArchive {
     pub async fn prepare_chain(
         &self,
         files: Vec<(WalFileName, WalSource)>,
-        tail: Option<(Lsn, Vec<u8>)>,
+        tail: impl Future<Output = Option<(Lsn, Vec<u8>)>>,
         level: i8,
     ) -> Result<Vec<(WalFileName, Result<(PreparedWal, Option<SegmentIdentity>)>)>> {
         let repo = self.repo.clone();
         let names: Vec<WalFileName> = files.iter().map(|(n, _)| n.clone()).collect();
         let objects: Vec<String> = names.iter().map(|n| self.object_name(n)).collect();
-        let prepared =
-            blocking(move || prepare_chain(files, tail, repo.keys(), &objects, level)).await?;
-        Ok(names.into_iter().zip(prepared).collect())
+        // The tail is awaited here while the files are read and compressed; the summary of
+        // the first file, the last step, waits for it.
+        let (tx, rx) = oneshot::channel();
+        let prepare = blocking(move || {
+            let tail = move || rx.blocking_recv().ok().flatten();
+            prepare_chain(files, tail, repo.keys(), &objects, level)
+        });
+        let send = async move {
+            let _ = tx.send(tail.await);
+        };
+        let ((), prepared) = tokio::join!(send, prepare);
+        Ok(names.into_iter().zip(prepared?).collect())
     }
 
     /// Reads the meta unit of a stored file (one or two ranged reads, never the file itself);

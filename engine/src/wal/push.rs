@@ -172,7 +172,7 @@ pub async fn push_file(
     };
     let (outcome, ahead) = match own {
         Own::Done(outcome, tail) if look_ahead => {
-            let chain = Chain::after(&name, tail);
+            let chain = Chain::after(&name, Tail::Known(tail));
             let (_, ahead) = push_chain(archive, &dir, chain, opts, &markers).await;
             (outcome, ahead)
         }
@@ -204,20 +204,25 @@ enum Own {
     Done(PushOutcome, Option<(Lsn, Vec<u8>)>),
     /// Not stored yet (or a `.partial` to replace): where its bytes are, and the previous
     /// segment's tail.
-    Store {
-        source: WalSource,
-        prev_tail: Option<(Lsn, Vec<u8>)>,
-    },
+    Store { source: WalSource, prev_tail: Tail },
+}
+
+/// The record start a chain's first file continues.
+enum Tail {
+    Known(Option<(Lsn, Vec<u8>)>),
+    /// In the previous segment's meta: read while the chain's files are read and compressed
+    /// (a segment of small transactions has a meta of a few hundred KiB to fetch, open and
+    /// decode, and only the summary, which comes last, needs it).
+    OfPrevious(WalFileName),
 }
 
 /// Checks the call's own file. A new file is left to be read while it is compressed (see
 /// `segment::prepare_chain`); one already stored is read here and compared by its SHA-256.
 async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Result<Own> {
     let Some(stored) = archive.meta(name).await? else {
-        let prev_tail = previous_tail(archive, name).await;
         return Ok(Own::Store {
             source: WalSource::Path(path.to_path_buf()),
-            prev_tail,
+            prev_tail: Tail::OfPrevious(name.clone()),
         });
     };
     let file = tokio::fs::read(path)
@@ -252,13 +257,10 @@ async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Res
     match compare(name, &stored, &new) {
         Ok(outcome) => Ok(Own::Done(outcome, stored.summary.and_then(|s| s.tail))),
         // A newer .partial replaces the stored one (see `WalArchive::store`).
-        Err(Error::WalConflict { .. }) if name.kind() == WalFileKind::Partial => {
-            let prev_tail = previous_tail(archive, name).await;
-            Ok(Own::Store {
-                source: WalSource::Bytes(file),
-                prev_tail,
-            })
-        }
+        Err(Error::WalConflict { .. }) if name.kind() == WalFileKind::Partial => Ok(Own::Store {
+            source: WalSource::Bytes(file),
+            prev_tail: Tail::OfPrevious(name.clone()),
+        }),
         Err(e) => Err(e),
     }
 }
@@ -268,11 +270,11 @@ async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Res
 struct Chain {
     own: Option<(WalFileName, WalSource)>,
     current: Option<WalFileName>,
-    tail: Option<(Lsn, Vec<u8>)>,
+    tail: Tail,
 }
 
 impl Chain {
-    fn after(current: &WalFileName, tail: Option<(Lsn, Vec<u8>)>) -> Self {
+    fn after(current: &WalFileName, tail: Tail) -> Self {
         Self {
             own: None,
             current: Some(current.clone()),
@@ -318,7 +320,13 @@ async fn push_chain(
     }
     let stats: Vec<Option<std::fs::Metadata>> = files.iter_mut().map(|f| f.2.take()).collect();
     let named: Vec<(WalFileName, WalSource)> = files.into_iter().map(|(n, f, _)| (n, f)).collect();
-    let prepared = match archive.prepare_chain(named, chain.tail, opts.level).await {
+    let tail = async {
+        match chain.tail {
+            Tail::Known(tail) => tail,
+            Tail::OfPrevious(name) => previous_tail(archive, &name).await,
+        }
+    };
+    let prepared = match archive.prepare_chain(named, tail, opts.level).await {
         Ok(p) => p,
         Err(e) => {
             let own = own_name.map(|_| Err(e));

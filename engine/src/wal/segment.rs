@@ -298,9 +298,12 @@ fn all_parts<'a>(
 /// summary needs the tail of the one before; that is the only sequential part). Used by
 /// `wal-push`, with and without look-ahead: PostgreSQL waits for `archive_command`, so its
 /// latency is what counts, and it is the longest of these rather than their sum.
+///
+/// `first_tail` gives the record start the first file continues; it is called only when the
+/// first file's parts are in, so the caller can fetch it meanwhile.
 pub fn prepare_chain(
     files: Vec<(WalFileName, WalSource)>,
-    mut tail: Option<(Lsn, Vec<u8>)>,
+    first_tail: impl FnOnce() -> Option<(Lsn, Vec<u8>)>,
     keys: &RepoKeys,
     objects: &[String],
     level: i8,
@@ -335,6 +338,8 @@ pub fn prepare_chain(
             workers.push(threads);
         }
         drop(tx);
+        let mut first_tail = Some(first_tail);
+        let mut tail = None;
         let mut hashers: Vec<Option<_>> = (0..names.len()).map(|_| None).collect();
         let mut described = Vec::new();
         for (f, name) in names.iter().enumerate() {
@@ -351,6 +356,12 @@ pub fn prepare_chain(
                     hashers[g] = Some(s.spawn(move || sha256_parts(&parts)));
                 }
             };
+            // The first file continues the caller's tail, each other one its predecessor's.
+            let prev = match (first_tail.take(), &parts) {
+                (Some(fetch), Ok(_)) => fetch(),
+                (Some(_), Err(_)) => None,
+                (None, _) => tail.take(),
+            };
             let d = match parts {
                 Err(e) => Err(read_error(&paths[f], name, e)),
                 Ok(parts) => {
@@ -358,7 +369,7 @@ pub fn prepare_chain(
                         // No parts to wait for: an empty file.
                         hashers[f] = Some(s.spawn(|| sha256_parts(&[])));
                     }
-                    describe(name, &parts, lens[f], tail.take())
+                    describe(name, &parts, lens[f], prev)
                 }
             };
             tail = d
@@ -548,11 +559,12 @@ mod tests {
             WalSource::Path(missing.clone()),
         ];
         let files = names.iter().cloned().zip(sources).collect();
-        let mut results = prepare_chain(files, None, &keys, &objects, 1).into_iter();
+        let mut results = prepare_chain(files, || None, &keys, &objects, 1).into_iter();
 
         // Each file as it is, its checksum, and the summary a one-piece pass gives; the second
         // one continues the record the first one's tail began.
         let mut tail: Option<(Lsn, Vec<u8>)> = None;
+        let mut second_summary = WalSummary::default();
         for ((bytes, name), object) in [first, second].iter().zip(&names).zip(&objects) {
             let (prepared, identity) = results.next().expect("result").expect("prepared");
             let id = identity.expect("a segment");
@@ -567,6 +579,7 @@ mod tests {
             // head is therefore known.
             assert!(expected.tail.is_some(), "{name}");
             tail = expected.tail.clone();
+            second_summary = expected.clone();
             let unit = prepared.data_unit.expect("sealed");
             // Compressed, as one frame per part.
             assert!(unit.len() < bytes.len() / 2, "{} bytes", unit.len());
@@ -581,5 +594,12 @@ mod tests {
             err.to_string().contains(&missing.display().to_string()),
             "{err}"
         );
+
+        // The second alone, given the first one's tail by the caller: the same summary.
+        let first_summary = summarize([first], Lsn(2 * u64::from(seg)), seg, None);
+        let files = vec![(names[1].clone(), WalSource::Bytes(second.to_vec()))];
+        let alone = prepare_chain(files, || first_summary.tail, &keys, &objects[1..2], 1);
+        let (prepared, _) = alone.into_iter().next().expect("one").expect("prepared");
+        assert_eq!(prepared.meta.summary, Some(second_summary));
     }
 }
