@@ -298,8 +298,15 @@ impl Store {
     /// a concurrent writer may have stored identical bytes: both are `Created::Identical`.
     /// Different content is `AlreadyExists`.
     pub async fn put_new(&self, name: &str, data: Bytes) -> Result<Created> {
+        self.put_new_parts(name, vec![data]).await
+    }
+
+    /// [`put_new`](Self::put_new) of an object given as consecutive parts, written one after
+    /// the other: a WAL object's small front (header and meta unit) and its large data unit,
+    /// without first copying both into one buffer.
+    pub async fn put_new_parts(&self, name: &str, parts: Vec<Bytes>) -> Result<Created> {
         let path = self.path(name);
-        let payload = PutPayload::from(data.clone());
+        let payload: PutPayload = parts.iter().cloned().collect();
         let opts = || PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -318,7 +325,7 @@ impl Store {
                 _,
             )) => {
                 let existing = self.get(name).await?;
-                if existing == data {
+                if same_bytes(&existing, &parts) {
                     Ok(Created::Identical)
                 } else {
                     Err(Error::AlreadyExists {
@@ -414,6 +421,18 @@ impl Store {
         .await
         .map_err(|e| Error::io("syncing a file", std::io::Error::other(e)))?
     }
+}
+
+/// Whether `whole` is `parts` one after the other.
+fn same_bytes(whole: &[u8], parts: &[Bytes]) -> bool {
+    let mut rest = whole;
+    for part in parts {
+        match rest.split_at_checked(part.len()) {
+            Some((head, tail)) if head == part.as_ref() => rest = tail,
+            _ => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 /// A read that returned other than `want` bytes, as a transient (`Generic`) error so that
@@ -520,4 +539,19 @@ fn cloud_store(
         "gs" => build!(object_store::gcp::GoogleCloudStorageBuilder, "GOOGLE_"),
         _ => build!(object_store::azure::MicrosoftAzureBuilder, "AZURE_"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_bytes_compares_the_parts_in_order() {
+        let parts = [Bytes::from_static(b"head"), Bytes::from_static(b"-body")];
+        assert!(same_bytes(b"head-body", &parts));
+        assert!(!same_bytes(b"head-bod", &parts));
+        assert!(!same_bytes(b"head-body!", &parts));
+        assert!(!same_bytes(b"-bodyhead", &parts));
+        assert!(same_bytes(b"", &[]));
+    }
 }

@@ -435,6 +435,22 @@ pub fn assemble_wal_object(
     data_unit: &[u8],
     meta_level: i8,
 ) -> Vec<u8> {
+    let mut out = wal_object_front(keys, kind, object, meta, meta_salt, meta_level);
+    out.extend_from_slice(data_unit);
+    out
+}
+
+/// What comes before the data unit in a WAL object: header, meta unit length and meta unit
+/// (see [`assemble_wal_object`]). A writer that can store an object in parts puts the data
+/// unit after it without copying it.
+pub fn wal_object_front(
+    keys: &RepoKeys,
+    kind: Kind,
+    object: &str,
+    meta: &WalMeta,
+    meta_salt: [u8; SALT_LEN],
+    meta_level: i8,
+) -> Vec<u8> {
     let header = Header::new(kind, keys.key_id().0);
     let meta_unit = keys.seal(
         &header,
@@ -443,12 +459,11 @@ pub fn assemble_wal_object(
         &meta.encode(),
         meta_level,
     );
-    let mut out = Vec::with_capacity(HEADER_LEN + 4 + meta_unit.len() + data_unit.len());
+    let mut out = Vec::with_capacity(HEADER_LEN + 4 + meta_unit.len());
     out.extend_from_slice(&header.encode());
     let len = u32::try_from(meta_unit.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&meta_unit);
-    out.extend_from_slice(data_unit);
     out
 }
 

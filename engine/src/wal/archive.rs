@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use pgkeep_format::wal::{self, assemble_wal_object, open_wal_meta, open_wal_object, wal_frame};
+use pgkeep_format::wal::{self, open_wal_meta, open_wal_object, wal_frame, wal_object_front};
 use pgkeep_format::{ClusterName, Lsn, TimelineId, WalFileKind, WalFileName, WalMeta};
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -179,14 +179,17 @@ impl WalArchive {
                 other => other,
             };
         }
-        let (name, meta) = (prepared.name.clone(), prepared.meta.clone());
-        let sealed = self.seal(&object, prepared, level).await?;
-        match self
-            .repo
-            .store()
-            .put_new(&object, Bytes::from(sealed))
-            .await
-        {
+        let name = prepared.name.clone();
+        // Size and checksum only: a segment's summary can be a few hundred KiB.
+        let meta = WalMeta {
+            size: prepared.meta.size,
+            sha256: prepared.meta.sha256,
+            segment: None,
+            summary: None,
+        };
+        let (front, data_unit) = self.seal(&object, prepared, level).await?;
+        let parts = vec![Bytes::from(front), Bytes::from(data_unit)];
+        match self.repo.store().put_new_parts(&object, parts).await {
             Ok(Created::New | Created::Identical) => Ok(PushOutcome::Stored),
             // Someone else stored it between our check and our write: compare with theirs.
             Err(Error::AlreadyExists { .. }) => match self.meta(&name).await? {
@@ -206,7 +209,8 @@ impl WalArchive {
             )));
         }
         let object = self.object_name(&prepared.name);
-        let sealed = self.seal(&object, prepared, level).await?;
+        let (mut sealed, data_unit) = self.seal(&object, prepared, level).await?;
+        sealed.extend_from_slice(&data_unit);
         self.repo.store().put(&object, Bytes::from(sealed)).await
     }
 
@@ -221,8 +225,14 @@ impl WalArchive {
         self.repo.store().delete(&self.object_name(name)).await
     }
 
-    /// The object's bytes: the data unit sealed at `level` unless it already was.
-    async fn seal(&self, object: &str, prepared: PreparedWal, level: i8) -> Result<Vec<u8>> {
+    /// The object's bytes, in two parts: its front, then its data unit (sealed at `level`
+    /// unless it already was).
+    async fn seal(
+        &self,
+        object: &str,
+        prepared: PreparedWal,
+        level: i8,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
         let PreparedWal {
             name,
             meta,
@@ -235,15 +245,8 @@ impl WalArchive {
             let kind = name.object_kind();
             let data_unit = data_unit
                 .unwrap_or_else(|| seal_data_unit(repo.keys(), kind, &owned, &file, level));
-            assemble_wal_object(
-                repo.keys(),
-                kind,
-                &owned,
-                &meta,
-                random_bytes(),
-                &data_unit,
-                level,
-            )
+            let front = wal_object_front(repo.keys(), kind, &owned, &meta, random_bytes(), level);
+            (front, data_unit)
         })
         .await
     }
