@@ -35,11 +35,21 @@ const WRITE_PIECE: usize = 128 << 10;
 /// Pieces smaller than this are copied together (up to [`WRITE_PIECE`]) rather than kept.
 const SMALL_PIECE: usize = 32 << 10;
 
+/// Bytes written after which a large file's writeback is started (a sync on another
+/// thread), so the disk works while the rest of the file is decoded rather than all at the
+/// final fsync.
+const SYNC_AHEAD: u64 = 32 << 20;
+
 /// A file being written on the current (blocking) thread: calls of at most [`WRITE_PIECE`]
 /// bytes, smaller pieces gathered, each fed to the checksum right after it is written.
 pub(crate) struct FileSink {
     out: BufWriter<File>,
     digest: Option<FileDigest>,
+    /// Bytes written since the last sync started.
+    unsynced: u64,
+    /// The sync running on another thread, if any. Its result is collected (an error of a
+    /// sync is reported once, to one of the descriptors sharing the file).
+    syncing: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl FileSink {
@@ -48,6 +58,8 @@ impl FileSink {
         Self {
             out: BufWriter::with_capacity(WRITE_PIECE, file),
             digest,
+            unsynced: 0,
+            syncing: None,
         }
     }
 
@@ -58,17 +70,34 @@ impl FileSink {
                 h.update(part);
             }
         }
+        self.unsynced += piece.len() as u64;
+        if self.unsynced >= SYNC_AHEAD && self.syncing.as_ref().is_none_or(|t| t.is_finished()) {
+            self.collect_sync()?;
+            self.out.flush()?;
+            let file = self.out.get_ref().try_clone()?;
+            self.syncing = Some(std::thread::spawn(move || file.sync_data()));
+            self.unsynced = 0;
+        }
         Ok(())
+    }
+
+    /// Waits for the sync running on another thread, if any, and returns its result.
+    fn collect_sync(&mut self) -> std::io::Result<()> {
+        match self.syncing.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| std::io::Error::other("a sync thread panicked"))?,
+            None => Ok(()),
+        }
     }
 
     /// Writes what is buffered, fsyncs, sets the file's mode, and returns the checksum of
     /// all bytes written (hex, see [`FileDigest::finish`]) if one was asked for. `path` is
     /// the file's, for messages.
-    pub(crate) fn finish(self, path: &Path, mode: u32) -> Result<Option<String>> {
+    pub(crate) fn finish(mut self, path: &Path, mode: u32) -> Result<Option<String>> {
         let file = self
-            .out
-            .into_inner()
-            .map_err(|e| e.into_error())
+            .collect_sync()
+            .and_then(|()| self.out.into_inner().map_err(|e| e.into_error()))
             .and_then(|file| file.sync_all().map(|()| file))
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         file.set_permissions(std::fs::Permissions::from_mode(mode))
@@ -220,5 +249,31 @@ mod tests {
         assert_eq!(sum, Some(hex::encode(sha2::Sha256::digest(&data))));
         let mode = std::fs::metadata(&path).expect("stat").mode() & 0o7777;
         assert_eq!(mode, 0o640);
+    }
+
+    #[test]
+    fn a_large_file_syncs_ahead_and_still_checks_out() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("f");
+        let mut sink = FileSink::new(
+            File::create(&path).expect("create"),
+            ManifestChecksum::Sha256.digest(),
+        );
+        let piece: Vec<u8> = (0..(1 << 20) + 7).map(|i| (i % 253) as u8).collect();
+        let mut whole = sha2::Sha256::new();
+        let mut len = 0u64;
+        let mut started = 0;
+        while len < 2 * SYNC_AHEAD + 5 {
+            sink.write(&piece).expect("write");
+            whole.update(&piece);
+            len += piece.len() as u64;
+            if sink.unsynced == 0 {
+                started += 1;
+            }
+        }
+        assert!(started >= 1, "a sync started ahead of the end");
+        let sum = sink.finish(&path, 0o600).expect("finish");
+        assert_eq!(sum, Some(hex::encode(whole.finalize())));
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), len);
     }
 }
