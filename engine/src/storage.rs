@@ -260,6 +260,16 @@ impl Store {
         .map_err(|(e, _)| self.storage_error("get", name, e))
     }
 
+    /// For local stores: a reader of object ranges that runs on the calling thread, for a
+    /// caller already on the blocking pool (a chunk read then opens what it read there,
+    /// instead of handing the bytes back through the runtime to another blocking task).
+    pub(crate) fn local_reader(&self) -> Option<LocalReader> {
+        Some(LocalReader {
+            root: self.local_root.clone()?,
+            location: self.location_prefix(),
+        })
+    }
+
     /// Size of an object, or `None` if it does not exist.
     pub async fn head(&self, name: &str) -> Result<Option<u64>> {
         let path = self.path(name);
@@ -433,6 +443,58 @@ fn same_bytes(whole: &[u8], parts: &[Bytes]) -> bool {
         }
     }
     rest.is_empty()
+}
+
+/// Blocking ranged reads of a local store's objects (see [`Store::local_reader`]). Errors are
+/// those [`Store::get_range`] returns: a missing object is `NotFound`, a short read (the file
+/// is shorter than the range) a `Storage` error. No retries: a local file shorter than asked
+/// stays short.
+pub(crate) struct LocalReader {
+    root: PathBuf,
+    /// The store's location with a trailing `/`, for messages.
+    location: String,
+}
+
+impl LocalReader {
+    /// The size of an object, if it exists (to explain a short read).
+    pub(crate) fn size(&self, name: &str) -> Option<u64> {
+        std::fs::metadata(self.root.join(name))
+            .ok()
+            .map(|m| m.len())
+    }
+
+    pub(crate) fn get_range(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let failed = |message: String| Error::Storage {
+            op: "get",
+            object: format!("{}{name}", self.location),
+            message,
+        };
+        let file = std::fs::File::open(self.root.join(name)).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                object: name.to_owned(),
+            },
+            _ => failed(e.to_string()),
+        })?;
+        let want = usize::try_from(range.end.saturating_sub(range.start))
+            .map_err(|_| failed(format!("range {range:?} is too large to read")))?;
+        let mut buf = vec![0u8; want];
+        let mut got = 0;
+        while got < want {
+            match file.read_at(&mut buf[got..], range.start + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(failed(e.to_string())),
+            }
+        }
+        if got < want {
+            return Err(failed(format!(
+                "short read of {name}: asked for {want} bytes, got {got}"
+            )));
+        }
+        Ok(buf)
+    }
 }
 
 /// A read that returned other than `want` bytes, as a transient (`Generic`) error so that

@@ -8,17 +8,17 @@
 //! PostgreSQL's own `backup_manifest` stored with the backup.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use pgkeep_format::{FileEntry, FileType, Manifest};
 
-use super::file_writer::BatchedFileWriter;
+use super::file_writer::{BatchedFileWriter, FileSink};
 use crate::error::{Error, Result};
 use crate::manifest_checksum::{FileDigest, ManifestChecksum};
-use crate::repository::Repository;
+use crate::repository::{blocking, Repository};
 
 /// What to write where.
 #[derive(Debug, Clone)]
@@ -202,8 +202,16 @@ pub async fn materialize(
         let path = destination(layout, f)?;
         make_dir(&path, f.mode & 0o7777)?;
     }
+    // Largest files first: the longest single job starts at once and the small ones fill
+    // in around it, rather than a large file found late running on alone at the end.
+    let mut files: Vec<&FileEntry> = m
+        .files
+        .iter()
+        .filter(|f| f.file_type == FileType::Regular)
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.size));
     let stats = Counters::default();
-    stream::iter(m.files.iter().filter(|f| f.file_type == FileType::Regular))
+    stream::iter(files)
         .map(|f| restore_file(repo, layout, f, &sums, delta, &stats))
         .buffer_unordered(jobs.max(1))
         .try_collect::<Vec<()>>()
@@ -266,38 +274,34 @@ async fn restore_file(
     if let Some(parent) = path.parent() {
         refuse_symlinked(layout, parent)?;
     }
-    // A fresh file (never written through an existing symlink): remove, then create.
-    match tokio::fs::symlink_metadata(&path).await {
-        Ok(meta) if meta.is_dir() => {
-            return Err(Error::InvalidInput(format!(
-                "{} is a directory in the target, a file in the backup",
-                path.display()
-            )))
-        }
-        Ok(_) => tokio::fs::remove_file(&path)
-            .await
-            .map_err(|e| Error::io(format!("replacing {}", path.display()), e))?,
-        Err(_) => {}
-    }
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .await
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?
-        .into_std()
-        .await;
     let algorithm = expected.and_then(|e| e.checksum.as_ref()).map(|(a, _)| *a);
-    let mut out = BatchedFileWriter::new(file, algorithm.and_then(ManifestChecksum::digest));
-    let written = repo.write_extents(&f.extents, &mut out).await?;
-    let digest = out
-        .finish()
-        .await
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode & 0o7777))
-        .await
-        .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
+    let digest = algorithm.and_then(ManifestChecksum::digest);
+    let mode = f.mode & 0o7777;
+    let (written, digest) = match repo.one_read(&f.extents).await? {
+        // Most files: created, read, written, synced in one blocking task.
+        Some(read) => {
+            let extents = f.extents.clone();
+            let path = path.clone();
+            blocking(move || {
+                let mut out = FileSink::new(create_fresh(&path)?, digest);
+                let written = read.write(&extents, |piece| {
+                    out.write(piece)
+                        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+                })?;
+                Ok::<_, Error>((written, out.finish(&path, mode)?))
+            })
+            .await??
+        }
+        None => {
+            let file = {
+                let path = path.clone();
+                blocking(move || create_fresh(&path)).await??
+            };
+            let mut out = BatchedFileWriter::new(file, digest);
+            let written = repo.write_extents_into(&f.extents, &mut out).await?;
+            (written, out.finish(path.clone(), mode).await?)
+        }
+    };
     stats.bytes.fetch_add(written, Ordering::Relaxed);
     if written != f.size {
         return Err(Error::InvalidInput(format!(
@@ -330,6 +334,28 @@ async fn restore_file(
         stats.verified.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Creates `path` as a fresh file (mode 0600 until written), never through an existing
+/// symlink: whatever is there is removed first, unless it is a directory.
+fn create_fresh(path: &Path) -> Result<std::fs::File> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(Error::InvalidInput(format!(
+                "{} is a directory in the target, a file in the backup",
+                path.display()
+            )))
+        }
+        Ok(_) => std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("replacing {}", path.display()), e))?,
+        Err(_) => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
 }
 
 /// For `--delta`: whether the file on disk already has the backup's content: its size and
