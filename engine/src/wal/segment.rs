@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::repository::random_bytes;
 use crate::wal::archive::{sha256, PreparedWal};
 use crate::wal::decode::PageHeader;
-use crate::wal::summary::summarize;
+use crate::wal::summary::Summarizer;
 
 /// Compresses a file's parts (`body::PART_LEN` each, four for a 16 MiB segment) on threads
 /// of their own, then seals the data unit. archive_command's latency is what PostgreSQL waits
@@ -246,8 +246,14 @@ fn read_error(path: &Option<PathBuf>, name: &WalFileName, e: std::io::Error) -> 
     Error::io(format!("reading {path}"), e)
 }
 
-/// A part of a file as its thread reports it: read (or already in memory), or why not.
-type Arrival<'a> = (usize, usize, std::io::Result<&'a [u8]>);
+/// What [`prepare_chain`]'s coordinating thread waits for.
+enum Arrival<'a> {
+    /// Part `.1` of file `.0` as its thread reports it: read (or already in memory), or why
+    /// not.
+    Part(usize, usize, std::io::Result<&'a [u8]>),
+    /// The record start the first file continues, once the caller has it.
+    FirstTail(Option<(Lsn, Vec<u8>)>),
+}
 
 /// On a part's own thread: reads it if its file is not read yet, tells the coordinator, then
 /// compresses it (`None`: not compressed; the file is then stored raw).
@@ -260,12 +266,12 @@ fn read_and_compress<'a>(
 ) -> Option<Vec<u8>> {
     if let Some(file) = file {
         if let Err(e) = file.read_exact_at(part, (i * PART_LEN) as u64) {
-            let _ = tx.send((f, i, Err(e)));
+            let _ = tx.send(Arrival::Part(f, i, Err(e)));
             return None;
         }
     }
     let part: &'a [u8] = part;
-    let _ = tx.send((f, i, Ok(part)));
+    let _ = tx.send(Arrival::Part(f, i, Ok(part)));
     if level > 0 {
         compress_part(part, level)
     } else {
@@ -273,21 +279,25 @@ fn read_and_compress<'a>(
     }
 }
 
-/// A file's parts once all have arrived: `None` while some have not, else the parts or the
-/// first error.
-fn all_parts<'a>(
-    arrived: &[Option<std::io::Result<&'a [u8]>>],
-) -> Option<std::io::Result<Vec<&'a [u8]>>> {
-    arrived
-        .iter()
-        .map(|a| {
-            a.as_ref().map(|r| match r {
-                Ok(part) => Ok(*part),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-            })
-        })
-        .collect::<Option<Vec<_>>>()
-        .map(|parts| parts.into_iter().collect())
+/// Starts describing a file once its first part and the tail it continues are known, and
+/// feeds it the parts that arrived meanwhile.
+fn feed(
+    describing: &mut Option<Result<Describing>>,
+    waiting: &mut Vec<&[u8]>,
+    name: &WalFileName,
+    len: u64,
+    prev: &mut Option<(Lsn, Vec<u8>)>,
+) {
+    let Some(&head) = waiting.first() else {
+        return;
+    };
+    let d = describing.get_or_insert_with(|| Describing::start(name, head, len, prev.take()));
+    if let Ok(d) = d {
+        for part in waiting.iter() {
+            d.feed(part);
+        }
+    }
+    waiting.clear();
 }
 
 /// Prepares consecutive files at once. Each file is cut into `body::PART_LEN` parts, and one
@@ -303,7 +313,7 @@ fn all_parts<'a>(
 /// first file's parts are in, so the caller can fetch it meanwhile.
 pub fn prepare_chain(
     files: Vec<(WalFileName, WalSource)>,
-    first_tail: impl FnOnce() -> Option<(Lsn, Vec<u8>)>,
+    first_tail: impl FnOnce() -> Option<(Lsn, Vec<u8>)> + Send,
     keys: &RepoKeys,
     objects: &[String],
     level: i8,
@@ -337,40 +347,79 @@ pub fn prepare_chain(
                 .collect();
             workers.push(threads);
         }
+        // The caller's tail may still be on its way (read from storage meanwhile): a thread
+        // waits for it, so that parts keep being hashed while it comes.
+        let relay = tx.clone();
+        s.spawn(move || relay.send(Arrival::FirstTail(first_tail())));
         drop(tx);
-        let mut first_tail = Some(first_tail);
+        let mut first_tail: Option<Option<(Lsn, Vec<u8>)>> = None;
         let mut tail = None;
-        let mut hashers: Vec<Option<_>> = (0..names.len()).map(|_| None).collect();
+        let mut hashers = Vec::new();
         let mut described = Vec::new();
+        // Takes one arrival into the state, or says that none can come any more.
+        let receive = |arrived: &mut Vec<Vec<_>>, first_tail: &mut Option<_>| match rx.recv() {
+            Ok(Arrival::Part(g, j, part)) => {
+                arrived[g][j] = Some(part);
+                true
+            }
+            Ok(Arrival::FirstTail(t)) => {
+                *first_tail = Some(t);
+                true
+            }
+            Err(_) => false,
+        };
         for (f, name) in names.iter().enumerate() {
-            // Wait for this file's parts, starting the hasher of each file whose parts are all in.
-            let parts = loop {
-                if let Some(parts) = all_parts(&arrived[f]) {
-                    break parts;
-                }
-                let Ok((g, i, part)) = rx.recv() else {
-                    break Err(std::io::Error::other("a part's reading thread stopped"));
-                };
-                arrived[g][i] = Some(part);
-                if let Some(Ok(parts)) = all_parts(&arrived[g]) {
-                    hashers[g] = Some(s.spawn(move || sha256_parts(&parts)));
-                }
-            };
-            // The first file continues the caller's tail, each other one its predecessor's.
-            let prev = match (first_tail.take(), &parts) {
-                (Some(fetch), Ok(_)) => fetch(),
-                (Some(_), Err(_)) => None,
-                (None, _) => tail.take(),
-            };
-            let d = match parts {
-                Err(e) => Err(read_error(&paths[f], name, e)),
-                Ok(parts) => {
-                    if hashers[f].is_none() {
-                        // No parts to wait for: an empty file.
-                        hashers[f] = Some(s.spawn(|| sha256_parts(&[])));
+            // The first file continues the caller's tail (once it arrives), each other one its
+            // predecessor's.
+            let mut prev = if f == 0 { None } else { Some(tail.take()) };
+            // This file's parts in order, each hashed as soon as it is read and summarized
+            // as soon as the tail is known.
+            let (to_hasher, parts) = mpsc::channel::<&[u8]>();
+            hashers.push(s.spawn(move || sha256_parts(parts)));
+            let mut waiting: Vec<&[u8]> = Vec::new();
+            let mut describing: Option<Result<Describing>> = None;
+            let mut failed = None;
+            for i in 0..arrived[f].len() {
+                let part = loop {
+                    if let Some(part) = arrived[f][i].take() {
+                        break part;
                     }
-                    describe(name, &parts, lens[f], prev)
+                    if !receive(&mut arrived, &mut first_tail) {
+                        break Err(std::io::Error::other("a part's reading thread stopped"));
+                    }
+                };
+                let part = match part {
+                    Ok(part) => part,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                let _ = to_hasher.send(part);
+                waiting.push(part);
+                if prev.is_none() {
+                    prev = first_tail.take();
                 }
+                if let Some(p) = prev.as_mut() {
+                    feed(&mut describing, &mut waiting, name, lens[f], p);
+                }
+            }
+            drop(to_hasher);
+            let d = if let Some(e) = failed {
+                Err(read_error(&paths[f], name, e))
+            } else {
+                while prev.is_none() {
+                    prev = first_tail.take();
+                    if prev.is_none() && !receive(&mut arrived, &mut first_tail) {
+                        prev = Some(None);
+                    }
+                }
+                if let Some(p) = prev.as_mut() {
+                    feed(&mut describing, &mut waiting, name, lens[f], p);
+                }
+                describing
+                    .unwrap_or_else(|| Describing::start(name, &[], 0, None))
+                    .map(Describing::finish)
             };
             tail = d
                 .as_ref()
@@ -383,10 +432,7 @@ pub fn prepare_chain(
             .into_iter()
             .map(|w| w.into_iter().map(|h| h.join().ok().flatten()).collect())
             .collect();
-        let digests: Vec<Option<[u8; 32]>> = hashers
-            .into_iter()
-            .map(|h| h.and_then(|h| h.join().ok()))
-            .collect();
+        let digests: Vec<Option<[u8; 32]>> = hashers.into_iter().map(|h| h.join().ok()).collect();
         (frames, digests, described)
     });
     names
@@ -442,6 +488,64 @@ impl Description {
     }
 }
 
+/// A file's description, built as its parts arrive in order.
+enum Describing {
+    Segment {
+        id: SegmentIdentity,
+        summary: Box<Summarizer>,
+    },
+    Text,
+}
+
+impl Describing {
+    /// Checks the file from its first part (for a segment, at least its first page header)
+    /// and its length, `len`.
+    fn start(
+        name: &WalFileName,
+        head: &[u8],
+        len: u64,
+        prev_tail: Option<(Lsn, Vec<u8>)>,
+    ) -> Result<Self> {
+        match name.kind() {
+            WalFileKind::Segment | WalFileKind::Partial => {
+                let id = identify(name, head, len)?;
+                let summary = Box::new(Summarizer::new(id.start, id.segment_size, prev_tail));
+                Ok(Self::Segment { id, summary })
+            }
+            WalFileKind::History | WalFileKind::BackupHistory => {
+                check_text_file(name, len)?;
+                Ok(Self::Text)
+            }
+        }
+    }
+
+    /// The file's next part.
+    fn feed(&mut self, part: &[u8]) {
+        if let Self::Segment { summary, .. } = self {
+            summary.feed(part);
+        }
+    }
+
+    fn finish(self) -> Description {
+        match self {
+            Self::Segment { id, summary } => Description {
+                facts: Some(SegmentFacts {
+                    system_id: id.system_id,
+                    segment_size: id.segment_size,
+                    pg_major: id.pg_major,
+                }),
+                summary: Some(summary.finish()),
+                identity: Some(id),
+            },
+            Self::Text => Description {
+                facts: None,
+                summary: None,
+                identity: None,
+            },
+        }
+    }
+}
+
 /// Describes a file given in consecutive parts, `len` bytes in all.
 fn describe(
     name: &WalFileName,
@@ -449,34 +553,12 @@ fn describe(
     len: u64,
     prev_tail: Option<(Lsn, Vec<u8>)>,
 ) -> Result<Description> {
-    Ok(match name.kind() {
-        WalFileKind::Segment | WalFileKind::Partial => {
-            let head = parts.first().copied().unwrap_or_default();
-            let id = identify(name, head, len)?;
-            Description {
-                facts: Some(SegmentFacts {
-                    system_id: id.system_id,
-                    segment_size: id.segment_size,
-                    pg_major: id.pg_major,
-                }),
-                summary: Some(summarize(
-                    parts.iter().copied(),
-                    id.start,
-                    id.segment_size,
-                    prev_tail,
-                )),
-                identity: Some(id),
-            }
-        }
-        WalFileKind::History | WalFileKind::BackupHistory => {
-            check_text_file(name, len)?;
-            Description {
-                facts: None,
-                summary: None,
-                identity: None,
-            }
-        }
-    })
+    let head = parts.first().copied().unwrap_or_default();
+    let mut describing = Describing::start(name, head, len, prev_tail)?;
+    for part in parts {
+        describing.feed(part);
+    }
+    Ok(describing.finish())
 }
 
 fn build_meta(
@@ -488,7 +570,7 @@ fn build_meta(
 }
 
 /// SHA-256 of a file given in consecutive parts.
-fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
+fn sha256_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update(part);
@@ -518,6 +600,7 @@ mod tests {
     use crate::bench::throwaway_keys;
     use crate::wal::decode::synth::WalWriter;
     use crate::wal::decode::WalVersion;
+    use crate::wal::summary::summarize;
 
     /// Two 8 MiB segments (two parts each) of records of assorted sizes, some crossing pages
     /// and one crossing the boundary between the two.
