@@ -8,12 +8,12 @@
 //! side on the same repository.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use bytes::Bytes;
 use pgkeep_format::wal::{self, open_wal_meta, open_wal_object, wal_frame, wal_object_front};
 use pgkeep_format::{ClusterName, Lsn, TimelineId, WalFileKind, WalFileName, WalMeta};
 use sha2::{Digest, Sha256};
-use std::future::Future;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
