@@ -695,6 +695,13 @@ pub(crate) struct BackupArgs {
     /// Also PGKEEP_INCREMENTAL_METHOD; config key: incremental_method. [default: auto]
     #[arg(long, value_name = "METHOD", value_parser = ["auto", "page-lsn", "server"])]
     pub(crate) incremental_method: Option<String>,
+    /// Store a page changed since the parent as its difference from the parent's copy (on),
+    /// or whole (off). Differences are usually a fraction of the page, but the backup reads
+    /// the parent's chunks back from the repository to compute them: off saves those reads
+    /// (on object storage billed per request, say). Also PGKEEP_PAGE_DELTAS; config key:
+    /// page_deltas. [default: on]
+    #[arg(long, value_name = "ON|OFF", value_parser = ["on", "off"])]
+    pub(crate) page_deltas: Option<String>,
     /// Checkpoint at the start: fast (immediate) or spread (throttled by the server). Also
     /// PGKEEP_CHECKPOINT; config key: checkpoint. [default: fast]
     #[arg(long, value_name = "MODE", value_parser = ["fast", "spread"])]

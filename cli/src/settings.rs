@@ -31,6 +31,8 @@ pub(crate) struct ConfigFile {
     pub(crate) pg: Option<String>,
     pub(crate) checkpoint: Option<String>,
     pub(crate) incremental_method: Option<String>,
+    /// `backup`: `on` or `off`.
+    pub(crate) page_deltas: Option<String>,
     pub(crate) max_rate: Option<u32>,
     /// `backup`: the checksum algorithm of PostgreSQL's `backup_manifest`.
     pub(crate) manifest_checksums: Option<String>,

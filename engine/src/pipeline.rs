@@ -86,7 +86,42 @@ struct PackerOutput {
 
 struct Job {
     data: Bytes,
+    /// Set when `data` is to be stored as its difference from slices of an earlier chunk.
+    delta: Option<DeltaBase>,
     reply: oneshot::Sender<Result<StoredChunk>>,
+}
+
+/// The earlier version of the data of a delta job (see [`WriteSession::submit_delta`]): a
+/// chunk and its slices, `(offset, len)`, whose concatenation is as long as the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaBase {
+    pub chunk: ChunkRef,
+    pub slices: Vec<(u32, u32)>,
+}
+
+impl DeltaBase {
+    /// `data` XOR the base's slices (`base` being the chunk's content). Mostly zeros where
+    /// the data changed little, which is what makes a changed page cheap to store.
+    fn difference(&self, base: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(data.len());
+        for &(offset, len) in &self.slices {
+            let (at, end) = (out.len(), out.len() + len as usize);
+            let (Some(old), Some(new)) = (
+                base.get(offset as usize..offset as usize + len as usize),
+                data.get(at..end),
+            ) else {
+                return Err(Error::Pipeline(format!(
+                    "delta slice {offset}+{len} lies outside chunk {} or the data",
+                    self.chunk.id
+                )));
+            };
+            out.extend(old.iter().zip(new).map(|(a, b)| a ^ b));
+        }
+        if out.len() != data.len() {
+            return Err(Error::Pipeline("delta slices do not cover the data".into()));
+        }
+        Ok(out)
+    }
 }
 
 struct Sealed {
@@ -175,16 +210,18 @@ impl Repository {
         let (jobs_tx, jobs_rx) = flume::bounded::<Job>(2 * jobs);
         let (sealed_tx, sealed_rx) = flume::bounded::<Sealed>(2 * jobs);
         let mut workers = Vec::with_capacity(jobs);
+        let runtime = tokio::runtime::Handle::current();
         for n in 0..jobs {
-            let (repo, rx, tx, shared) = (
+            let (repo, rx, tx, shared, runtime) = (
                 self.clone(),
                 jobs_rx.clone(),
                 sealed_tx.clone(),
                 shared.clone(),
+                runtime.clone(),
             );
             let handle = std::thread::Builder::new()
                 .name(format!("pgkeep-worker-{n}"))
-                .spawn(move || worker(&repo, &rx, &tx, &shared, level))
+                .spawn(move || worker(&repo, &runtime, &rx, &tx, &shared, level))
                 .map_err(|e| Error::io("starting a worker thread", e))?;
             workers.push(handle);
         }
@@ -208,13 +245,29 @@ impl Repository {
 
 fn worker(
     repo: &Repository,
+    runtime: &tokio::runtime::Handle,
     rx: &flume::Receiver<Job>,
     tx: &flume::Sender<Sealed>,
     shared: &Shared,
     level: i8,
 ) {
     let keys = repo.keys();
-    while let Ok(Job { data, reply }) = rx.recv() {
+    while let Ok(Job { data, delta, reply }) = rx.recv() {
+        // A delta job reads its base here, on a worker, so the socket never waits for it.
+        let data = match delta {
+            None => data,
+            Some(base) => match runtime
+                .block_on(repo.read_chunk(&base.chunk.id))
+                .map_err(|e| unreadable_base(&base.chunk.id, e))
+                .and_then(|old| base.difference(&old, &data))
+            {
+                Ok(diff) => Bytes::from(diff),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            },
+        };
         let id = keys.chunk_id(&data);
         let raw_len = data.len() as u32;
         let chunk = ChunkRef { id, raw_len };
@@ -243,6 +296,15 @@ fn worker(
         };
         let _ = reply.send(outcome);
     }
+}
+
+/// The error for a delta job whose base chunk (the parent backup's) cannot be read.
+fn unreadable_base(id: &ChunkId, e: Error) -> Error {
+    Error::Pipeline(format!(
+        "reading chunk {id} of the parent backup, to store changed pages as differences from it: {e}; \
+         the parent backup may be damaged: check it with `pgkeep verify`, or take a full backup \
+         (`pgkeep backup --full`)"
+    ))
 }
 
 /// Collects sealed chunks into packs and uploads them. Returns the packs it stored and
@@ -357,6 +419,17 @@ impl WriteSession {
     /// Queues one chunk (at most 16 MiB). Waits while the pipeline is full: this is where
     /// backpressure reaches the producer.
     pub async fn submit(&self, data: Bytes) -> Result<PendingChunk> {
+        self.submit_job(data, None).await
+    }
+
+    /// Submits `data` to be stored as its difference from `base` (see [`DeltaBase`]): the
+    /// stored chunk, reported when it resolves, is that difference, and the data is the
+    /// base's slices XOR it ([`pgkeep_format::Extent::Xor`]). The base is read by the worker.
+    pub async fn submit_delta(&self, data: Bytes, base: DeltaBase) -> Result<PendingChunk> {
+        self.submit_job(data, Some(base)).await
+    }
+
+    async fn submit_job(&self, data: Bytes, delta: Option<DeltaBase>) -> Result<PendingChunk> {
         if data.len() > RepoConfig::MAX_CHUNK_SIZE as usize {
             return Err(Error::InvalidInput(format!(
                 "chunk of {} bytes exceeds the 16 MiB chunk limit",
@@ -368,7 +441,7 @@ impl WriteSession {
             .as_ref()
             .ok_or_else(|| Error::Pipeline("the session is finished".into()))?;
         let (reply, rx) = oneshot::channel();
-        tx.send_async(Job { data, reply })
+        tx.send_async(Job { data, delta, reply })
             .await
             .map_err(|_| self.shared.stopped())?;
         Ok(PendingChunk(rx))
@@ -466,6 +539,42 @@ impl Drop for WriteSession {
         // An unfinished session must not keep uploading in the background.
         if let Some(p) = self.packer.take() {
             p.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(slices: Vec<(u32, u32)>) -> DeltaBase {
+        DeltaBase {
+            chunk: ChunkRef {
+                id: ChunkId([7; 32]),
+                raw_len: 8,
+            },
+            slices,
+        }
+    }
+
+    #[test]
+    fn a_difference_is_the_data_xor_the_base_slices_in_order() {
+        let old = [1, 2, 3, 4, 5, 6, 7, 8];
+        let new = [1, 2, 0, 6, 7, 9];
+        let diff = base(vec![(0, 2), (5, 3), (2, 1)])
+            .difference(&old, &new)
+            .expect("difference");
+        assert_eq!(diff, [0, 0, 6, 7 ^ 6, 8 ^ 7, 3 ^ 9]);
+    }
+
+    #[test]
+    fn slices_outside_the_base_or_not_covering_the_data_are_refused() {
+        let old = [0u8; 8];
+        for slices in [vec![(7, 2)], vec![(0, 4)], vec![(0, 8)]] {
+            let err = base(slices.clone())
+                .difference(&old, &[0; 6])
+                .expect_err("refused");
+            assert!(matches!(err, Error::Pipeline(_)), "{slices:?}: {err}");
         }
     }
 }

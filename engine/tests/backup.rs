@@ -3,12 +3,13 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use common::pg::{conn, extract, fresh_repo, verify_against_backup_manifest};
 use pgkeep_engine::backup::{take_backup, BackupOptions, NoProgress};
-use pgkeep_engine::format::{Attachment, BackupKind, Manifest};
+use pgkeep_engine::format::{layout, Attachment, BackupKind, ChunkId, Extent, Manifest};
 use pgkeep_engine::manifest_checksum::ManifestChecksum;
+use pgkeep_engine::prune::{prune, PruneOptions};
 use pgkeep_engine::restore::{materialize::materialize, Layout};
 use pgkeep_engine::{Chunking, Error, Repository, WriteOptions};
 use pgkeep_testkit::pg::{Auth, PgCluster, PgVersion};
@@ -180,6 +181,13 @@ async fn full_then_incremental(version: PgVersion) {
         ratio * 100.0
     );
     assert!(incr.pages.reused_pages > 0);
+    // Changed pages went in as differences from the full's copies, each an XOR of a chunk of
+    // the full and a new chunk.
+    assert!(incr.pages.delta_pages > 0, "{:?}", incr.pages);
+    let full_chunks: HashSet<ChunkId> = full.manifest.chunk_refs().iter().map(|c| c.id).collect();
+    let xors = xor_extents(&incr.manifest);
+    assert!(!xors.is_empty(), "no XOR extents");
+    assert!(xors.iter().all(|(base, _)| full_chunks.contains(base)));
 
     // The incremental is complete on its own: its files match its own backup_manifest.
     let dir2 = tempfile::tempdir().expect("tmp");
@@ -193,6 +201,157 @@ async fn full_then_incremental(version: PgVersion) {
             full.manifest.backup_id.clone(),
             incr.manifest.backup_id.clone()
         ]
+    );
+
+    // A second incremental, on the first: a page changed again is a difference from the
+    // full's copy still (never from another difference), so a page needs two chunks at most.
+    pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 7")
+        .expect("second workload");
+    pg.psql("CHECKPOINT").expect("checkpoint");
+    let incr2 = take_backup(
+        &repo,
+        &cluster,
+        &cfg,
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("second incremental");
+    assert_eq!(
+        incr2.manifest.parent.as_deref(),
+        Some(incr.manifest.backup_id.as_str())
+    );
+    assert!(incr2.pages.delta_pages > 0, "{:?}", incr2.pages);
+    let differences: HashSet<ChunkId> = xors.iter().map(|(_, d)| *d).collect();
+    let xors2 = xor_extents(&incr2.manifest);
+    assert!(xors2.iter().all(|(base, _)| !differences.contains(base)));
+    assert!(
+        xors2.iter().any(|(_, d)| differences.contains(d)),
+        "unchanged pages keep the first incremental's differences"
+    );
+
+    // The older backups expire and prune runs: every chunk the second incremental needs,
+    // the full's bases included, stays, and it restores to its own backup_manifest.
+    for old in [&full.manifest.backup_id, &incr.manifest.backup_id] {
+        repo.store()
+            .delete(&layout::manifest(&cluster, old))
+            .await
+            .expect("expire");
+    }
+    let report = prune(&repo, &PruneOptions::default()).await.expect("prune");
+    assert!(
+        report.deleted_packs + report.repacked_packs > 0,
+        "{report:?}"
+    );
+    let fresh = Repository::open(repo.store().clone(), common::PASS)
+        .await
+        .expect("reopen");
+    let dir3 = tempfile::tempdir().expect("tmp");
+    extract(&fresh, &incr2.manifest, dir3.path()).await;
+    verify_against_backup_manifest(&fresh, &incr2.manifest, dir3.path()).await;
+
+    // With page deltas off, changed pages are stored whole.
+    pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 8")
+        .expect("third workload");
+    pg.psql("CHECKPOINT").expect("checkpoint");
+    let whole = take_backup(
+        &fresh,
+        &cluster,
+        &cfg,
+        &BackupOptions {
+            page_deltas: false,
+            ..BackupOptions::default()
+        },
+        &NoProgress,
+    )
+    .await
+    .expect("incremental without deltas");
+    assert_eq!(whole.pages.delta_pages, 0);
+    let new_xors: Vec<_> = xor_extents(&whole.manifest)
+        .into_iter()
+        .filter(|x| !xors2.contains(x))
+        .collect();
+    assert!(new_xors.is_empty(), "{} new XOR extents", new_xors.len());
+    let dir4 = tempfile::tempdir().expect("tmp");
+    extract(&fresh, &whole.manifest, dir4.path()).await;
+    verify_against_backup_manifest(&fresh, &whole.manifest, dir4.path()).await;
+}
+
+/// The (base, delta) chunks of every XOR extent of a manifest's files.
+fn xor_extents(m: &Manifest) -> Vec<(ChunkId, ChunkId)> {
+    m.files
+        .iter()
+        .flat_map(|f| &f.extents)
+        .filter_map(|e| match e {
+            Extent::Xor { base, delta, .. } => Some((base.id, delta.id)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A page changed since the parent is stored as a difference from the parent's copy, which
+/// the backup reads from the repository: when that copy is damaged, the backup fails and
+/// says what to do, instead of storing anything wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_parent_fails_an_incremental_with_advice() {
+    let pg = PgCluster::builder(PgVersion::V15)
+        .auth(Auth::Trust)
+        .start()
+        .expect("cluster");
+    pg.pgbench_init(1).expect("pgbench -i");
+    let (backend, repo, cluster) = fresh_repo().await;
+    let cfg = conn(&pg);
+    take_backup(
+        &repo,
+        &cluster,
+        &cfg,
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("full backup");
+    pg.psql("UPDATE pgbench_accounts SET abalance = 1 WHERE aid % 100 = 0")
+        .expect("workload");
+    pg.psql("CHECKPOINT").expect("checkpoint");
+    // Every pack loses its chunks (as a truncation in storage would do).
+    let data = backend
+        .dir
+        .as_ref()
+        .expect("local")
+        .path()
+        .join("repo/data");
+    let mut packs = 0;
+    for dir in std::fs::read_dir(&data).expect("data/") {
+        for pack in std::fs::read_dir(dir.expect("entry").path()).expect("pack dir") {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(pack.expect("entry").path())
+                .expect("open pack");
+            f.set_len(16).expect("truncate");
+            packs += 1;
+        }
+    }
+    assert!(packs > 0);
+    let err = take_backup(
+        &repo,
+        &cluster,
+        &cfg,
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect_err("the parent's chunks are unreadable");
+    let text = err.to_string();
+    assert!(
+        text.contains("of the parent backup")
+            && text.contains("truncated")
+            && text.contains("pgkeep backup --full"),
+        "{text}"
+    );
+    assert_eq!(
+        repo.list_backups(&cluster).await.expect("list").len(),
+        1,
+        "no backup was committed"
     );
 }
 

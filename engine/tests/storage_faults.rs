@@ -317,8 +317,8 @@ fn largest_file(m: &Manifest) -> &pgkeep_engine::format::FileEntry {
             f.extents
                 .iter()
                 .map(|e| match e {
-                    pgkeep_engine::format::Extent::Chunk { len, .. } => u64::from(*len),
                     pgkeep_engine::format::Extent::Zeros { .. } => 0,
+                    stored => stored.len(),
                 })
                 .sum::<u64>()
         })

@@ -53,7 +53,7 @@ fn kinds(r: &VerifyReport) -> Vec<ProblemKind> {
 fn first_chunk(s: &StoredStream) -> pgkeep_engine::format::ChunkId {
     match s.extents[0] {
         Extent::Chunk { chunk, .. } => chunk.id,
-        Extent::Zeros { .. } => panic!("stream extents are chunks"),
+        Extent::Zeros { .. } | Extent::Xor { .. } => panic!("stream extents are chunk slices"),
     }
 }
 

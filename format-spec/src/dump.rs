@@ -155,10 +155,8 @@ impl DumpManifest {
     fn table(&self) -> ChunkTable {
         let mut table = ChunkTable::default();
         for s in &self.streams {
-            for e in &s.extents {
-                if let crate::Extent::Chunk { chunk, .. } = e {
-                    table.intern(*chunk);
-                }
+            for c in s.extents.iter().flat_map(crate::Extent::chunks) {
+                table.intern(c);
             }
         }
         table

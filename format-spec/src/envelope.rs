@@ -10,7 +10,7 @@ pub const MAGIC: [u8; 4] = *b"PGKP";
 /// The format's major version: a reader refuses any other.
 pub const FORMAT_MAJOR: u8 = 1;
 /// The format's minor version: a reader accepts any (see SPEC.md, "Compatibility").
-pub const FORMAT_MINOR: u8 = 3;
+pub const FORMAT_MINOR: u8 = 4;
 /// Bytes of the header.
 pub const HEADER_LEN: usize = 16;
 

@@ -30,6 +30,17 @@ pub enum Extent {
     },
     /// `len` zero bytes (sparse regions, all-zero pages), stored as nothing.
     Zeros { len: u64 },
+    /// `len` bytes that are `base`'s plaintext from `base_offset` XOR `delta`'s from
+    /// `delta_offset` (since format 1.4). A page changed since an earlier backup is stored as
+    /// its difference from that backup's copy, which is mostly zeros and compresses to a
+    /// fraction of the page (see SPEC.md §6).
+    Xor {
+        base: ChunkRef,
+        base_offset: u32,
+        delta: ChunkRef,
+        delta_offset: u32,
+        len: u32,
+    },
 }
 
 impl Extent {
@@ -37,7 +48,18 @@ impl Extent {
         match self {
             Self::Chunk { len, .. } => u64::from(*len),
             Self::Zeros { len } => *len,
+            Self::Xor { len, .. } => u64::from(*len),
         }
+    }
+
+    /// The chunks the extent reads: none, one, or (`Xor`) the base and then the delta.
+    pub fn chunks(&self) -> impl Iterator<Item = ChunkRef> {
+        let (first, second) = match *self {
+            Self::Chunk { chunk, .. } => (Some(chunk), None),
+            Self::Zeros { .. } => (None, None),
+            Self::Xor { base, delta, .. } => (Some(base), Some(delta)),
+        };
+        first.into_iter().chain(second)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -160,13 +182,15 @@ pub struct Manifest {
 impl Manifest {
     /// Every chunk referenced, each once.
     pub fn chunk_refs(&self) -> Vec<ChunkRef> {
+        self.chunk_table().refs
+    }
+
+    fn chunk_table(&self) -> ChunkTable {
         let mut table = ChunkTable::default();
-        for e in self.all_extents() {
-            if let Extent::Chunk { chunk, .. } = e {
-                table.intern(*chunk);
-            }
+        for c in self.all_extents().flat_map(Extent::chunks) {
+            table.intern(c);
         }
-        table.refs
+        table
     }
 
     fn all_extents(&self) -> impl Iterator<Item = &Extent> {
@@ -181,12 +205,7 @@ impl Manifest {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut table = ChunkTable::default();
-        for e in self.all_extents() {
-            if let Extent::Chunk { chunk, .. } = e {
-                table.intern(*chunk);
-            }
-        }
+        let table = self.chunk_table();
         let mut w = Writer::with_capacity(256 + table.refs.len() * 36 + self.files.len() * 64);
         w.str(&self.backup_id)
             .str(&self.cluster)
@@ -412,6 +431,7 @@ pub(crate) fn decode_stats_and_table(
 
 const EXTENT_CHUNK: u8 = 0;
 const EXTENT_ZEROS: u8 = 1;
+const EXTENT_XOR: u8 = 2;
 
 pub(crate) fn encode_extents(w: &mut Writer, extents: &[Extent], table: &ChunkTable) {
     w.count(extents.len());
@@ -426,8 +446,42 @@ pub(crate) fn encode_extents(w: &mut Writer, extents: &[Extent], table: &ChunkTa
             Extent::Zeros { len } => {
                 w.u8(EXTENT_ZEROS).u64(*len);
             }
+            Extent::Xor {
+                base,
+                base_offset,
+                delta,
+                delta_offset,
+                len,
+            } => {
+                w.u8(EXTENT_XOR)
+                    .u32(table.position(&base.id))
+                    .u32(*base_offset)
+                    .u32(table.position(&delta.id))
+                    .u32(*delta_offset)
+                    .u32(*len);
+            }
         }
     }
+}
+
+/// A slice `offset..offset + len` of chunk number `i` of the table, checked.
+fn table_slice(
+    r: &Reader<'_>,
+    table: &[ChunkRef],
+    i: u32,
+    offset: u32,
+    len: u32,
+) -> Result<ChunkRef, FormatError> {
+    let chunk = *table.get(i as usize).ok_or_else(|| {
+        r.invalid(format!(
+            "extent refers to chunk #{i}, table has {}",
+            table.len()
+        ))
+    })?;
+    if u64::from(offset) + u64::from(len) > u64::from(chunk.raw_len) {
+        return Err(r.invalid(format!("extent runs past the end of chunk {}", chunk.id)));
+    }
+    Ok(chunk)
 }
 
 /// Decodes extents and checks them against the chunk table and the declared size.
@@ -442,24 +496,27 @@ pub(crate) fn decode_extents(
     for _ in 0..n {
         let e = match r.u8()? {
             EXTENT_CHUNK => {
-                let i = r.u32()? as usize;
-                let chunk = *table.get(i).ok_or_else(|| {
-                    r.invalid(format!(
-                        "extent refers to chunk #{i}, table has {}",
-                        table.len()
-                    ))
-                })?;
-                let offset = r.u32()?;
-                let len = r.u32()?;
-                if u64::from(offset) + u64::from(len) > u64::from(chunk.raw_len) {
-                    return Err(
-                        r.invalid(format!("extent runs past the end of chunk {}", chunk.id))
-                    );
-                }
+                let (i, offset, len) = (r.u32()?, r.u32()?, r.u32()?);
+                let chunk = table_slice(r, table, i, offset, len)?;
                 Extent::Chunk { chunk, offset, len }
             }
             EXTENT_ZEROS => Extent::Zeros { len: r.u64()? },
-            t => return Err(r.invalid(format!("unknown extent tag {t}"))),
+            EXTENT_XOR => {
+                let (b, base_offset, d, delta_offset, len) =
+                    (r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+                Extent::Xor {
+                    base: table_slice(r, table, b, base_offset, len)?,
+                    base_offset,
+                    delta: table_slice(r, table, d, delta_offset, len)?,
+                    delta_offset,
+                    len,
+                }
+            }
+            t => {
+                return Err(r.invalid(format!(
+                    "unknown extent tag {t} (written by a newer pgkeep? upgrade pgkeep)"
+                )))
+            }
         };
         total = total.saturating_add(e.len());
         extents.push(e);

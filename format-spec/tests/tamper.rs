@@ -227,6 +227,49 @@ fn a_chunk_table_with_a_repeated_id_is_refused() {
     assert!(err.to_string().contains("twice"), "{err}");
 }
 
+/// An XOR extent is checked against both of its chunks: a slice past the end of either is
+/// refused, and one inside both round-trips with both chunks in the table.
+#[test]
+fn xor_extents_are_checked_against_both_chunks() {
+    let k = keys();
+    let base = pgkeep_format::ChunkRef {
+        id: k.chunk_id(b"base"),
+        raw_len: 16,
+    };
+    let delta = pgkeep_format::ChunkRef {
+        id: k.chunk_id(b"delta"),
+        raw_len: 8,
+    };
+    let file = |base_offset, delta_offset| pgkeep_format::FileEntry {
+        tablespace: 0,
+        path: b"f".to_vec(),
+        file_type: pgkeep_format::FileType::Regular,
+        mode: 0,
+        size: 8,
+        mtime: 0,
+        link_target: Vec::new(),
+        extents: vec![pgkeep_format::Extent::Xor {
+            base,
+            base_offset,
+            delta,
+            delta_offset,
+            len: 8,
+        }],
+    };
+    let good = manifest_of(vec![file(8, 0)]);
+    assert_eq!(good.chunk_refs(), vec![base, delta]);
+    assert_eq!(Manifest::decode(&good.encode()).expect("decodes"), good);
+    for (b, d, past) in [(9, 0, base.id), (0, 1, delta.id)] {
+        let err = Manifest::decode(&manifest_of(vec![file(b, d)]).encode())
+            .expect_err("a slice past its chunk");
+        let text = err.to_string();
+        assert!(
+            text.contains("runs past the end of chunk") && text.contains(&past.to_string()),
+            "{text}"
+        );
+    }
+}
+
 /// A `files` backup manifest holding `files`, every other field empty.
 fn manifest_of(files: Vec<pgkeep_format::FileEntry>) -> Manifest {
     Manifest {

@@ -377,7 +377,7 @@ pub fn sample_manifest(k: &RepoKeys) -> Manifest {
                 path: b"base/5/16384".to_vec(),
                 file_type: FileType::Regular,
                 mode: 0o600,
-                size: 40_960,
+                size: 49_152,
                 mtime: 1_795_000_001,
                 link_target: vec![],
                 extents: vec![
@@ -387,6 +387,13 @@ pub fn sample_manifest(k: &RepoKeys) -> Manifest {
                     Extent::Chunk {
                         chunk: c1,
                         offset: 0,
+                        len: 8192,
+                    },
+                    Extent::Xor {
+                        base: c2,
+                        base_offset: 8192,
+                        delta: c1,
+                        delta_offset: 0,
                         len: 8192,
                     },
                 ],
@@ -416,7 +423,7 @@ fn manifest_object() {
     check(
         "manifest-object",
         json!({
-            "description": "an incremental backup manifest with a directory, a file of 4 extents (one zero run) and a tablespace symlink, sealed with salt 08..",
+            "description": "an incremental backup manifest with a directory, a file of 5 extents (one zero run, one XOR of two chunk slices) and a tablespace symlink, sealed with salt 08..",
             "name": name,
             "plaintext": hex::encode(m.encode()),
             "object": hex::encode(&obj),
@@ -616,7 +623,7 @@ fn dump_object() {
     check(
         "dump-object",
         json!({
-            "description": "a dump manifest (format 1.3, salt 0e.., body uncompressed)",
+            "description": "a dump manifest (format 1.4, salt 0e.., body uncompressed)",
             "name": name,
             "plaintext": hex::encode(m.encode()),
             "object": hex::encode(seal_object(&k, Kind::Dump, &name, salt(14), &m.encode(), 0)),
@@ -624,7 +631,7 @@ fn dump_object() {
     );
     let v = committed("dump-object");
     let bytes = hex_field(&v, "object");
-    assert_eq!(bytes[5], 3, "written by format 1.3");
+    assert_eq!(bytes[5], 4, "written by format 1.4");
     assert_eq!(bytes[6], 14, "kind Dump");
     let plain = open_object(&k, Kind::Dump, &name, &bytes, 1 << 20).expect("opens");
     assert_eq!(DumpManifest::decode(&plain).expect("decodes"), m);
@@ -633,7 +640,7 @@ fn dump_object() {
 }
 
 /// A `pg_dumpall` dump (source 1: globals and one custom archive per database) and a
-/// directory-format dump (format 3: one stream per file), as format 1.3 writes them.
+/// directory-format dump (format 3: one stream per file), as format 1.3 and later write them.
 #[test]
 fn dump_all_and_directory_objects() {
     use pgkeep_format::{DumpFormat, DumpManifest, DumpSource};
@@ -693,7 +700,7 @@ fn dump_all_and_directory_objects() {
         check(
             vector,
             json!({
-                "description": format!("a dump manifest of source {source}, format {format} (format 1.3, body uncompressed)"),
+                "description": format!("a dump manifest of source {source}, format {format} (format 1.4, body uncompressed)"),
                 "name": name,
                 "plaintext": hex::encode(m.encode()),
                 "object": hex::encode(seal_object(&k, Kind::Dump, &name, salt(salt_byte), &m.encode(), 0)),
@@ -707,6 +714,28 @@ fn dump_all_and_directory_objects() {
         assert_eq!((plain[at], plain[at + 1]), (source, format), "{vector}");
         assert_eq!(&DumpManifest::decode(&plain).expect("decodes"), m);
     }
+}
+
+/// Manifests written by format 1.3 (minor version 3, no XOR extents) stay readable. Frozen
+/// like the 1.0 vector.
+#[test]
+fn format_1_3_manifests_open() {
+    let v = committed("manifest-object-v1.3");
+    let bytes = hex_field(&v, "object");
+    assert_eq!(bytes[5], 3, "the frozen vector is a 1.3 object");
+    let name = v["name"].as_str().expect("name");
+    let plain = open_object(&keys(), Kind::Manifest, name, &bytes, 1 << 20).expect("opens");
+    let m = Manifest::decode(&plain).expect("decodes");
+    let file = m
+        .files
+        .iter()
+        .find(|f| f.size == 40_960)
+        .expect("the regular file");
+    assert_eq!(file.extents.len(), 4);
+    assert!(file
+        .extents
+        .iter()
+        .all(|e| !matches!(e, Extent::Xor { .. })));
 }
 
 /// Objects written by format 1.2 (minor version 2) stay readable. Frozen like the 1.0 vector.

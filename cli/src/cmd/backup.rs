@@ -64,6 +64,7 @@ struct Summary<'a> {
     dedup_ratio: f64,
     relation_pages: u64,
     reused_pages: u64,
+    delta_pages: u64,
     seconds: f64,
     bytes_per_second: f64,
 }
@@ -96,6 +97,7 @@ fn summarize(s: &BackupSummary) -> Summary<'_> {
         dedup_ratio: m.stats.logical_bytes as f64 / m.stats.new_bytes.max(1) as f64,
         relation_pages: s.pages.relation_pages,
         reused_pages: s.pages.reused_pages,
+        delta_pages: s.pages.delta_pages,
         seconds: s.seconds,
         bytes_per_second: m.stats.logical_bytes as f64 / s.seconds.max(1e-9),
     }
@@ -130,6 +132,19 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
             .into())
         }
     };
+    let page_deltas = match pick(
+        a.page_deltas.clone(),
+        "PGKEEP_PAGE_DELTAS",
+        s.file.page_deltas.clone(),
+    )?
+    .as_deref()
+    {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            return Err(UsageError(format!("page deltas {other:?} must be on or off")).into())
+        }
+    };
     let max_rate = pick(a.max_rate, "PGKEEP_MAX_RATE", s.file.max_rate)?;
     if let Some(r) = max_rate {
         if !(32..=1_048_576).contains(&r) {
@@ -156,6 +171,7 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
         fast_checkpoint: checkpoint == "fast",
         full: a.full,
         incremental_method,
+        page_deltas,
         max_rate_kb: max_rate,
         verify_checksums: !a.no_verify_checksums,
         manifest_checksums,
@@ -187,7 +203,10 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
     out.emit(&sum, || {
         let of = sum.parent.map(|p| format!(" of {p}")).unwrap_or_default();
         let reused = if sum.parent.is_some() {
-            format!(", {} of {} relation pages unchanged since the parent", sum.reused_pages, sum.relation_pages)
+            format!(
+                ", {} of {} relation pages unchanged since the parent, {} stored as differences from it",
+                sum.reused_pages, sum.relation_pages, sum.delta_pages
+            )
         } else {
             String::new()
         };

@@ -24,12 +24,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
-use pgkeep_format::{Extent, FileEntry, FileType, Lsn};
+use pgkeep_format::{ChunkRef, Extent, FileEntry, FileType, Lsn};
 
 use super::command::{has_reliable_page_lsn, is_relation_file};
 use crate::chunker::{Chunker, Chunking};
 use crate::error::{Error, Result};
-use crate::pipeline::{PendingChunk, WriteSession};
+use crate::pipeline::{DeltaBase, PendingChunk, WriteSession};
 use crate::restore::materialize::safe_relative;
 use crate::tar::{EntryKind, TarEntry};
 
@@ -93,26 +93,43 @@ impl Parent {
                 out.truncate(mark);
                 return false;
             };
-            let Extent::Chunk {
-                chunk,
-                offset: c_off,
-                len: c_len,
-            } = *e
-            else {
+            let skip = pos - start;
+            let take = (e.len() - skip).min(end - pos);
+            let Some(piece) = sub_extent(e, skip as u32, take as u32) else {
                 out.truncate(mark);
                 return false;
             };
-            let skip = pos - start;
-            let take = (u64::from(c_len) - skip).min(end - pos);
-            out.push(Extent::Chunk {
-                chunk,
-                offset: c_off + skip as u32,
-                len: take as u32,
-            });
+            out.push(piece);
             pos += take;
             i += 1;
         }
         true
+    }
+}
+
+/// `len` bytes from `skip` into a stored extent (a chunk slice or an XOR of two); `None`
+/// for a zero run, which is stored as nothing and cannot be pointed at.
+fn sub_extent(e: &Extent, skip: u32, len: u32) -> Option<Extent> {
+    match *e {
+        Extent::Chunk { chunk, offset, .. } => Some(Extent::Chunk {
+            chunk,
+            offset: offset + skip,
+            len,
+        }),
+        Extent::Xor {
+            base,
+            base_offset,
+            delta,
+            delta_offset,
+            ..
+        } => Some(Extent::Xor {
+            base,
+            base_offset: base_offset + skip,
+            delta,
+            delta_offset: delta_offset + skip,
+            len,
+        }),
+        Extent::Zeros { .. } => None,
     }
 }
 
@@ -123,6 +140,8 @@ pub struct PageStats {
     pub zero_pages: u64,
     /// Pages referenced from the parent backup.
     pub reused_pages: u64,
+    /// Changed pages stored as their difference from the parent's copy.
+    pub delta_pages: u64,
 }
 
 /// One piece of a file's content while its chunks are in flight.
@@ -134,6 +153,22 @@ enum Piece {
         offset: u32,
         len: u32,
     },
+    /// `len` bytes at `offset` of the difference submitted as `run`, XOR `base` from
+    /// `base_offset`.
+    Xor {
+        run: u64,
+        offset: u32,
+        len: u32,
+        base: ChunkRef,
+        base_offset: u32,
+    },
+}
+
+/// Changed pages gathered to be stored as one difference from one chunk of the parent.
+struct DeltaRun {
+    run_id: u64,
+    pages: BytesMut,
+    base: DeltaBase,
 }
 
 /// A server-side incremental file (`INCREMENTAL.<name>`, PostgreSQL 17+) being turned back
@@ -243,6 +278,8 @@ struct Current {
     run: BytesMut,
     /// The id the current run will have when submitted.
     run_id: u64,
+    /// Changed pages on their way to a difference from the parent's chunk.
+    delta: Option<DeltaRun>,
     chunker: Option<Chunker>,
     offset: u64,
 }
@@ -253,6 +290,8 @@ pub struct Ingest<'s> {
     chunk_size: usize,
     cdc: Chunking,
     parent: Option<Parent>,
+    /// Whether changed pages are stored as differences from the parent's copies.
+    page_deltas: bool,
     files: Vec<FileEntry>,
     pieces: Vec<Vec<Piece>>,
     pending: VecDeque<(u64, PendingChunk)>,
@@ -290,6 +329,7 @@ impl<'s> Ingest<'s> {
         chunk_size: usize,
         cdc: Chunking,
         parent: Option<Parent>,
+        page_deltas: bool,
         max_pending: usize,
     ) -> Self {
         Self {
@@ -297,6 +337,7 @@ impl<'s> Ingest<'s> {
             chunk_size: chunk_size.max(PAGE) / PAGE * PAGE,
             cdc,
             parent,
+            page_deltas,
             files: Vec::new(),
             pieces: Vec::new(),
             pending: VecDeque::new(),
@@ -405,6 +446,7 @@ impl<'s> Ingest<'s> {
                 page_buf: BytesMut::new(),
                 run: BytesMut::new(),
                 run_id,
+                delta: None,
                 chunker: (!relation).then(|| Chunker::new(self.cdc)),
                 offset: 0,
             });
@@ -486,7 +528,7 @@ impl<'s> Ingest<'s> {
                 inc.next += 1;
                 inc.cursor = block + 1;
             }
-            self.new_page(cur, page).await?;
+            self.changed_page(cur, page).await?;
         }
         Ok(())
     }
@@ -554,7 +596,93 @@ impl<'s> Ingest<'s> {
                 return Ok(());
             }
         }
-        self.new_page(cur, page).await
+        self.changed_page(cur, page).await
+    }
+
+    /// A page that changed since the parent (or has no parent): stored as its difference
+    /// from the parent's copy when there is one, whole otherwise.
+    async fn changed_page(&mut self, cur: &mut Current, page: Bytes) -> Result<()> {
+        let Some((base, base_offset)) = self.delta_base(cur, &page) else {
+            return self.new_page(cur, page).await;
+        };
+        self.stats.relation_pages += 1;
+        self.stats.delta_pages += 1;
+        cur.offset += PAGE as u64;
+        if cur
+            .delta
+            .as_ref()
+            .is_some_and(|d| d.base.chunk.id != base.id || d.pages.len() >= self.chunk_size)
+        {
+            self.flush_delta(cur).await?;
+        }
+        if cur.delta.is_none() {
+            cur.delta = Some(DeltaRun {
+                run_id: self.new_run_id(),
+                pages: BytesMut::new(),
+                base: DeltaBase {
+                    chunk: base,
+                    slices: Vec::new(),
+                },
+            });
+        }
+        let Some(run) = cur.delta.as_mut() else {
+            return Err(Error::Pipeline("no delta run".into()));
+        };
+        let piece = Piece::Xor {
+            run: run.run_id,
+            offset: run.pages.len() as u32,
+            len: PAGE as u32,
+            base,
+            base_offset,
+        };
+        run.pages.extend_from_slice(&page);
+        match run.base.slices.last_mut() {
+            Some((at, len)) if *at + *len == base_offset => *len += PAGE as u32,
+            _ => run.base.slices.push((base_offset, PAGE as u32)),
+        }
+        self.push_piece(cur.file, piece);
+        Ok(())
+    }
+
+    /// Where the parent holds the page at the current offset, when a changed page can be
+    /// stored as its difference from it: one stored slice (of a chunk, or of the base of an
+    /// XOR extent, so a difference is always from a chunk stored whole and restore reads at
+    /// most two chunks for a page). Not for all-zero pages, which cost nothing anyway.
+    fn delta_base(&self, cur: &Current, page: &[u8]) -> Option<(ChunkRef, u32)> {
+        if !self.page_deltas || page.iter().all(|b| *b == 0) {
+            return None;
+        }
+        let mut slice = Vec::new();
+        if !self
+            .parent
+            .as_ref()?
+            .slice(&cur.key, cur.offset, PAGE as u64, &mut slice)
+        {
+            return None;
+        }
+        match slice.as_slice() {
+            [Extent::Chunk { chunk, offset, .. }] => Some((*chunk, *offset)),
+            [Extent::Xor {
+                base, base_offset, ..
+            }] => Some((*base, *base_offset)),
+            _ => None,
+        }
+    }
+
+    /// Submits the gathered changed pages as their difference from the parent's chunk.
+    async fn flush_delta(&mut self, cur: &mut Current) -> Result<()> {
+        let Some(run) = cur.delta.take() else {
+            return Ok(());
+        };
+        while self.pending.len() >= self.max_pending {
+            self.resolve_one().await?;
+        }
+        let pending = self
+            .session
+            .submit_delta(run.pages.freeze(), run.base)
+            .await?;
+        self.pending.push_back((run.run_id, pending));
+        Ok(())
     }
 
     /// A page whose content is stored: all-zero pages become zero runs.
@@ -634,6 +762,28 @@ impl<'s> Ingest<'s> {
                     len: next_len,
                 },
             ) if *run == next_run && *offset + *len == next_offset => *len += next_len,
+            (
+                Some(Piece::Xor {
+                    run,
+                    offset,
+                    len,
+                    base,
+                    base_offset,
+                }),
+                Piece::Xor {
+                    run: next_run,
+                    offset: next_offset,
+                    len: next_len,
+                    base: next_base,
+                    base_offset: next_base_offset,
+                },
+            ) if *run == next_run
+                && *offset + *len == next_offset
+                && base.id == next_base.id
+                && *base_offset + *len == next_base_offset =>
+            {
+                *len += next_len
+            }
             (Some(Piece::Done(last)), Piece::Done(e)) => {
                 if !try_merge(last, e) {
                     pieces.push(Piece::Done(e));
@@ -696,6 +846,7 @@ impl<'s> Ingest<'s> {
             }
             self.fill_until(&mut cur, length).await?;
             self.flush_run(&mut cur).await?;
+            self.flush_delta(&mut cur).await?;
             if let Some(f) = self.files.get_mut(cur.file) {
                 f.size = u64::from(length) * PAGE as u64;
             }
@@ -707,6 +858,7 @@ impl<'s> Ingest<'s> {
             }
         } else {
             self.flush_run(&mut cur).await?;
+            self.flush_delta(&mut cur).await?;
             // A relation file whose size is not a multiple of the page size: keep the tail.
             if !cur.page_buf.is_empty() {
                 let tail = cur.page_buf.split().freeze();
@@ -726,15 +878,31 @@ impl<'s> Ingest<'s> {
         }
         for (f, pieces) in self.files.iter_mut().zip(std::mem::take(&mut self.pieces)) {
             let mut extents: Vec<Extent> = Vec::with_capacity(pieces.len());
+            let resolved = |run: u64| {
+                self.resolved
+                    .get(&run)
+                    .copied()
+                    .ok_or_else(|| Error::Pipeline("a chunk was never resolved".into()))
+            };
             for p in pieces {
                 let e = match p {
                     Piece::Done(e) => e,
                     Piece::Slice { run, offset, len } => Extent::Chunk {
-                        chunk: *self
-                            .resolved
-                            .get(&run)
-                            .ok_or_else(|| Error::Pipeline("a chunk was never resolved".into()))?,
+                        chunk: resolved(run)?,
                         offset,
+                        len,
+                    },
+                    Piece::Xor {
+                        run,
+                        offset,
+                        len,
+                        base,
+                        base_offset,
+                    } => Extent::Xor {
+                        base,
+                        base_offset,
+                        delta: resolved(run)?,
+                        delta_offset: offset,
                         len,
                     },
                 };
@@ -792,6 +960,29 @@ fn try_merge(last: &mut Extent, e: Extent) -> bool {
             *len += next_len;
             true
         }
+        (
+            Extent::Xor {
+                base,
+                base_offset,
+                delta,
+                delta_offset,
+                len,
+            },
+            Extent::Xor {
+                base: next_base,
+                base_offset: next_base_offset,
+                delta: next_delta,
+                delta_offset: next_delta_offset,
+                len: next_len,
+            },
+        ) if base.id == next_base.id
+            && delta.id == next_delta.id
+            && *base_offset + *len == next_base_offset
+            && *delta_offset + *len == next_delta_offset =>
+        {
+            *len += next_len;
+            true
+        }
         _ => false,
     }
 }
@@ -799,6 +990,46 @@ fn try_merge(last: &mut Extent, e: Extent) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xor_extents_merge_only_when_both_sides_continue() {
+        let c = |n: u8| ChunkRef {
+            id: pgkeep_format::ChunkId([n; 32]),
+            raw_len: 1 << 20,
+        };
+        let xor = |b, bo, d, dof| Extent::Xor {
+            base: c(b),
+            base_offset: bo,
+            delta: c(d),
+            delta_offset: dof,
+            len: 8192,
+        };
+        let mut extents = vec![xor(1, 0, 2, 0)];
+        merge_push(&mut extents, xor(1, 8192, 2, 8192));
+        assert_eq!(extents.len(), 1);
+        assert_eq!(extents[0].len(), 16384);
+        for next in [
+            xor(1, 16384, 2, 0),
+            xor(1, 0, 2, 16384),
+            xor(3, 16384, 2, 16384),
+        ] {
+            let mut more = extents.clone();
+            merge_push(&mut more, next);
+            assert_eq!(more.len(), 2, "{next:?}");
+        }
+        // A slice of an XOR extent keeps both sides in step.
+        assert_eq!(
+            sub_extent(&extents[0], 8192, 100),
+            Some(Extent::Xor {
+                base: c(1),
+                base_offset: 8192,
+                delta: c(2),
+                delta_offset: 8192,
+                len: 100,
+            })
+        );
+        assert_eq!(sub_extent(&Extent::Zeros { len: 5 }, 0, 1), None);
+    }
 
     fn header(blocks: &[u32], truncation: u32) -> Vec<u8> {
         let mut h = Vec::new();

@@ -47,6 +47,10 @@ pub struct BackupOptions {
     /// Force a full backup even when a parent is available.
     pub full: bool,
     pub incremental_method: IncrementalMethod,
+    /// Store a changed page of an incremental backup as its difference from the parent's
+    /// copy (an [`pgkeep_format::Extent::Xor`]), which the backup reads back from the
+    /// repository. Off: changed pages are stored whole, and nothing is read.
+    pub page_deltas: bool,
     /// Throttle the server's sending, in kB/s.
     pub max_rate_kb: Option<u32>,
     pub verify_checksums: bool,
@@ -68,6 +72,7 @@ impl Default for BackupOptions {
             fast_checkpoint: true,
             full: false,
             incremental_method: IncrementalMethod::Auto,
+            page_deltas: true,
             max_rate_kb: None,
             verify_checksums: true,
             manifest_checksums: Default::default(),
@@ -318,6 +323,7 @@ async fn backup_locked(
         config.page_chunk_size as usize,
         Chunking::from_config(config),
         parent_pages,
+        opts.page_deltas,
         max_pending,
     );
     let request = BaseBackupRequest {

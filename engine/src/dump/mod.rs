@@ -1015,6 +1015,15 @@ async fn pipe_into(
     Ok((written?, stderr))
 }
 
+/// A COPY IN in progress, as the destination of a stream's extents.
+struct CopySink<'a>(&'a mut PgConnection);
+
+impl crate::read::ExtentSink for CopySink<'_> {
+    async fn put(&mut self, piece: bytes::Bytes) -> Result<()> {
+        self.0.send_copy_data(&piece).await.map_err(pg)
+    }
+}
+
 /// Loads a COPY text stream into `table`.
 async fn copy_in(
     repo: &Repository,
@@ -1034,29 +1043,10 @@ async fn copy_in(
             ))))
         }
     }
-    // Chunk by chunk: a tenant's rows can be large, and need not be held in memory.
-    for e in extents {
-        match e {
-            pgkeep_format::Extent::Chunk { chunk, offset, len } => {
-                let data = repo.read_chunk(&chunk.id).await?;
-                let slice = data
-                    .get(*offset as usize..(*offset + *len) as usize)
-                    .ok_or_else(|| {
-                        Error::InvalidInput(format!("extent runs past chunk {}", chunk.id))
-                    })?;
-                session.send_copy_data(slice).await.map_err(pg)?;
-            }
-            pgkeep_format::Extent::Zeros { len } => {
-                let zeros = vec![0u8; (*len).min(1 << 20) as usize];
-                let mut left = *len;
-                while left > 0 {
-                    let n = left.min(zeros.len() as u64) as usize;
-                    session.send_copy_data(&zeros[..n]).await.map_err(pg)?;
-                    left -= n as u64;
-                }
-            }
-        }
-    }
+    // Piece by piece, with chunks fetched ahead: a tenant's rows can be large, and need not
+    // be held in memory.
+    repo.write_extents_into(extents, &mut CopySink(session))
+        .await?;
     session.send_copy_done().await.map_err(pg)?;
     let mut rows = 0u64;
     let mut failure = None;

@@ -133,17 +133,28 @@ impl Walk {
                 let Some(data) = self.cached.touch(&chunk.id) else {
                     return Ok(Step::NeedChunk);
                 };
-                let range = *offset as usize..*offset as usize + *len as usize;
-                if range.end > data.len() {
-                    return Err(Error::InvalidInput(format!(
-                        "extent {offset}+{len} runs past chunk {} of {} bytes",
-                        chunk.id,
-                        data.len()
-                    )));
-                }
-                let piece = data.slice(range);
+                let piece = slice_of(data, chunk, *offset, *len)?;
                 self.left = Some(0);
                 Ok(Step::Piece(piece))
+            }
+            Extent::Xor {
+                base,
+                base_offset,
+                delta,
+                delta_offset,
+                len,
+            } => {
+                // Touched base first, then delta, as `plan` does, so both keep the same order.
+                let Some(b) = self.cached.touch(&base.id).cloned() else {
+                    return Ok(Step::NeedChunk);
+                };
+                let Some(d) = self.cached.touch(&delta.id) else {
+                    return Ok(Step::NeedChunk);
+                };
+                let d = slice_of(d, delta, *delta_offset, *len)?;
+                let b = slice_of(&b, base, *base_offset, *len)?;
+                self.left = Some(0);
+                Ok(Step::Piece(Bytes::from(xor(&b, &d))))
             }
         }
     }
@@ -151,12 +162,32 @@ impl Walk {
     /// Takes the next chunk of the plan, which must be the one extent `e` waits for.
     fn arrived(&mut self, e: &Extent, next: Option<(ChunkId, Bytes)>) -> Result<()> {
         let (id, data) = next.ok_or_else(|| Error::Pipeline("read plan ended early".into()))?;
-        if !matches!(e, Extent::Chunk { chunk, .. } if chunk.id == id) {
+        let waits_for = e.chunks().find(|c| !self.cached.holds(&c.id));
+        if waits_for.map(|c| c.id) != Some(id) {
             return Err(Error::Pipeline("read plan out of step".into()));
         }
         self.cached.insert(id, data);
         Ok(())
     }
+}
+
+/// Bytes `offset..offset + len` of `chunk`'s content `data`, sharing its memory.
+fn slice_of(data: &Bytes, chunk: &ChunkRef, offset: u32, len: u32) -> Result<Bytes> {
+    let range = offset as usize..offset as usize + len as usize;
+    if range.end > data.len() {
+        return Err(Error::InvalidInput(format!(
+            "extent {offset}+{len} runs past chunk {} of {} bytes",
+            chunk.id,
+            data.len()
+        )));
+    }
+    Ok(data.slice(range))
+}
+
+/// `a` XOR `b`, byte by byte (equal lengths): a page from its earlier version and the
+/// stored difference ([`Extent::Xor`]).
+pub(crate) fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
+    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
 }
 
 /// The chunks to fetch for `extents`, in order. A file rebuilt from an incremental backup
@@ -166,12 +197,10 @@ impl Walk {
 fn plan(extents: &[Extent]) -> Vec<ChunkId> {
     let mut plan = Vec::new();
     let mut recent = RecentChunks::<()>::default();
-    for e in extents {
-        if let Extent::Chunk { chunk, .. } = e {
-            if recent.touch(&chunk.id).is_none() {
-                plan.push(chunk.id);
-                recent.insert(chunk.id, ());
-            }
+    for chunk in extents.iter().flat_map(Extent::chunks) {
+        if recent.touch(&chunk.id).is_none() {
+            plan.push(chunk.id);
+            recent.insert(chunk.id, ());
         }
     }
     plan
@@ -199,6 +228,11 @@ impl<T> RecentChunks<T> {
         let entry = self.entries.remove(i);
         self.entries.insert(0, entry);
         self.entries.first().map(|(_, v)| v)
+    }
+
+    /// Whether `id` is held, without making it the most recent.
+    fn holds(&self, id: &ChunkId) -> bool {
+        self.entries.iter().any(|(k, _)| k == id)
     }
 
     /// Adds `id` as the most recent, dropping the least recent beyond the capacity.
@@ -483,6 +517,67 @@ mod tests {
         assert_eq!(got, want);
         // Chunk 1 came back after one other chunk: it was still held, not planned twice.
         assert_eq!(plan(&extents).len(), 2);
+    }
+
+    #[test]
+    fn xor_extents_combine_two_chunks_fetched_once_each() {
+        let xor = |base, base_offset, delta, delta_offset, len| Extent::Xor {
+            base: chunk(base),
+            base_offset,
+            delta: chunk(delta),
+            delta_offset,
+            len,
+        };
+        let ext = |n, offset, len| Extent::Chunk {
+            chunk: chunk(n),
+            offset,
+            len,
+        };
+        // An incremental's file: the parent's chunk 1, a changed slice as 1 XOR 2, the parent
+        // again, more of chunk 3, and a difference whose base and delta have both left the
+        // set of recent chunks and must be fetched again, in that order.
+        let extents = [
+            ext(1, 0, 1),
+            xor(1, 1, 2, 0, 2),
+            ext(1, 3, 1),
+            ext(3, 0, 4),
+            ext(4, 0, 4),
+            ext(5, 0, 4),
+            ext(6, 0, 4),
+            xor(1, 0, 2, 2, 2),
+        ];
+        let chunks: [(u8, &[u8]); 6] = [
+            (1, &[0x10, 0x20, 0x30, 0x40]),
+            (2, &[0x01, 0x02, 0x03, 0x04]),
+            (3, b"wxyz"),
+            (4, b"4444"),
+            (5, b"5555"),
+            (6, b"6666"),
+        ];
+        let got = walk(&extents, &chunks).expect("walks");
+        let mut want = vec![0x10, 0x21, 0x32, 0x40];
+        want.extend_from_slice(b"wxyz444455556666");
+        want.extend_from_slice(&[0x13, 0x24]);
+        assert_eq!(got, want);
+        let ids: Vec<u8> = plan(&extents).iter().map(|id| id.0[0]).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5, 6, 1, 2]);
+    }
+
+    #[test]
+    fn an_xor_extent_past_either_chunk_is_refused() {
+        for (base_offset, delta_offset) in [(3, 0), (0, 3)] {
+            let extents = [Extent::Xor {
+                base: chunk(1),
+                base_offset,
+                delta: chunk(2),
+                delta_offset,
+                len: 2,
+            }];
+            assert!(matches!(
+                walk(&extents, &[(1, b"abcd"), (2, b"wxyz")]),
+                Err(Error::InvalidInput(_))
+            ));
+        }
     }
 
     #[test]

@@ -25,11 +25,9 @@ fn uses_bad<K: Ord + Copy>(
     bad: &impl Fn(&ChunkId) -> Option<K>,
     into: &mut BTreeSet<K>,
 ) {
-    for e in extents {
-        if let Extent::Chunk { chunk, .. } = e {
-            if let Some(k) = bad(&chunk.id) {
-                into.insert(k);
-            }
+    for chunk in extents.iter().flat_map(Extent::chunks) {
+        if let Some(k) = bad(&chunk.id) {
+            into.insert(k);
         }
     }
 }
