@@ -11,7 +11,12 @@
 //!   every full backup. With a parent, a file's changed pages are gathered into chunks of up
 //!   to the chunk size even when unchanged pages lie between them, and each page's extent
 //!   points at its slice of the chunk: scattered changes still compress as well as
-//!   contiguous data, instead of as lone 8 KiB pages.
+//!   contiguous data, instead of as lone 8 KiB pages;
+//! - with a parent, a changed page that the parent holds in a stored chunk is stored as its
+//!   XOR with the parent's copy (an `Xor` extent): mostly zeros, so a fraction of the page
+//!   once compressed. Such pages are gathered per parent chunk (the worker reads that chunk
+//!   back once per gathered run), and the base is always a chunk stored whole: a page the
+//!   parent itself stored as a difference is differenced against that difference's base.
 //!
 //! Why the LSN rule is safe: WAL replay starts at the new backup's start LSN, and any page
 //! modified after that point gets a full-page image in WAL (full_page_writes), so a page
