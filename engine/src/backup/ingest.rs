@@ -654,15 +654,12 @@ impl<'s> Ingest<'s> {
     /// XOR extent, so a difference is always from a chunk stored whole and restore reads at
     /// most two chunks for a page). Not for all-zero pages, which cost nothing anyway.
     fn delta_base(&self, cur: &Current, page: &[u8]) -> Option<(ChunkRef, u32)> {
-        if !self.page_deltas || page.iter().all(|b| *b == 0) {
+        let parent = self.parent.as_ref().filter(|_| self.page_deltas)?;
+        if page.iter().all(|b| *b == 0) {
             return None;
         }
         let mut slice = Vec::new();
-        if !self
-            .parent
-            .as_ref()?
-            .slice(&cur.key, cur.offset, PAGE as u64, &mut slice)
-        {
+        if !parent.slice(&cur.key, cur.offset, PAGE as u64, &mut slice) {
             return None;
         }
         match slice.as_slice() {
