@@ -298,13 +298,27 @@ fn worker(
     }
 }
 
-/// The error for a delta job whose base chunk (the parent backup's) cannot be read.
+/// The error for a delta job whose base chunk (the parent backup's) cannot be read: damage
+/// keeps its kind (and exit code) and gains what was being read and what to do; other errors
+/// (a storage failure a retry may fix) stand as they are.
 fn unreadable_base(id: &ChunkId, e: Error) -> Error {
-    Error::Pipeline(format!(
-        "reading chunk {id} of the parent backup, to store changed pages as differences from it: {e}; \
-         the parent backup may be damaged: check it with `pgkeep verify`, or take a full backup \
-         (`pgkeep backup --full`)"
-    ))
+    let why = |object: String| {
+        format!(
+            "{object} (read for chunk {id} of the parent backup, which changed pages are stored \
+             as differences from: check the parent with `pgkeep verify`, or take a full backup \
+             with `pgkeep backup --full`)"
+        )
+    };
+    match e {
+        Error::Corrupt { object, source } => Error::Corrupt {
+            object: why(object),
+            source,
+        },
+        Error::NotFound { object } => Error::NotFound {
+            object: why(object),
+        },
+        other => other,
+    }
 }
 
 /// Collects sealed chunks into packs and uploads them. Returns the packs it stored and

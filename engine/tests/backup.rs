@@ -275,6 +275,54 @@ async fn full_then_incremental(version: PgVersion) {
     let dir4 = tempfile::tempdir().expect("tmp");
     extract(&fresh, &whole.manifest, dir4.path()).await;
     verify_against_backup_manifest(&fresh, &whole.manifest, dir4.path()).await;
+
+    // On a parent that stored its changed pages whole, a file's changed pages alternate
+    // between two bases (that parent's gathered pages, the full's chunk): each base still
+    // gets one difference, not one per switch.
+    pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 IN (8, 508)")
+        .expect("fourth workload");
+    pg.psql("CHECKPOINT").expect("checkpoint");
+    let last = take_backup(
+        &fresh,
+        &cluster,
+        &cfg,
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("incremental on a parent without deltas");
+    let mut bases = HashSet::new();
+    for f in &last.manifest.files {
+        let file = Manifest {
+            files: vec![f.clone()],
+            ..last.manifest.clone()
+        };
+        let fresh_xors: Vec<_> = xor_extents(&file)
+            .into_iter()
+            .filter(|x| !xors2.contains(x))
+            .collect();
+        let file_bases: HashSet<ChunkId> = fresh_xors.iter().map(|(b, _)| *b).collect();
+        let deltas: HashSet<ChunkId> = fresh_xors.iter().map(|(_, d)| *d).collect();
+        assert!(
+            deltas.len() <= file_bases.len(),
+            "{}: {} differences for {} bases",
+            String::from_utf8_lossy(&f.path),
+            deltas.len(),
+            file_bases.len()
+        );
+        bases.extend(file_bases);
+    }
+    assert!(
+        whole
+            .manifest
+            .chunk_refs()
+            .iter()
+            .any(|c| bases.contains(&c.id) && !full_chunks.contains(&c.id)),
+        "no difference from the parent's own whole pages"
+    );
+    let dir5 = tempfile::tempdir().expect("tmp");
+    extract(&fresh, &last.manifest, dir5.path()).await;
+    verify_against_backup_manifest(&fresh, &last.manifest, dir5.path()).await;
 }
 
 /// The (base, delta) chunks of every XOR extent of a manifest's files.
@@ -343,10 +391,11 @@ async fn a_damaged_parent_fails_an_incremental_with_advice() {
     .expect_err("the parent's chunks are unreadable");
     let text = err.to_string();
     assert!(
-        text.contains("of the parent backup")
+        matches!(err, Error::Corrupt { .. })
+            && text.contains("of the parent backup")
             && text.contains("truncated")
             && text.contains("pgkeep backup --full"),
-        "{text}"
+        "{err:?}"
     );
     assert_eq!(
         repo.list_backups(&cluster).await.expect("list").len(),

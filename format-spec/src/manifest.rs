@@ -518,7 +518,9 @@ pub(crate) fn decode_extents(
                 )))
             }
         };
-        total = total.saturating_add(e.len());
+        total = total
+            .checked_add(e.len())
+            .ok_or_else(|| r.invalid("extents add up to more than 2^64 bytes".to_string()))?;
         extents.push(e);
     }
     if total != size {

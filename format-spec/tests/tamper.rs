@@ -270,6 +270,27 @@ fn xor_extents_are_checked_against_both_chunks() {
     }
 }
 
+/// Zero runs whose lengths overflow a u64 when added are refused, not wrapped: a file of
+/// `u64::MAX` bytes must not decode from two runs of 2^63.
+#[test]
+fn extents_that_overflow_when_added_are_refused() {
+    let file = pgkeep_format::FileEntry {
+        tablespace: 0,
+        path: b"f".to_vec(),
+        file_type: pgkeep_format::FileType::Regular,
+        mode: 0,
+        size: u64::MAX,
+        mtime: 0,
+        link_target: Vec::new(),
+        extents: vec![
+            pgkeep_format::Extent::Zeros { len: 1 << 63 },
+            pgkeep_format::Extent::Zeros { len: 1 << 63 },
+        ],
+    };
+    let err = Manifest::decode(&manifest_of(vec![file]).encode()).expect_err("overflow");
+    assert!(err.to_string().contains("2^64"), "{err}");
+}
+
 /// A `files` backup manifest holding `files`, every other field empty.
 fn manifest_of(files: Vec<pgkeep_format::FileEntry>) -> Manifest {
     Manifest {

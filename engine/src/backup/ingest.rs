@@ -169,6 +169,12 @@ enum Piece {
     },
 }
 
+/// Delta runs a file keeps open at once. A parent that stored changed pages whole (an older
+/// incremental, `--page-deltas off`, pages new in it) interleaves two chunks along a file:
+/// its own run of changed pages and its parent's chunk. With one open run, every switch
+/// would cut a one-page run and read a whole base chunk for it.
+const OPEN_DELTA_RUNS: usize = 4;
+
 /// Changed pages gathered to be stored as one difference from one chunk of the parent.
 struct DeltaRun {
     run_id: u64,
@@ -283,8 +289,9 @@ struct Current {
     run: BytesMut,
     /// The id the current run will have when submitted.
     run_id: u64,
-    /// Changed pages on their way to a difference from the parent's chunk.
-    delta: Option<DeltaRun>,
+    /// Changed pages on their way to differences from the parent's chunks, one run per
+    /// base chunk, least recently used first (at most [`OPEN_DELTA_RUNS`]).
+    deltas: Vec<DeltaRun>,
     chunker: Option<Chunker>,
     offset: u64,
 }
@@ -451,7 +458,7 @@ impl<'s> Ingest<'s> {
                 page_buf: BytesMut::new(),
                 run: BytesMut::new(),
                 run_id,
-                delta: None,
+                deltas: Vec::new(),
                 chunker: (!relation).then(|| Chunker::new(self.cdc)),
                 offset: 0,
             });
@@ -613,26 +620,35 @@ impl<'s> Ingest<'s> {
         self.stats.relation_pages += 1;
         self.stats.delta_pages += 1;
         cur.offset += PAGE as u64;
-        if cur
-            .delta
-            .as_ref()
-            .is_some_and(|d| d.base.chunk.id != base.id || d.pages.len() >= self.chunk_size)
-        {
-            self.flush_delta(cur).await?;
+        let open = |cur: &Current| cur.deltas.iter().position(|d| d.base.chunk.id == base.id);
+        if let Some(i) = open(cur).filter(|i| cur.deltas[*i].pages.len() >= self.chunk_size) {
+            let full = cur.deltas.remove(i);
+            self.submit_delta(full).await?;
         }
-        if cur.delta.is_none() {
-            cur.delta = Some(DeltaRun {
-                run_id: self.new_run_id(),
-                pages: BytesMut::new(),
-                base: DeltaBase {
-                    chunk: base,
-                    slices: Vec::new(),
-                },
-            });
-        }
-        let Some(run) = cur.delta.as_mut() else {
-            return Err(Error::Pipeline("no delta run".into()));
+        // The run used last goes to the back: the least recently used one is cut first.
+        let i = match open(cur) {
+            Some(i) => {
+                let run = cur.deltas.remove(i);
+                cur.deltas.push(run);
+                cur.deltas.len() - 1
+            }
+            None => {
+                if cur.deltas.len() >= OPEN_DELTA_RUNS {
+                    let oldest = cur.deltas.remove(0);
+                    self.submit_delta(oldest).await?;
+                }
+                cur.deltas.push(DeltaRun {
+                    run_id: self.new_run_id(),
+                    pages: BytesMut::new(),
+                    base: DeltaBase {
+                        chunk: base,
+                        slices: Vec::new(),
+                    },
+                });
+                cur.deltas.len() - 1
+            }
         };
+        let run = &mut cur.deltas[i];
         let piece = Piece::Xor {
             run: run.run_id,
             offset: run.pages.len() as u32,
@@ -671,11 +687,8 @@ impl<'s> Ingest<'s> {
         }
     }
 
-    /// Submits the gathered changed pages as their difference from the parent's chunk.
-    async fn flush_delta(&mut self, cur: &mut Current) -> Result<()> {
-        let Some(run) = cur.delta.take() else {
-            return Ok(());
-        };
+    /// Submits gathered changed pages as their difference from the parent's chunk.
+    async fn submit_delta(&mut self, run: DeltaRun) -> Result<()> {
         while self.pending.len() >= self.max_pending {
             self.resolve_one().await?;
         }
@@ -684,6 +697,14 @@ impl<'s> Ingest<'s> {
             .submit_delta(run.pages.freeze(), run.base)
             .await?;
         self.pending.push_back((run.run_id, pending));
+        Ok(())
+    }
+
+    /// Submits every open delta run of the current file.
+    async fn flush_deltas(&mut self, cur: &mut Current) -> Result<()> {
+        for run in std::mem::take(&mut cur.deltas) {
+            self.submit_delta(run).await?;
+        }
         Ok(())
     }
 
@@ -848,7 +869,7 @@ impl<'s> Ingest<'s> {
             }
             self.fill_until(&mut cur, length).await?;
             self.flush_run(&mut cur).await?;
-            self.flush_delta(&mut cur).await?;
+            self.flush_deltas(&mut cur).await?;
             if let Some(f) = self.files.get_mut(cur.file) {
                 f.size = u64::from(length) * PAGE as u64;
             }
@@ -860,7 +881,7 @@ impl<'s> Ingest<'s> {
             }
         } else {
             self.flush_run(&mut cur).await?;
-            self.flush_delta(&mut cur).await?;
+            self.flush_deltas(&mut cur).await?;
             // A relation file whose size is not a multiple of the page size: keep the tail.
             if !cur.page_buf.is_empty() {
                 let tail = cur.page_buf.split().freeze();
