@@ -161,6 +161,21 @@ async fn backup_wal_and_restore_survive_random_faults_latency_and_short_reads() 
     )
     .await
     .expect("backup despite transient faults");
+    // An incremental reads the full's chunks back (its changed pages are stored as
+    // differences from them), through the same faults.
+    pg.psql("UPDATE t SET h = upper(h) WHERE g % 50 = 0")
+        .expect("changes");
+    pg.psql("CHECKPOINT").expect("checkpoint");
+    let incremental = take_backup(
+        &repo,
+        &cluster(),
+        &conn(&pg),
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("incremental despite transient faults");
+    assert!(incremental.pages.delta_pages > 0, "{:?}", incremental.pages);
     switch_and_wait(&pg, &archive_dir);
     let archive = WalArchive::new(repo.clone(), cluster());
     let pushed = push_all(&archive, &archive_dir).await;
@@ -184,6 +199,9 @@ async fn backup_wal_and_restore_survive_random_faults_latency_and_short_reads() 
     extract(&fresh, &backup.manifest, target.path()).await;
     let files = verify_against_backup_manifest(&fresh, &backup.manifest, target.path()).await;
     assert!(files > 500, "{files} files");
+    let target = tempfile::tempdir().expect("target");
+    extract(&fresh, &incremental.manifest, target.path()).await;
+    verify_against_backup_manifest(&fresh, &incremental.manifest, target.path()).await;
 
     // wal-fetch of every acknowledged file, with prefetch: identical bytes.
     let fresh_archive = WalArchive::new(fresh.clone(), cluster());
