@@ -409,17 +409,9 @@ impl PgConnection {
     }
 
     async fn read_message(&mut self, during: &str) -> Result<BackendMessage, PgError> {
-        /// Bytes a read asks the socket for, at least.
-        const READ_AHEAD: usize = 256 << 10;
         loop {
             if let Some(m) = backend::parse(&mut self.rbuf)? {
                 return Ok(m);
-            }
-            // Room for several messages: one read then takes whatever the socket holds
-            // (a base backup's 32 KiB CopyData messages queue up faster than one per read),
-            // and the messages split off it share one allocation instead of one each.
-            if self.rbuf.capacity() - self.rbuf.len() < READ_AHEAD / 4 {
-                self.rbuf.reserve(READ_AHEAD);
             }
             let read = self.stream.read_buf(&mut self.rbuf);
             let n = match self.read_timeout {
