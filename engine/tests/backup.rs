@@ -137,14 +137,13 @@ async fn full_then_incremental(version: PgVersion) {
 
     // A pgbench-like workload (200 transactions of random account updates and history
     // inserts) changes a small share of pages; then back up again.
-    pg.psql(
+    change(
+        &pg,
         "DO $$ BEGIN FOR i IN 1..200 LOOP \
            UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1 + (random() * 499999)::int; \
            INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, i, 1, now()); \
          END LOOP; END $$",
-    )
-    .expect("workload");
-    pg.psql("CHECKPOINT").expect("checkpoint");
+    );
     // The incremental asks for SHA-256 (a changed setting between two backups).
     let incr = take_backup(
         &repo,
@@ -190,9 +189,7 @@ async fn full_then_incremental(version: PgVersion) {
     assert!(xors.iter().all(|(base, _)| full_chunks.contains(base)));
 
     // The incremental is complete on its own: its files match its own backup_manifest.
-    let dir2 = tempfile::tempdir().expect("tmp");
-    extract(&repo, &incr.manifest, dir2.path()).await;
-    verify_against_backup_manifest(&repo, &incr.manifest, dir2.path()).await;
+    restores_to_its_own_manifest(&repo, &incr.manifest).await;
 
     // Listed, oldest first.
     assert_eq!(
@@ -205,9 +202,10 @@ async fn full_then_incremental(version: PgVersion) {
 
     // A second incremental, on the first: a page changed again is a difference from the
     // full's copy still (never from another difference), so a page needs two chunks at most.
-    pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 7")
-        .expect("second workload");
-    pg.psql("CHECKPOINT").expect("checkpoint");
+    change(
+        &pg,
+        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 7",
+    );
     let incr2 = take_backup(
         &repo,
         &cluster,
@@ -246,14 +244,13 @@ async fn full_then_incremental(version: PgVersion) {
     let fresh = Repository::open(repo.store().clone(), common::PASS)
         .await
         .expect("reopen");
-    let dir3 = tempfile::tempdir().expect("tmp");
-    extract(&fresh, &incr2.manifest, dir3.path()).await;
-    verify_against_backup_manifest(&fresh, &incr2.manifest, dir3.path()).await;
+    restores_to_its_own_manifest(&fresh, &incr2.manifest).await;
 
     // With page deltas off, changed pages are stored whole.
-    pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 8")
-        .expect("third workload");
-    pg.psql("CHECKPOINT").expect("checkpoint");
+    change(
+        &pg,
+        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 8",
+    );
     let whole = take_backup(
         &fresh,
         &cluster,
@@ -272,16 +269,15 @@ async fn full_then_incremental(version: PgVersion) {
         .filter(|x| !xors2.contains(x))
         .collect();
     assert!(new_xors.is_empty(), "{} new XOR extents", new_xors.len());
-    let dir4 = tempfile::tempdir().expect("tmp");
-    extract(&fresh, &whole.manifest, dir4.path()).await;
-    verify_against_backup_manifest(&fresh, &whole.manifest, dir4.path()).await;
+    restores_to_its_own_manifest(&fresh, &whole.manifest).await;
 
     // On a parent that stored its changed pages whole, a file's changed pages alternate
     // between two bases (that parent's gathered pages, the full's chunk): each base still
     // gets one difference, not one per switch.
-    pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 IN (8, 508)")
-        .expect("fourth workload");
-    pg.psql("CHECKPOINT").expect("checkpoint");
+    change(
+        &pg,
+        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 IN (8, 508)",
+    );
     let last = take_backup(
         &fresh,
         &cluster,
@@ -320,9 +316,20 @@ async fn full_then_incremental(version: PgVersion) {
             .any(|c| bases.contains(&c.id) && !full_chunks.contains(&c.id)),
         "no difference from the parent's own whole pages"
     );
-    let dir5 = tempfile::tempdir().expect("tmp");
-    extract(&fresh, &last.manifest, dir5.path()).await;
-    verify_against_backup_manifest(&fresh, &last.manifest, dir5.path()).await;
+    restores_to_its_own_manifest(&fresh, &last.manifest).await;
+}
+
+/// Restores `m` into a new directory and checks every file against its backup_manifest.
+async fn restores_to_its_own_manifest(repo: &Repository, m: &Manifest) {
+    let dir = tempfile::tempdir().expect("tmp");
+    extract(repo, m, dir.path()).await;
+    verify_against_backup_manifest(repo, m, dir.path()).await;
+}
+
+/// Runs `sql`, then a checkpoint, so that the next backup starts after the change.
+fn change(pg: &PgCluster, sql: &str) {
+    pg.psql(sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    pg.psql("CHECKPOINT").expect("checkpoint");
 }
 
 /// The (base, delta) chunks of every XOR extent of a manifest's files.
@@ -358,9 +365,10 @@ async fn a_damaged_parent_fails_an_incremental_with_advice() {
     )
     .await
     .expect("full backup");
-    pg.psql("UPDATE pgbench_accounts SET abalance = 1 WHERE aid % 100 = 0")
-        .expect("workload");
-    pg.psql("CHECKPOINT").expect("checkpoint");
+    change(
+        &pg,
+        "UPDATE pgbench_accounts SET abalance = 1 WHERE aid % 100 = 0",
+    );
     // Every pack loses its chunks (as a truncation in storage would do).
     let data = backend
         .dir
