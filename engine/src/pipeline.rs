@@ -115,7 +115,7 @@ impl DeltaBase {
                     self.chunk.id
                 )));
             };
-            out.extend(old.iter().zip(new).map(|(a, b)| a ^ b));
+            crate::read::xor_into(&mut out, old, new);
         }
         if out.len() != data.len() {
             return Err(Error::Pipeline("delta slices do not cover the data".into()));

@@ -329,6 +329,10 @@ impl std::fmt::Debug for Ingest<'_> {
     }
 }
 
+fn is_zero(page: &[u8]) -> bool {
+    page.iter().all(|b| *b == 0)
+}
+
 fn page_lsn(page: &[u8]) -> Lsn {
     let hi = u32::from_le_bytes([page[0], page[1], page[2], page[3]]);
     let lo = u32::from_le_bytes([page[4], page[5], page[6], page[7]]);
@@ -592,10 +596,9 @@ impl<'s> Ingest<'s> {
     /// unchanged, stored otherwise.
     async fn page(&mut self, cur: &mut Current, page: Bytes) -> Result<()> {
         if let Some(parent) = self.parent.as_ref().filter(|_| cur.lsn_reuse) {
-            let zero = page.iter().all(|b| *b == 0);
             let mut slice = Vec::new();
-            if !zero
-                && page_lsn(&page) < parent.start_lsn
+            if page_lsn(&page) < parent.start_lsn
+                && !is_zero(&page)
                 && parent.slice(&cur.key, cur.offset, PAGE as u64, &mut slice)
             {
                 self.stats.relation_pages += 1;
@@ -614,8 +617,10 @@ impl<'s> Ingest<'s> {
     /// A page that changed since the parent (or has no parent): stored as its difference
     /// from the parent's copy when there is one, whole otherwise.
     async fn changed_page(&mut self, cur: &mut Current, page: Bytes) -> Result<()> {
-        let Some((base, base_offset)) = self.delta_base(cur, &page) else {
-            return self.new_page(cur, page).await;
+        // All-zero pages cost nothing whole (a zero run), so they never become differences.
+        let zero = is_zero(&page);
+        let Some((base, base_offset)) = (!zero).then(|| self.delta_base(cur)).flatten() else {
+            return self.new_page(cur, page, zero).await;
         };
         self.stats.relation_pages += 1;
         self.stats.delta_pages += 1;
@@ -668,12 +673,9 @@ impl<'s> Ingest<'s> {
     /// Where the parent holds the page at the current offset, when a changed page can be
     /// stored as its difference from it: one stored slice (of a chunk, or of the base of an
     /// XOR extent, so a difference is always from a chunk stored whole and restore reads at
-    /// most two chunks for a page). Not for all-zero pages, which cost nothing anyway.
-    fn delta_base(&self, cur: &Current, page: &[u8]) -> Option<(ChunkRef, u32)> {
+    /// most two chunks for a page).
+    fn delta_base(&self, cur: &Current) -> Option<(ChunkRef, u32)> {
         let parent = self.parent.as_ref().filter(|_| self.page_deltas)?;
-        if page.iter().all(|b| *b == 0) {
-            return None;
-        }
         let mut slice = Vec::new();
         if !parent.slice(&cur.key, cur.offset, PAGE as u64, &mut slice) {
             return None;
@@ -708,11 +710,12 @@ impl<'s> Ingest<'s> {
         Ok(())
     }
 
-    /// A page whose content is stored: all-zero pages become zero runs.
-    async fn new_page(&mut self, cur: &mut Current, page: Bytes) -> Result<()> {
+    /// A page whose content is stored whole (`zero`: it is all zeros, and becomes a zero
+    /// run).
+    async fn new_page(&mut self, cur: &mut Current, page: Bytes, zero: bool) -> Result<()> {
         self.stats.relation_pages += 1;
         cur.offset += PAGE as u64;
-        if page.iter().all(|b| *b == 0) {
+        if zero {
             self.interrupt_run(cur).await?;
             self.stats.zero_pages += 1;
             self.push_done(cur.file, Extent::Zeros { len: PAGE as u64 });

@@ -185,9 +185,16 @@ fn slice_of(data: &Bytes, chunk: &ChunkRef, offset: u32, len: u32) -> Result<Byt
 }
 
 /// `a` XOR `b`, byte by byte (equal lengths): a page from its earlier version and the
-/// stored difference ([`Extent::Xor`]).
-pub(crate) fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
-    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
+/// stored difference ([`Extent::Xor`]), or the difference from the two versions.
+fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len());
+    xor_into(&mut out, a, b);
+    out
+}
+
+/// Appends `a` XOR `b` to `out` (see [`xor`]).
+pub(crate) fn xor_into(out: &mut Vec<u8>, a: &[u8], b: &[u8]) {
+    out.extend(a.iter().zip(b).map(|(x, y)| x ^ y));
 }
 
 /// The chunks to fetch for `extents`, in order. A file rebuilt from an incremental backup
@@ -493,13 +500,16 @@ mod tests {
         Ok(out)
     }
 
-    #[test]
-    fn extents_become_slices_and_zeros() {
-        let ext = |n, offset, len| Extent::Chunk {
+    fn ext(n: u8, offset: u32, len: u32) -> Extent {
+        Extent::Chunk {
             chunk: chunk(n),
             offset,
             len,
-        };
+        }
+    }
+
+    #[test]
+    fn extents_become_slices_and_zeros() {
         let extents = [
             ext(1, 1, 2),
             Extent::Zeros { len: 3 },
@@ -526,11 +536,6 @@ mod tests {
             base_offset,
             delta: chunk(delta),
             delta_offset,
-            len,
-        };
-        let ext = |n, offset, len| Extent::Chunk {
-            chunk: chunk(n),
-            offset,
             len,
         };
         // An incremental's file: the parent's chunk 1, a changed slice as 1 XOR 2, the parent
@@ -582,11 +587,7 @@ mod tests {
 
     #[test]
     fn an_extent_past_its_chunk_is_refused() {
-        let extents = [Extent::Chunk {
-            chunk: chunk(1),
-            offset: 3,
-            len: 2,
-        }];
+        let extents = [ext(1, 3, 2)];
         assert!(matches!(
             walk(&extents, &[(1, b"abcd")]),
             Err(Error::InvalidInput(_))
