@@ -64,24 +64,21 @@ struct Names {
     lock: String,
 }
 
-fn prepared(name: &str, file: Vec<u8>) -> PreparedWal {
+/// `file` as `name` with the meta of a stand-in segment (or history file), sealed at `level`.
+fn prepared(archive: &WalArchive, name: &str, file: &[u8], level: i8) -> PreparedWal {
     let name = WalFileName::parse(name).expect("name");
     let segment = name.segment_part().map(|_| SegmentFacts {
         system_id: 42,
         segment_size: SEG,
         pg_major: 15,
     });
-    PreparedWal {
-        meta: WalMeta {
-            size: file.len() as u64,
-            sha256: sha256(&file),
-            segment,
-            summary: None,
-        },
-        name,
-        file,
-        data_unit: None,
-    }
+    let meta = WalMeta {
+        size: file.len() as u64,
+        sha256: sha256(file),
+        segment,
+        summary: None,
+    };
+    archive.prepare_as_is(name, meta, file, level)
 }
 
 fn segment_bytes(seed: u64) -> Vec<u8> {
@@ -230,7 +227,7 @@ async fn build() -> Template {
         let name = format!("0000000100000000{n:08X}");
         let bytes = segment_bytes(n);
         archive
-            .store(prepared(&name, bytes.clone()), 1)
+            .store(prepared(&archive, &name, &bytes, 1), 1)
             .await
             .expect("segment");
         names
@@ -241,7 +238,7 @@ async fn build() -> Template {
     for (tl, text) in [(2, "1\t0/3000000\tno recovery target specified\n"), (3, "1\t0/3000000\tno recovery target specified\n2\t0/5000000\tno recovery target specified\n")] {
         let name = format!("{tl:08X}.history");
         archive
-            .store(prepared(&name, text.as_bytes().to_vec()), 3)
+            .store(prepared(&archive, &name, text.as_bytes(), 3), 3)
             .await
             .expect("history");
         names
@@ -255,7 +252,7 @@ async fn build() -> Template {
             "START WAL LOCATION: 0/{n}000028 (file 0000000100000000{n:08X})\nLABEL: b{n}\n"
         );
         archive
-            .store(prepared(&name, text.as_bytes().to_vec()), 3)
+            .store(prepared(&archive, &name, text.as_bytes(), 3), 3)
             .await
             .expect("backup history");
         names

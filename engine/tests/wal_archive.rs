@@ -22,24 +22,21 @@ fn cluster() -> ClusterName {
     ClusterName::new("main").expect("name")
 }
 
-fn prepared(name: &str, file: Vec<u8>) -> PreparedWal {
+/// `file` as `name` with the meta of a stand-in segment (or history file), sealed at `level`.
+fn prepared(archive: &WalArchive, name: &str, file: &[u8], level: i8) -> PreparedWal {
     let name = WalFileName::parse(name).expect("name");
     let segment = name.segment_part().map(|_| SegmentFacts {
         system_id: 7,
         segment_size: SEGMENT,
         pg_major: 18,
     });
-    PreparedWal {
-        meta: WalMeta {
-            size: file.len() as u64,
-            sha256: sha256(&file),
-            segment,
-            summary: None,
-        },
-        name,
-        file,
-        data_unit: None,
-    }
+    let meta = WalMeta {
+        size: file.len() as u64,
+        sha256: sha256(file),
+        segment,
+        summary: None,
+    };
+    archive.prepare_as_is(name, meta, file, level)
 }
 
 /// A stand-in segment: the archive layer does not interpret content, except that prefetch
@@ -59,7 +56,7 @@ async fn store_compare_fetch_and_list_on_every_backend() {
         let name = WalFileName::parse("00000002.history").expect("name");
         assert_eq!(
             archive
-                .store(prepared("00000002.history", history.clone()), 3)
+                .store(prepared(&archive, "00000002.history", &history, 3), 3)
                 .await
                 .expect("store"),
             PushOutcome::Stored,
@@ -69,7 +66,7 @@ async fn store_compare_fetch_and_list_on_every_backend() {
         // PostgreSQL re-archiving the same file after a crash: success, nothing rewritten.
         assert_eq!(
             archive
-                .store(prepared("00000002.history", history.clone()), 3)
+                .store(prepared(&archive, "00000002.history", &history, 3), 3)
                 .await
                 .expect("re-push"),
             PushOutcome::AlreadyStored
@@ -77,7 +74,7 @@ async fn store_compare_fetch_and_list_on_every_backend() {
         // Another file under the same name: refused with both checksums.
         let other = b"1\t0/4000000\tother\n".to_vec();
         match archive
-            .store(prepared("00000002.history", other.clone()), 3)
+            .store(prepared(&archive, "00000002.history", &other, 3), 3)
             .await
         {
             Err(Error::WalConflict {
@@ -102,7 +99,7 @@ async fn store_compare_fetch_and_list_on_every_backend() {
         for n in 1..=3u64 {
             let seg = format!("0000000200000000{n:08X}");
             archive
-                .store(prepared(&seg, segment_bytes(n)), 1)
+                .store(prepared(&archive, &seg, &segment_bytes(n), 1), 1)
                 .await
                 .expect("segment");
         }
@@ -139,7 +136,7 @@ async fn damage_is_reported_as_damage_not_as_missing() {
     let archive = WalArchive::new(repo.clone(), cluster());
     let name = "000000010000000000000005";
     archive
-        .store(prepared(name, segment_bytes(5)), 3)
+        .store(prepared(&archive, name, &segment_bytes(5), 3), 3)
         .await
         .expect("store");
     let wal = WalFileName::parse(name).expect("name");
@@ -161,7 +158,7 @@ async fn damage_is_reported_as_damage_not_as_missing() {
     damaged[40] ^= 1;
     b.store.put(&object, damaged.into()).await.expect("damage");
     let err = archive
-        .store(prepared(name, segment_bytes(5)), 3)
+        .store(prepared(&archive, name, &segment_bytes(5), 3), 3)
         .await
         .expect_err("damaged meta");
     assert!(err.is_corruption(), "{err}");
@@ -179,7 +176,10 @@ async fn damage_is_reported_as_damage_not_as_missing() {
 
     // Another segment's object under this name (swapped): authentication fails.
     archive
-        .store(prepared("000000010000000000000006", segment_bytes(6)), 3)
+        .store(
+            prepared(&archive, "000000010000000000000006", &segment_bytes(6), 3),
+            3,
+        )
         .await
         .expect("store");
     let six = b
@@ -212,13 +212,19 @@ async fn storage_faults_are_retried_or_fail_cleanly() {
     // Transient: two failed PUTs, then success.
     faulty.fail(Op::Put, "/wal/", 2);
     archive
-        .store(prepared("000000010000000000000001", segment_bytes(1)), 3)
+        .store(
+            prepared(&archive, "000000010000000000000001", &segment_bytes(1), 3),
+            3,
+        )
         .await
         .expect("stored despite transient failures");
     // Persistent: an error naming the object, and nothing visible afterwards.
     faulty.fail(Op::Put, "/wal/", usize::MAX);
     let err = archive
-        .store(prepared("000000010000000000000002", segment_bytes(2)), 3)
+        .store(
+            prepared(&archive, "000000010000000000000002", &segment_bytes(2), 3),
+            3,
+        )
         .await
         .expect_err("persistent failure");
     assert!(
@@ -230,7 +236,10 @@ async fn storage_faults_are_retried_or_fail_cleanly() {
     assert!(archive.meta(&two).await.expect("meta").is_none());
     // The next attempt (PostgreSQL retries archive_command) succeeds.
     archive
-        .store(prepared("000000010000000000000002", segment_bytes(2)), 3)
+        .store(
+            prepared(&archive, "000000010000000000000002", &segment_bytes(2), 3),
+            3,
+        )
         .await
         .expect("retry");
     let (_, file) = archive.fetch(&two).await.expect("fetch").expect("present");
@@ -245,7 +254,12 @@ async fn fetch_prefetches_into_a_bounded_spool() {
     for n in 1..=6u64 {
         archive
             .store(
-                prepared(&format!("0000000100000000{n:08X}"), segment_bytes(n)),
+                prepared(
+                    &archive,
+                    &format!("0000000100000000{n:08X}"),
+                    &segment_bytes(n),
+                    1,
+                ),
                 1,
             )
             .await
@@ -315,19 +329,19 @@ async fn a_newer_partial_segment_replaces_the_stored_one() {
     let older = segment_bytes(9)[..SEGMENT as usize / 2].to_vec();
     let newer = segment_bytes(9)[..SEGMENT as usize * 3 / 4].to_vec();
     archive
-        .store(prepared(name, older.clone()), 1)
+        .store(prepared(&archive, name, &older, 1), 1)
         .await
         .expect("first");
     assert_eq!(
         archive
-            .store(prepared(name, older), 1)
+            .store(prepared(&archive, name, &older, 1), 1)
             .await
             .expect("same again"),
         PushOutcome::AlreadyStored
     );
     assert_eq!(
         archive
-            .store(prepared(name, newer.clone()), 1)
+            .store(prepared(&archive, name, &newer, 1), 1)
             .await
             .expect("newer replaces"),
         PushOutcome::Stored
@@ -338,7 +352,10 @@ async fn a_newer_partial_segment_replaces_the_stored_one() {
     // Complete segments are never replaced, and only partials are removed.
     let seg = WalFileName::parse("000000010000000000000009").expect("name");
     assert!(archive
-        .replace(prepared("000000010000000000000009", segment_bytes(9)), 1)
+        .replace(
+            prepared(&archive, "000000010000000000000009", &segment_bytes(9), 1),
+            1
+        )
         .await
         .is_err());
     assert!(archive.remove(&seg).await.is_err());

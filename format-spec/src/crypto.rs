@@ -137,22 +137,21 @@ impl RepoKeys {
         self.seal_body(header, name, unit)
     }
 
-    /// [`seal`](Self::seal) for a body whose [`body::parts`] were compressed beforehand (on
-    /// several threads, say) by [`body::compress_part`].
-    pub fn seal_parts(
+    /// [`seal`](Self::seal) for `len` bytes of data whose consecutive parts were compressed
+    /// beforehand (on several threads, say) by [`body::compress_frame`] at `level`.
+    pub fn seal_frames(
         &self,
         header: &Header,
         name: &[u8],
         salt: [u8; SALT_LEN],
-        data: &[u8],
+        len: u64,
         level: i8,
-        frames: &[Option<Vec<u8>>],
+        frames: &[Vec<u8>],
     ) -> Vec<u8> {
-        let payload = frames.iter().flatten().map(Vec::len).sum::<usize>();
-        let mut unit =
-            Vec::with_capacity(SEAL_OVERHEAD + body::HEADER_LEN + payload.max(data.len()));
+        let payload = frames.iter().map(Vec::len).sum::<usize>();
+        let mut unit = Vec::with_capacity(SEAL_OVERHEAD + body::HEADER_LEN + payload);
         unit.extend_from_slice(&salt);
-        body::encode_parts_into(&mut unit, data, level, frames);
+        body::encode_frames_into(&mut unit, len, level, frames);
         self.seal_body(header, name, unit)
     }
 

@@ -398,24 +398,25 @@ pub fn seal_wal_data(
     )
 }
 
-/// [`seal_wal_data`] for a file whose [`body::parts`](crate::body::parts) were compressed
-/// beforehand, in order (see [`RepoKeys::seal_parts`]): a 16 MiB segment compresses on
-/// every core instead of one.
-pub fn seal_wal_data_parts(
+/// [`seal_wal_data`] for a file of `len` bytes whose consecutive parts were compressed
+/// beforehand at `level` (1 or more), in order, by
+/// [`body::compress_frame`](crate::body::compress_frame): a writer compresses a 16 MiB
+/// segment on every core instead of one, and streams it through a few part-sized buffers.
+pub fn seal_wal_data_frames(
     keys: &RepoKeys,
     kind: Kind,
     object: &str,
     salt: [u8; SALT_LEN],
-    file: &[u8],
+    len: u64,
     level: i8,
-    frames: &[Option<Vec<u8>>],
+    frames: &[Vec<u8>],
 ) -> Vec<u8> {
     let header = Header::new(kind, keys.key_id().0);
-    keys.seal_parts(
+    keys.seal_frames(
         &header,
         data_unit_name(object).as_bytes(),
         salt,
-        file,
+        len,
         level,
         frames,
     )

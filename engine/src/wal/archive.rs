@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use bytes::Bytes;
-use pgkeep_format::wal::{self, open_wal_meta, open_wal_object, wal_frame, wal_object_front};
+use pgkeep_format::wal::{
+    self, open_wal_meta, open_wal_object, seal_wal_data, wal_frame, wal_object_front,
+};
 use pgkeep_format::{ClusterName, Lsn, TimelineId, WalFileKind, WalFileName, WalMeta};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -19,19 +21,15 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::repository::{blocking, random_bytes, Repository};
 use crate::storage::Created;
-use crate::wal::segment::{
-    prepare_chain, prepare_sealed, seal_data_unit, Sealing, SegmentIdentity, WalSource,
-};
+use crate::wal::segment::{prepare_chain, SegmentIdentity, WalSource};
 
-/// A file ready to store: its bytes and the meta computed from them.
+/// A file ready to store: its meta, and its bytes compressed and encrypted (the object's data
+/// unit).
 #[derive(Debug)]
 pub struct PreparedWal {
     pub name: WalFileName,
     pub meta: WalMeta,
-    pub file: Vec<u8>,
-    /// The data unit, if already sealed (see `segment::prepare_sealed`); else storing seals
-    /// it.
-    pub data_unit: Option<Vec<u8>>,
+    pub data_unit: Vec<u8>,
 }
 
 /// What storing a file did.
@@ -82,8 +80,8 @@ impl WalArchive {
         name.object_name(&self.cluster)
     }
 
-    /// Checks and prepares a file for storing, off the async runtime: meta (SHA-256, header
-    /// checks, summary) on one thread while another compresses and encrypts it at `level`.
+    /// Checks and prepares a file held in memory for storing, off the async runtime (see
+    /// `segment::prepare_chain`).
     pub async fn prepare(
         &self,
         name: WalFileName,
@@ -91,17 +89,36 @@ impl WalArchive {
         prev_tail: Option<(Lsn, Vec<u8>)>,
         level: i8,
     ) -> Result<(PreparedWal, Option<SegmentIdentity>)> {
-        let repo = self.repo.clone();
+        let files = vec![(name.clone(), WalSource::Bytes(file))];
+        let prepared = self
+            .prepare_chain(files, std::future::ready(prev_tail), level)
+            .await?;
+        prepared
+            .into_iter()
+            .next()
+            .map(|(_, prepared)| prepared)
+            .unwrap_or_else(|| Err(Error::Pipeline(format!("{name}: nothing was prepared"))))
+    }
+
+    /// Seals `file` as `name` with a meta the caller computed: nothing is checked or
+    /// summarized, and the compression runs on this thread. For callers that vouch for the
+    /// meta themselves, such as tests storing stand-in files; everything else uses
+    /// [`prepare`](Self::prepare).
+    pub fn prepare_as_is(
+        &self,
+        name: WalFileName,
+        meta: WalMeta,
+        file: &[u8],
+        level: i8,
+    ) -> PreparedWal {
         let object = self.object_name(&name);
-        blocking(move || {
-            let sealing = Sealing {
-                keys: repo.keys(),
-                object: &object,
-                level,
-            };
-            prepare_sealed(name, file, prev_tail, sealing)
-        })
-        .await?
+        let kind = name.object_kind();
+        let data_unit = seal_wal_data(self.repo.keys(), kind, &object, random_bytes(), file, level);
+        PreparedWal {
+            name,
+            meta,
+            data_unit,
+        }
     }
 
     /// [`prepare`](Self::prepare) for consecutive segments (see `segment::prepare_chain`).
@@ -161,8 +178,8 @@ impl WalArchive {
             .map_err(|e| Error::corrupt(&object, e))
     }
 
-    /// Stores a prepared file, create-if-absent (sealing its data unit at `level` unless
-    /// [`PreparedWal::data_unit`] holds it already). A stored file of the same name is compared by
+    /// Stores a prepared file, create-if-absent, its meta unit compressed at `level`. A
+    /// stored file of the same name is compared by
     /// size and SHA-256: identical is success, anything else is [`Error::WalConflict`].
     ///
     /// A `.partial` segment is the exception: it is a snapshot of a segment still being
@@ -225,8 +242,8 @@ impl WalArchive {
         self.repo.store().delete(&self.object_name(name)).await
     }
 
-    /// The object's bytes, in two parts: its front, then its data unit (sealed at `level`
-    /// unless it already was).
+    /// The object's bytes, in two parts: its front (header and meta unit, sealed here at
+    /// `level`), then its data unit.
     async fn seal(
         &self,
         object: &str,
@@ -236,19 +253,16 @@ impl WalArchive {
         let PreparedWal {
             name,
             meta,
-            file,
             data_unit,
         } = prepared;
         let repo = self.repo.clone();
         let owned = object.to_owned();
-        blocking(move || {
+        let front = blocking(move || {
             let kind = name.object_kind();
-            let data_unit = data_unit
-                .unwrap_or_else(|| seal_data_unit(repo.keys(), kind, &owned, &file, level));
-            let front = wal_object_front(repo.keys(), kind, &owned, &meta, random_bytes(), level);
-            (front, data_unit)
+            wal_object_front(repo.keys(), kind, &owned, &meta, random_bytes(), level)
         })
-        .await
+        .await?;
+        Ok((front, data_unit))
     }
 
     /// Fetches and checks a stored file: authenticated decryption, then size and SHA-256

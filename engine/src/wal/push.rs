@@ -19,8 +19,8 @@ use pgkeep_format::{Lsn, WalFileKind, WalFileName, WalMeta};
 
 use crate::error::{Error, Result};
 use crate::repository::blocking;
-use crate::wal::archive::{compare, sha256, PushOutcome, WalArchive};
-use crate::wal::segment::{identify_segment, SegmentIdentity, WalSource};
+use crate::wal::archive::{compare, PushOutcome, WalArchive};
+use crate::wal::segment::{fingerprint, SegmentIdentity, WalSource};
 
 /// Tuning of `wal-push`.
 #[derive(Debug, Clone, Default)]
@@ -225,15 +225,11 @@ async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Res
             prev_tail: Tail::OfPrevious(name.clone()),
         });
     };
-    let file = tokio::fs::read(path)
-        .await
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     // Already stored (by a look-ahead, or before a crash): only its checksum is needed. The
     // header is checked first, so that a foreign or misnamed segment is reported as such.
-    let identity = match name.kind() {
-        WalFileKind::Segment | WalFileKind::Partial => Some(identify_segment(name, &file)?),
-        _ => None,
-    };
+    let (owned_name, owned_path) = (name.clone(), path.to_path_buf());
+    let (size, sha256, identity) =
+        blocking(move || fingerprint(&owned_name, &owned_path)).await??;
     if let (Some(id), Some(facts)) = (identity, stored.segment) {
         if id.system_id != facts.system_id {
             return Err(Error::WrongSystem {
@@ -243,14 +239,9 @@ async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Res
             });
         }
     }
-    let (file, digest) = blocking(move || {
-        let digest = sha256(&file);
-        (file, digest)
-    })
-    .await?;
     let new = WalMeta {
-        size: file.len() as u64,
-        sha256: digest,
+        size,
+        sha256,
         segment: None,
         summary: None,
     };
@@ -258,7 +249,7 @@ async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Res
         Ok(outcome) => Ok(Own::Done(outcome, stored.summary.and_then(|s| s.tail))),
         // A newer .partial replaces the stored one (see `WalArchive::store`).
         Err(Error::WalConflict { .. }) if name.kind() == WalFileKind::Partial => Ok(Own::Store {
-            source: WalSource::Bytes(file),
+            source: WalSource::Path(path.to_path_buf()),
             prev_tail: Tail::OfPrevious(name.clone()),
         }),
         Err(e) => Err(e),

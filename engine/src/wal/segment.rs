@@ -1,55 +1,31 @@
 //! Checking an archived file against its name and cluster, and computing its meta: size,
 //! SHA-256, system identifier, and for segments the time-index summary.
 //!
-//! Pure CPU work on bytes already read; callers run it off the async runtime.
+//! Blocking work (reading files, hashing, compressing, on threads of its own); callers run it
+//! off the async runtime.
 
 use pgkeep_format::{
     Lsn, SegmentFacts, SegmentName, WalFileKind, WalFileName, WalMeta, WalSummary,
 };
 
 use std::fs::File;
+use std::num::NonZeroUsize;
+use std::ops::{Deref, Range};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::{Scope, ScopedJoinHandle};
 
-use pgkeep_format::body::{compress_part, parts, PART_LEN};
-use pgkeep_format::wal::seal_wal_data_parts;
-use pgkeep_format::{Kind, RepoKeys};
+use pgkeep_format::body::{compress_frame, PART_LEN};
+use pgkeep_format::wal::{seal_wal_data, seal_wal_data_frames};
+use pgkeep_format::RepoKeys;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::repository::random_bytes;
-use crate::wal::archive::{sha256, PreparedWal};
+use crate::wal::archive::PreparedWal;
 use crate::wal::decode::PageHeader;
 use crate::wal::summary::Summarizer;
-
-/// Compresses a file's parts (`body::PART_LEN` each, four for a 16 MiB segment) on threads
-/// of their own, then seals the data unit. archive_command's latency is what PostgreSQL waits
-/// for, and zstd is most of a call's CPU: as one frame it ran on one core while the other
-/// had only the SHA-256 and the summary to do.
-pub fn seal_data_unit(
-    keys: &RepoKeys,
-    kind: Kind,
-    object: &str,
-    file: &[u8],
-    level: i8,
-) -> Vec<u8> {
-    let frames: Vec<Option<Vec<u8>>> = if level > 0 {
-        std::thread::scope(|s| {
-            let workers: Vec<_> = parts(file)
-                .map(|part| s.spawn(move || compress_part(part, level)))
-                .collect();
-            // A part whose thread panicked counts as not compressed: the file is stored raw.
-            workers
-                .into_iter()
-                .map(|w| w.join().ok().flatten())
-                .collect()
-        })
-    } else {
-        Vec::new()
-    };
-    seal_wal_data_parts(keys, kind, object, random_bytes(), file, level, &frames)
-}
 
 /// What the long page header at the start of a segment says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,13 +41,8 @@ pub struct SegmentIdentity {
 /// Reads and checks a segment's long page header: it must be one, its page address must be
 /// where the name says the segment starts, its timeline not after the name's (the first
 /// segment of a new timeline begins with pages copied from the old one), and the file must be
-/// a whole segment (a `.partial` file may be shorter).
-pub fn identify_segment(name: &WalFileName, bytes: &[u8]) -> Result<SegmentIdentity> {
-    identify(name, bytes, bytes.len() as u64)
-}
-
-/// [`identify_segment`] from the file's first bytes (at least its first page header) and its
-/// length.
+/// a whole segment (a `.partial` file may be shorter). `bytes` are the file's first bytes (at
+/// least its first page header), `len` its length.
 fn identify(name: &WalFileName, bytes: &[u8], len: u64) -> Result<SegmentIdentity> {
     let refuse = |reason: String| Error::WalRefused {
         file: name.to_string(),
@@ -123,345 +94,395 @@ fn identify(name: &WalFileName, bytes: &[u8], len: u64) -> Result<SegmentIdentit
     }
 }
 
-/// Builds the meta of a file about to be stored. For segments, `prev_tail` is the carried-over
-/// start of a record that began in the previous segment (from that segment's summary), so a
-/// record straddling the boundary is summarized here.
-pub fn prepare(
-    name: WalFileName,
-    file: Vec<u8>,
-    prev_tail: Option<(Lsn, Vec<u8>)>,
-) -> Result<(PreparedWal, Option<SegmentIdentity>)> {
-    let (meta, identity) = build_meta(&name, &file, prev_tail)?;
-    Ok((
-        PreparedWal {
-            name,
-            meta,
-            file,
-            data_unit: None,
-        },
-        identity,
-    ))
-}
-
-/// Where and how [`prepare_sealed`] seals the data unit.
-#[derive(Debug, Clone, Copy)]
-pub struct Sealing<'a> {
-    pub keys: &'a RepoKeys,
-    /// The object name (the data unit's associated data depends on it).
-    pub object: &'a str,
-    pub level: i8,
-}
-
-/// [`prepare`], and the data unit sealed (compressed and encrypted) on a second thread while
-/// this one hashes and summarizes: the two halves of `wal-push`'s CPU work need nothing from
-/// each other, and archive_command's latency is what PostgreSQL waits for.
-pub fn prepare_sealed(
-    name: WalFileName,
-    file: Vec<u8>,
-    prev_tail: Option<(Lsn, Vec<u8>)>,
-    sealing: Sealing<'_>,
-) -> Result<(PreparedWal, Option<SegmentIdentity>)> {
-    let kind = name.object_kind();
-    let (data_unit, built) = std::thread::scope(|s| {
-        let sealer =
-            s.spawn(|| seal_data_unit(sealing.keys, kind, sealing.object, &file, sealing.level));
-        let built = build_meta(&name, &file, prev_tail);
-        (sealer.join(), built)
-    });
-    let data_unit = data_unit
-        .map_err(|_| Error::Pipeline(format!("sealing {name} failed (thread panicked)")))?;
-    let (meta, identity) = built?;
-    Ok((
-        PreparedWal {
-            name,
-            meta,
-            file,
-            data_unit: Some(data_unit),
-        },
-        identity,
-    ))
+/// A file's length and SHA-256, and for a segment its identity (checked against the name as
+/// [`identify`] does), read a part at a time through one buffer: for comparing a file
+/// with its stored copy without holding it in memory.
+pub fn fingerprint(
+    name: &WalFileName,
+    path: &Path,
+) -> Result<(u64, [u8; 32], Option<SegmentIdentity>)> {
+    let free = FreeList::new();
+    let read_error = |e| Error::io(format!("reading {}", path.display()), e);
+    let reader = Reader::open(WalSource::Path(path.to_path_buf()), &free).map_err(read_error)?;
+    let len = reader.len;
+    let segment = matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial);
+    let mut identity = None;
+    let mut hasher = Sha256::new();
+    for (i, part) in reader.enumerate() {
+        let part = part.map_err(read_error)?;
+        if i == 0 && segment {
+            identity = Some(identify(name, &part, len)?);
+        }
+        hasher.update(&*part);
+    }
+    if segment && identity.is_none() {
+        identity = Some(identify(name, &[], len)?);
+    }
+    Ok((len, hasher.finalize().into(), identity))
 }
 
 /// Where the bytes of a file to prepare come from.
 #[derive(Debug)]
 pub enum WalSource {
-    /// Read already (a file first compared with its stored copy).
+    /// In memory already (a segment `wal-stream` received).
     Bytes(Vec<u8>),
-    /// Read by [`prepare_chain`], each part by the thread that then compresses it.
+    /// On disk, read a part at a time by [`prepare_chain`].
     Path(PathBuf),
 }
 
-/// One file of a chain, as [`prepare_chain`] holds it while its parts are read.
-struct Loading {
-    buf: Vec<u8>,
-    /// The open file, when the parts are still to be read.
-    file: Option<File>,
-    /// Where it is, for messages.
-    path: Option<PathBuf>,
-    /// Why the file could not be opened, if it could not.
-    failed: Option<std::io::Error>,
+/// One part of a file being prepared (at most `body::PART_LEN` bytes), shared by the threads
+/// that hash, summarize and compress it.
+///
+/// A part read from disk is in a buffer of the chain's free list, and the buffer goes back
+/// there when the last of those threads drops the part. A 16 MiB segment thus passes through
+/// a few buffers that stay in cache. Reading it whole into a fresh 16 MiB allocation cost a
+/// page fault and a page of zeroing per 4 KiB: on this project's 2-core machine that was a
+/// third of a `wal-push` call's CPU (`perf record` of 20 calls).
+enum Part {
+    /// Read from disk into a buffer of the free list `home`.
+    Read {
+        buf: Vec<u8>,
+        home: mpsc::Sender<Vec<u8>>,
+    },
+    /// A range of a file held in memory.
+    Shared {
+        file: Arc<Vec<u8>>,
+        range: Range<usize>,
+    },
 }
 
-impl Loading {
-    fn open(source: WalSource) -> Self {
-        let path = match source {
-            WalSource::Bytes(buf) => {
-                return Self {
-                    buf,
-                    file: None,
-                    path: None,
-                    failed: None,
-                }
-            }
-            WalSource::Path(path) => path,
-        };
-        let opened = File::open(&path).and_then(|f| {
-            let len = usize::try_from(f.metadata()?.len())
-                .map_err(|_| std::io::Error::other("larger than this machine can address"))?;
-            Ok((f, len))
-        });
-        match opened {
-            // Fresh zeroed pages from the allocator; the reads touch them first, on the part
-            // threads.
-            Ok((f, len)) => Self {
-                buf: vec![0; len],
-                file: Some(f),
-                path: Some(path),
-                failed: None,
-            },
-            Err(e) => Self {
-                buf: Vec::new(),
-                file: None,
-                path: Some(path),
-                failed: Some(e),
-            },
+impl Deref for Part {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Read { buf, .. } => buf,
+            Self::Shared { file, range } => &file[range.clone()],
         }
     }
 }
 
-fn read_error(path: &Option<PathBuf>, name: &WalFileName, e: std::io::Error) -> Error {
-    let path = path
-        .as_ref()
-        .map_or_else(|| name.to_string(), |p| p.display().to_string());
-    Error::io(format!("reading {path}"), e)
+impl Drop for Part {
+    fn drop(&mut self) {
+        if let Self::Read { buf, home } = self {
+            // After the chain is over the free list is gone, and the buffer is simply freed.
+            let _ = home.send(std::mem::take(buf));
+        }
+    }
 }
 
-/// What [`prepare_chain`]'s coordinating thread waits for.
-enum Arrival<'a> {
-    /// Part `.1` of file `.0` as its thread reports it: read (or already in memory), or why
-    /// not.
-    Part(usize, usize, std::io::Result<&'a [u8]>),
-    /// The record start the first file continues, once the caller has it.
-    FirstTail(Option<(Lsn, Vec<u8>)>),
+/// Buffers for the parts read from disk, reused once every thread is done with them.
+struct FreeList {
+    home: mpsc::Sender<Vec<u8>>,
+    free: mpsc::Receiver<Vec<u8>>,
 }
 
-/// On a part's own thread: reads it if its file is not read yet, tells the coordinator, then
-/// compresses it (`None`: not compressed; the file is then stored raw).
-fn read_and_compress<'a>(
-    (f, i): (usize, usize),
-    part: &'a mut [u8],
-    file: Option<&File>,
-    level: i8,
-    tx: &mpsc::Sender<Arrival<'a>>,
-) -> Option<Vec<u8>> {
-    if let Some(file) = file {
-        if let Err(e) = file.read_exact_at(part, (i * PART_LEN) as u64) {
-            let _ = tx.send(Arrival::Part(f, i, Err(e)));
+impl FreeList {
+    fn new() -> Self {
+        let (home, free) = mpsc::channel();
+        Self { home, free }
+    }
+
+    /// A buffer of `len` bytes: a used one if any came back (its stale bytes are then
+    /// overwritten by the read), else a new one.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.free.try_recv().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+}
+
+/// A file of a chain, opened, and read a part at a time.
+struct Reader<'a> {
+    source: Opened,
+    len: u64,
+    /// Where the next part starts.
+    next: u64,
+    free: &'a FreeList,
+}
+
+enum Opened {
+    Disk(File),
+    Memory(Arc<Vec<u8>>),
+}
+
+impl<'a> Reader<'a> {
+    fn open(source: WalSource, free: &'a FreeList) -> std::io::Result<Self> {
+        let (source, len) = match source {
+            WalSource::Bytes(file) => {
+                let len = file.len() as u64;
+                (Opened::Memory(Arc::new(file)), len)
+            }
+            WalSource::Path(path) => {
+                let file = File::open(path)?;
+                let len = file.metadata()?.len();
+                (Opened::Disk(file), len)
+            }
+        };
+        Ok(Self {
+            source,
+            len,
+            next: 0,
+            free,
+        })
+    }
+}
+
+impl Iterator for Reader<'_> {
+    type Item = std::io::Result<Part>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let start = self.next;
+        let n = usize::try_from((self.len - start).min(PART_LEN as u64)).ok()?;
+        if n == 0 {
             return None;
         }
-    }
-    let part: &'a [u8] = part;
-    let _ = tx.send(Arrival::Part(f, i, Ok(part)));
-    if level > 0 {
-        compress_part(part, level)
-    } else {
-        None
+        self.next += n as u64;
+        Some(match &self.source {
+            Opened::Memory(file) => usize::try_from(start)
+                .map(|start| Part::Shared {
+                    file: Arc::clone(file),
+                    range: start..start + n,
+                })
+                .map_err(|_| std::io::Error::other("larger than this machine can address")),
+            Opened::Disk(file) => {
+                let mut buf = self.free.take(n);
+                file.read_exact_at(&mut buf, start).map(|()| Part::Read {
+                    buf,
+                    home: self.free.home.clone(),
+                })
+            }
+        })
     }
 }
 
-/// Starts describing a file once its first part and the tail it continues are known, and
-/// feeds it the parts that arrived meanwhile.
-fn feed(
-    describing: &mut Option<Result<Describing>>,
-    waiting: &mut Vec<&[u8]>,
-    name: &WalFileName,
-    len: u64,
-    prev: &mut Option<(Lsn, Vec<u8>)>,
-) {
-    let Some(&head) = waiting.first() else {
-        return;
-    };
-    let d = describing.get_or_insert_with(|| Describing::start(name, head, len, prev.take()));
-    if let Ok(d) = d {
-        for part in waiting.iter() {
-            d.feed(part);
+/// A part for a compressing thread: part `index` of file `file` of the chain.
+struct Work {
+    file: usize,
+    index: usize,
+    part: Arc<Part>,
+}
+
+/// A compressing thread: takes parts off the shared queue until it closes, and returns what
+/// it made of each.
+fn compress_queue(
+    queue: &Mutex<mpsc::Receiver<Work>>,
+    level: i8,
+) -> Vec<(usize, usize, std::io::Result<Vec<u8>>)> {
+    let mut done = Vec::new();
+    loop {
+        // The lock is held while waiting, not while compressing.
+        let work = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => break,
+        };
+        let Ok(Work { file, index, part }) = work else {
+            break;
+        };
+        done.push((file, index, compress_frame(&part, level)));
+    }
+    done
+}
+
+/// The start of a record a file continues from the one before (see `WalSummary::tail`).
+type Tail = Option<(Lsn, Vec<u8>)>;
+
+/// A file as the coordinating thread reads it: checked from its first part, summarized in
+/// order once the tail it continues is known.
+struct Describing {
+    identity: Option<SegmentIdentity>,
+    summary: Option<Box<Summarizer>>,
+    /// Parts read before the tail was known.
+    waiting: Vec<Arc<Part>>,
+}
+
+impl Describing {
+    /// Checks the file from its first part, `head` (for a segment, at least its first page
+    /// header), and its length, `len`.
+    fn start(name: &WalFileName, head: &[u8], len: u64) -> Result<Self> {
+        let identity = match name.kind() {
+            WalFileKind::Segment | WalFileKind::Partial => Some(identify(name, head, len)?),
+            WalFileKind::History | WalFileKind::BackupHistory => {
+                check_text_file(name, len)?;
+                None
+            }
+        };
+        Ok(Self {
+            identity,
+            summary: None,
+            waiting: Vec::new(),
+        })
+    }
+
+    /// Whether the summary still needs the tail.
+    fn needs_tail(&self) -> bool {
+        self.identity.is_some() && self.summary.is_none()
+    }
+
+    /// Summarizes the file's next part, or keeps it until the tail is given.
+    fn feed(&mut self, part: Arc<Part>) {
+        match (&self.identity, &mut self.summary) {
+            (Some(_), Some(summary)) => summary.feed(&part),
+            (Some(_), None) => self.waiting.push(part),
+            (None, _) => {}
         }
     }
-    waiting.clear();
+
+    /// Starts the summary from the tail the file continues, with the parts waiting for it.
+    fn tail(&mut self, tail: Tail) {
+        let Some(id) = self.identity.filter(|_| self.summary.is_none()) else {
+            return;
+        };
+        let mut summary = Box::new(Summarizer::new(id.start, id.segment_size, tail));
+        for part in self.waiting.drain(..) {
+            summary.feed(&part);
+        }
+        self.summary = Some(summary);
+    }
+
+    /// The file's description: its identity (for a segment) and summary.
+    fn finish(self) -> Described {
+        Described {
+            identity: self.identity,
+            summary: self.summary.map(|s| s.finish()),
+        }
+    }
 }
 
-/// Prepares consecutive files at once. Each file is cut into `body::PART_LEN` parts, and one
-/// thread per part reads it (unless the file is in memory already) and compresses it, so
-/// reading (a copy and the page faults of a fresh 16 MiB buffer) and zstd, most of the CPU
-/// work, are spread over every core. Once a file's parts are all read, its SHA-256 runs on a
-/// thread of its own while this thread checks headers and summarizes the files in order (each
-/// summary needs the tail of the one before; that is the only sequential part). Used by
-/// `wal-push`, with and without look-ahead: PostgreSQL waits for `archive_command`, so its
-/// latency is what counts, and it is the longest of these rather than their sum.
+/// What a file's bytes say besides its length and checksum.
+struct Described {
+    identity: Option<SegmentIdentity>,
+    summary: Option<WalSummary>,
+}
+
+impl Described {
+    fn into_meta(self, len: u64, sha256: [u8; 32]) -> (WalMeta, Option<SegmentIdentity>) {
+        let meta = WalMeta {
+            size: len,
+            sha256,
+            segment: self.identity.map(|id| SegmentFacts {
+                system_id: id.system_id,
+                segment_size: id.segment_size,
+                pg_major: id.pg_major,
+            }),
+            summary: self.summary,
+        };
+        (meta, self.identity)
+    }
+}
+
+/// What the coordinating thread made of one file of a chain.
+struct Read<'scope> {
+    len: u64,
+    /// How many parts went to the compressing queue.
+    parts: usize,
+    described: Result<Described>,
+    /// Its SHA-256, from a thread of its own.
+    digest: ScopedJoinHandle<'scope, [u8; 32]>,
+    /// The parts themselves, kept only when nothing is compressed (level 0).
+    raw: Vec<Arc<Part>>,
+}
+
+/// Prepares consecutive files at once: reads each a part (`body::PART_LEN`) at a time, and
+/// hands every part to three consumers: a SHA-256 thread per file, a queue of compressing
+/// threads (one per core, each part a zstd frame), and this thread, which checks headers and
+/// summarizes the files in order (each summary needs the tail of the one before; that is the
+/// only sequential part). A part's buffer is reused once all three are done with it, and the
+/// queue is bounded, so memory stays a few parts per core whatever the chain's length. Used by
+/// `wal-push` (with and without look-ahead) and `wal-stream`: PostgreSQL waits for
+/// `archive_command`, so its latency is what counts, and it is the longest of these rather
+/// than their sum.
 ///
-/// `first_tail` gives the record start the first file continues; it is called only when the
-/// first file's parts are in, so the caller can fetch it meanwhile.
+/// `first_tail` gives the record start the first file continues; it runs on a thread of its
+/// own while the files are read, so the caller can fetch it meanwhile.
 pub fn prepare_chain(
     files: Vec<(WalFileName, WalSource)>,
-    first_tail: impl FnOnce() -> Option<(Lsn, Vec<u8>)> + Send,
+    first_tail: impl FnOnce() -> Tail + Send,
     keys: &RepoKeys,
     objects: &[String],
     level: i8,
 ) -> Vec<Result<(PreparedWal, Option<SegmentIdentity>)>> {
-    let (names, mut loads): (Vec<WalFileName>, Vec<Loading>) = files
-        .into_iter()
-        .map(|(name, source)| (name, Loading::open(source)))
-        .unzip();
-    let lens: Vec<u64> = loads.iter().map(|l| l.buf.len() as u64).collect();
-    let paths: Vec<Option<PathBuf>> = loads.iter_mut().map(|l| l.path.take()).collect();
-    let (frames, digests, described) = std::thread::scope(|s| {
-        let (tx, rx) = mpsc::channel::<Arrival<'_>>();
-        let mut workers = Vec::new();
-        let mut arrived = Vec::new();
-        for (f, load) in loads.iter_mut().enumerate() {
-            let file = load.file.as_ref();
-            let parts: Vec<&mut [u8]> = load.buf.chunks_mut(PART_LEN).collect();
-            let mut waiting: Vec<_> = parts.iter().map(|_| None).collect();
-            if let Some(e) = load.failed.take() {
-                // Not opened: the file's one "part" is the error.
-                waiting = vec![Some(Err(e))];
-            }
-            arrived.push(waiting);
-            let threads: Vec<_> = parts
-                .into_iter()
-                .enumerate()
-                .map(|(i, part)| {
-                    let tx = tx.clone();
-                    s.spawn(move || read_and_compress((f, i), part, file, level, &tx))
-                })
-                .collect();
-            workers.push(threads);
-        }
-        // The caller's tail may still be on its way (read from storage meanwhile): a thread
-        // waits for it, so that parts keep being hashed while it comes.
-        let relay = tx.clone();
-        s.spawn(move || relay.send(Arrival::FirstTail(first_tail())));
-        drop(tx);
-        let mut first_tail: Option<Option<(Lsn, Vec<u8>)>> = None;
-        let mut tail = None;
-        let mut hashers = Vec::new();
-        let mut described = Vec::new();
-        // Takes one arrival into the state, or says that none can come any more.
-        let receive = |arrived: &mut Vec<Vec<_>>, first_tail: &mut Option<_>| match rx.recv() {
-            Ok(Arrival::Part(g, j, part)) => {
-                arrived[g][j] = Some(part);
-                true
-            }
-            Ok(Arrival::FirstTail(t)) => {
-                *first_tail = Some(t);
-                true
-            }
-            Err(_) => false,
+    let workers = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
+    let free = FreeList::new();
+    let (names, sources): (Vec<WalFileName>, Vec<WalSource>) = files.into_iter().unzip();
+    let (queue, work) = mpsc::sync_channel::<Work>(2 * workers);
+    let work = Mutex::new(work);
+    let (reads, mut frames) = std::thread::scope(|s| {
+        let (tail_tx, tail_rx) = mpsc::channel();
+        s.spawn(move || tail_tx.send(first_tail()));
+        let compressors: Vec<_> = (0..if level > 0 { workers } else { 0 })
+            .map(|_| s.spawn(|| compress_queue(&work, level)))
+            .collect();
+        let chain = Chain {
+            free: &free,
+            queue,
+            first_tail: tail_rx,
+            level,
         };
-        for (f, name) in names.iter().enumerate() {
-            // The first file continues the caller's tail (once it arrives), each other one its
-            // predecessor's.
-            let mut prev = if f == 0 { None } else { Some(tail.take()) };
-            // This file's parts in order, each hashed as soon as it is read and summarized
-            // as soon as the tail is known.
-            let (to_hasher, parts) = mpsc::channel::<&[u8]>();
-            hashers.push(s.spawn(move || sha256_parts(parts)));
-            let mut waiting: Vec<&[u8]> = Vec::new();
-            let mut describing: Option<Result<Describing>> = None;
-            let mut failed = None;
-            for i in 0..arrived[f].len() {
-                let part = loop {
-                    if let Some(part) = arrived[f][i].take() {
-                        break part;
-                    }
-                    if !receive(&mut arrived, &mut first_tail) {
-                        break Err(std::io::Error::other("a part's reading thread stopped"));
-                    }
-                };
-                let part = match part {
-                    Ok(part) => part,
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                };
-                let _ = to_hasher.send(part);
-                waiting.push(part);
-                if prev.is_none() {
-                    prev = first_tail.take();
-                }
-                if let Some(p) = prev.as_mut() {
-                    feed(&mut describing, &mut waiting, name, lens[f], p);
-                }
-            }
-            drop(to_hasher);
-            let d = if let Some(e) = failed {
-                Err(read_error(&paths[f], name, e))
-            } else {
-                while prev.is_none() {
-                    prev = first_tail.take();
-                    if prev.is_none() && !receive(&mut arrived, &mut first_tail) {
-                        prev = Some(None);
-                    }
-                }
-                if let Some(p) = prev.as_mut() {
-                    feed(&mut describing, &mut waiting, name, lens[f], p);
-                }
-                describing
-                    .unwrap_or_else(|| Describing::start(name, &[], 0, None))
-                    .map(Describing::finish)
-            };
-            tail = d
+        // The tail the next file continues: `None` while the first file's is still coming.
+        let mut tail: Option<Tail> = None;
+        let mut reads = Vec::new();
+        for (f, (name, source)) in names.iter().zip(sources).enumerate() {
+            let read = chain.read_file(s, f, name, source, tail.take());
+            let summary = read
+                .described
                 .as_ref()
                 .ok()
-                .and_then(|d| d.summary.as_ref())
-                .and_then(|s| s.tail.clone());
-            described.push(d);
+                .and_then(|d| d.summary.as_ref());
+            tail = Some(summary.and_then(|s| s.tail.clone()));
+            reads.push(read);
         }
-        let frames: Vec<Vec<Option<Vec<u8>>>> = workers
-            .into_iter()
-            .map(|w| w.into_iter().map(|h| h.join().ok().flatten()).collect())
+        drop(chain);
+        let mut frames: Vec<Vec<Option<std::io::Result<Vec<u8>>>>> = reads
+            .iter()
+            .map(|r| (0..r.parts).map(|_| None).collect())
             .collect();
-        let digests: Vec<Option<[u8; 32]>> = hashers.into_iter().map(|h| h.join().ok()).collect();
-        (frames, digests, described)
+        // A compressing thread that panicked leaves its parts without a frame.
+        for (f, i, frame) in compressors
+            .into_iter()
+            .flat_map(|c| c.join().unwrap_or_default())
+        {
+            frames[f][i] = Some(frame);
+        }
+        let reads: Vec<_> = reads
+            .into_iter()
+            .map(|r| (r.len, r.described, r.digest.join().ok(), r.raw))
+            .collect();
+        (reads, frames)
     });
     names
         .into_iter()
-        .zip(loads)
+        .zip(reads)
         .zip(objects)
-        .zip(frames.into_iter().zip(digests).zip(described))
-        .map(|(((name, load), object), ((frames, digest), described))| {
+        .enumerate()
+        .map(|(f, ((name, (len, described, digest, raw)), object))| {
             let described = described?;
             let digest = digest.ok_or_else(|| {
                 Error::Pipeline(format!("hashing {name} failed (thread panicked)"))
             })?;
-            let file = load.buf;
-            let data_unit = seal_wal_data_parts(
-                keys,
-                name.object_kind(),
-                object,
-                random_bytes(),
-                &file,
-                level,
-                &frames,
-            );
-            let (meta, identity) = described.into_meta(file.len(), digest);
+            let kind = name.object_kind();
+            let data_unit = if level > 0 {
+                let frames = std::mem::take(&mut frames[f])
+                    .into_iter()
+                    .map(|frame| match frame {
+                        Some(Ok(frame)) => Ok(frame),
+                        Some(Err(e)) => Err(Error::Pipeline(format!("compressing {name}: {e}"))),
+                        None => Err(Error::Pipeline(format!(
+                            "compressing {name} failed (thread panicked)"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                seal_wal_data_frames(keys, kind, object, random_bytes(), len, level, &frames)
+            } else {
+                let file: Vec<u8> = raw.iter().flat_map(|p| p.iter().copied()).collect();
+                seal_wal_data(keys, kind, object, random_bytes(), &file, level)
+            };
+            let (meta, identity) = described.into_meta(len, digest);
             Ok((
                 PreparedWal {
                     meta,
                     name,
-                    file,
-                    data_unit: Some(data_unit),
+                    data_unit,
                 },
                 identity,
             ))
@@ -469,113 +490,95 @@ pub fn prepare_chain(
         .collect()
 }
 
-/// What a file's bytes say besides its checksum: header facts and the summary.
-struct Description {
-    facts: Option<SegmentFacts>,
-    summary: Option<WalSummary>,
-    identity: Option<SegmentIdentity>,
+/// What every file of a chain is read with.
+struct Chain<'env> {
+    free: &'env FreeList,
+    /// The compressing threads' queue.
+    queue: mpsc::SyncSender<Work>,
+    /// The record start the first file continues, once the caller has it.
+    first_tail: mpsc::Receiver<Tail>,
+    level: i8,
 }
 
-impl Description {
-    fn into_meta(self, size: usize, sha256: [u8; 32]) -> (WalMeta, Option<SegmentIdentity>) {
-        let meta = WalMeta {
-            size: size as u64,
-            sha256,
-            segment: self.facts,
-            summary: self.summary,
-        };
-        (meta, self.identity)
-    }
-}
-
-/// A file's description, built as its parts arrive in order.
-enum Describing {
-    Segment {
-        id: SegmentIdentity,
-        summary: Box<Summarizer>,
-    },
-    Text,
-}
-
-impl Describing {
-    /// Checks the file from its first part (for a segment, at least its first page header)
-    /// and its length, `len`.
-    fn start(
+impl<'env> Chain<'env> {
+    /// Reads file `f` a part at a time, handing each part to its hasher, to the compressing
+    /// queue (or keeping it, at level 0) and to its summary. `tail` is the record start the
+    /// file continues (`None` for the first file: it comes on `first_tail`).
+    fn read_file<'scope>(
+        &self,
+        s: &'scope Scope<'scope, 'env>,
+        f: usize,
         name: &WalFileName,
-        head: &[u8],
-        len: u64,
-        prev_tail: Option<(Lsn, Vec<u8>)>,
-    ) -> Result<Self> {
-        match name.kind() {
-            WalFileKind::Segment | WalFileKind::Partial => {
-                let id = identify(name, head, len)?;
-                let summary = Box::new(Summarizer::new(id.start, id.segment_size, prev_tail));
-                Ok(Self::Segment { id, summary })
+        source: WalSource,
+        mut tail: Option<Tail>,
+    ) -> Read<'scope> {
+        let (to_hasher, parts) = mpsc::channel::<Arc<Part>>();
+        let digest = s.spawn(move || {
+            let mut hasher = Sha256::new();
+            for part in parts {
+                hasher.update(&**part);
             }
-            WalFileKind::History | WalFileKind::BackupHistory => {
-                check_text_file(name, len)?;
-                Ok(Self::Text)
+            <[u8; 32]>::from(hasher.finalize())
+        });
+        let shown = match &source {
+            WalSource::Path(path) => path.display().to_string(),
+            WalSource::Bytes(_) => name.to_string(),
+        };
+        let read_error = |e| Error::io(format!("reading {shown}"), e);
+        let (mut len, mut count, mut raw) = (0, 0, Vec::new());
+        let describe = || -> Result<Described> {
+            let reader = Reader::open(source, self.free).map_err(read_error)?;
+            len = reader.len;
+            let mut describing: Option<Describing> = None;
+            for part in reader {
+                let part = Arc::new(part.map_err(read_error)?);
+                let d = match &mut describing {
+                    Some(d) => d,
+                    None => describing.insert(Describing::start(name, &part, len)?),
+                };
+                let _ = to_hasher.send(Arc::clone(&part));
+                if self.level > 0 {
+                    let work = Work {
+                        file: f,
+                        index: count,
+                        part: Arc::clone(&part),
+                    };
+                    // Closed only if every compressing thread panicked: reported at the end.
+                    let _ = self.queue.send(work);
+                } else {
+                    raw.push(Arc::clone(&part));
+                }
+                count += 1;
+                if d.needs_tail() {
+                    tail = tail.take().or_else(|| self.first_tail.try_recv().ok());
+                    if let Some(t) = tail.take() {
+                        d.tail(t);
+                    }
+                }
+                d.feed(part);
             }
+            let mut d = match describing {
+                Some(d) => d,
+                None => Describing::start(name, &[], len)?,
+            };
+            if d.needs_tail() {
+                let t = tail
+                    .take()
+                    .unwrap_or_else(|| self.first_tail.recv().ok().flatten());
+                d.tail(t);
+            }
+            Ok(d.finish())
+        };
+        let described = describe();
+        drop(to_hasher);
+        Read {
+            len,
+            parts: count,
+            described,
+            digest,
+            raw,
         }
     }
-
-    /// The file's next part.
-    fn feed(&mut self, part: &[u8]) {
-        if let Self::Segment { summary, .. } = self {
-            summary.feed(part);
-        }
-    }
-
-    fn finish(self) -> Description {
-        match self {
-            Self::Segment { id, summary } => Description {
-                facts: Some(SegmentFacts {
-                    system_id: id.system_id,
-                    segment_size: id.segment_size,
-                    pg_major: id.pg_major,
-                }),
-                summary: Some(summary.finish()),
-                identity: Some(id),
-            },
-            Self::Text => Description {
-                facts: None,
-                summary: None,
-                identity: None,
-            },
-        }
-    }
-}
-
-/// Describes a file given in consecutive parts, `len` bytes in all.
-fn describe(
-    name: &WalFileName,
-    parts: &[&[u8]],
-    len: u64,
-    prev_tail: Option<(Lsn, Vec<u8>)>,
-) -> Result<Description> {
-    let head = parts.first().copied().unwrap_or_default();
-    let mut describing = Describing::start(name, head, len, prev_tail)?;
-    for part in parts {
-        describing.feed(part);
-    }
-    Ok(describing.finish())
-}
-
-fn build_meta(
-    name: &WalFileName,
-    file: &[u8],
-    prev_tail: Option<(Lsn, Vec<u8>)>,
-) -> Result<(WalMeta, Option<SegmentIdentity>)> {
-    Ok(describe(name, &[file], file.len() as u64, prev_tail)?.into_meta(file.len(), sha256(file)))
-}
-
-/// SHA-256 of a file given in consecutive parts.
-fn sha256_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part);
-    }
-    hasher.finalize().into()
 }
 
 /// History and backup history files are short text files. Their text is not checked (a
@@ -598,6 +601,7 @@ mod tests {
 
     use super::*;
     use crate::bench::throwaway_keys;
+    use crate::wal::archive::sha256;
     use crate::wal::decode::synth::WalWriter;
     use crate::wal::decode::WalVersion;
     use crate::wal::summary::summarize;
@@ -651,7 +655,6 @@ mod tests {
         for ((bytes, name), object) in [first, second].iter().zip(&names).zip(&objects) {
             let (prepared, identity) = results.next().expect("result").expect("prepared");
             let id = identity.expect("a segment");
-            assert_eq!(prepared.file, *bytes);
             assert_eq!(prepared.meta.sha256, sha256(bytes));
             let expected = summarize([*bytes], id.start, seg, tail.take());
             assert_eq!(expected.stopped, None);
@@ -663,7 +666,7 @@ mod tests {
             assert!(expected.tail.is_some(), "{name}");
             tail = expected.tail.clone();
             second_summary = expected.clone();
-            let unit = prepared.data_unit.expect("sealed");
+            let unit = prepared.data_unit;
             // Compressed, as one frame per part.
             assert!(unit.len() < bytes.len() / 2, "{} bytes", unit.len());
             let kind = name.object_kind();
@@ -684,5 +687,116 @@ mod tests {
         let alone = prepare_chain(files, || first_summary.tail, &keys, &objects[1..2], 1);
         let (prepared, _) = alone.into_iter().next().expect("one").expect("prepared");
         assert_eq!(prepared.meta.summary, Some(second_summary));
+    }
+
+    /// Opens a prepared file's object and returns its meta and bytes.
+    fn open(keys: &RepoKeys, object: &str, prepared: &PreparedWal) -> (WalMeta, Vec<u8>) {
+        let kind = prepared.name.object_kind();
+        let bytes = assemble_wal_object(
+            keys,
+            kind,
+            object,
+            &prepared.meta,
+            [1; 24],
+            &prepared.data_unit,
+            1,
+        );
+        open_wal_object(keys, kind, object, &bytes).expect("opens")
+    }
+
+    #[test]
+    fn a_tail_that_comes_late_gives_the_same_summary_and_level_zero_stores_the_file() {
+        let seg: u32 = 8 << 20;
+        let wal = two_segments(seg);
+        let (first, second) = (&wal[..seg as usize], &wal[seg as usize..2 * seg as usize]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("000000010000000000000003");
+        std::fs::write(&path, second).expect("write");
+        let name = WalFileName::parse("000000010000000000000003").expect("name");
+        let objects = vec![format!("wal/{name}")];
+        let keys = throwaway_keys();
+        let first_summary = summarize([first], Lsn(2 * u64::from(seg)), seg, None);
+        let expected = summarize(
+            [second],
+            Lsn(3 * u64::from(seg)),
+            seg,
+            first_summary.tail.clone(),
+        );
+        assert!(!expected.head_unknown && expected.stopped.is_none());
+        for level in [1, 0] {
+            let tail = first_summary.tail.clone();
+            // The caller's fetch of the tail outlasts the reading of every part.
+            let late = move || {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                tail
+            };
+            let files = vec![(name.clone(), WalSource::Path(path.clone()))];
+            let mut results = prepare_chain(files, late, &keys, &objects, level);
+            let (prepared, _) = results.remove(0).expect("prepared");
+            assert_eq!(prepared.meta.summary.as_ref(), Some(&expected));
+            let (meta, file) = open(&keys, &objects[0], &prepared);
+            assert_eq!((meta, file.as_slice()), (prepared.meta.clone(), second));
+            if level == 0 {
+                assert!(prepared.data_unit.len() > second.len(), "stored raw");
+            } else {
+                assert!(prepared.data_unit.len() < second.len() / 2, "compressed");
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_that_does_not_compress_is_stored_as_frames_and_round_trips() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..3 * PART_LEN + 1000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let name = WalFileName::parse("00000002.history").expect("name");
+        let objects = vec![format!("wal/{name}")];
+        let keys = throwaway_keys();
+        let files = vec![(name, WalSource::Bytes(noise.clone()))];
+        let mut results = prepare_chain(files, || None, &keys, &objects, 1);
+        let (prepared, identity) = results.remove(0).expect("prepared");
+        assert_eq!(identity, None);
+        assert_eq!(prepared.meta.sha256, sha256(&noise));
+        // zstd's raw blocks: a few bytes per frame and block more than the file.
+        assert!(prepared.data_unit.len() < noise.len() + 4096);
+        let (_, file) = open(&keys, &objects[0], &prepared);
+        assert_eq!(file, noise);
+    }
+
+    #[test]
+    fn a_fingerprint_is_the_files_length_checksum_and_identity() {
+        let seg: u32 = 8 << 20;
+        let wal = two_segments(seg);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("000000010000000000000002");
+        std::fs::write(&path, &wal[..seg as usize]).expect("write");
+        let name = WalFileName::parse("000000010000000000000002").expect("name");
+        let (len, digest, identity) = fingerprint(&name, &path).expect("fingerprint");
+        assert_eq!(
+            (len, digest),
+            (u64::from(seg), sha256(&wal[..seg as usize]))
+        );
+        let id = identity.expect("a segment");
+        assert_eq!((id.start, id.segment_size), (Lsn(2 * u64::from(seg)), seg));
+
+        // Under another segment's name, or cut short, it is refused and the message says why.
+        let other = WalFileName::parse("000000010000000000000005").expect("name");
+        let err = fingerprint(&other, &path).expect_err("misnamed");
+        assert!(err.to_string().contains("the name says"), "{err}");
+        std::fs::write(&path, &wal[..1000]).expect("write");
+        let err = fingerprint(&name, &path).expect_err("short");
+        assert!(
+            err.to_string()
+                .contains("a segment is archived only once complete"),
+            "{err}"
+        );
+        let err = fingerprint(&name, &dir.path().join("gone")).expect_err("missing");
+        assert!(err.to_string().contains("gone"), "{err}");
     }
 }

@@ -30,7 +30,6 @@ use crate::replication::wire::{
 };
 use crate::replication::{identify, Event, PgConnection, PgError, ReplicationMode, ServerInfo};
 use crate::wal::archive::{PushOutcome, WalArchive};
-use crate::wal::segment::prepare;
 
 /// Tuning of the receiver.
 #[derive(Debug, Clone)]
@@ -319,7 +318,9 @@ async fn archive_history(
                 .flatten()
                 .ok_or_else(|| PgError::Protocol("TIMELINE_HISTORY returned no content".into()))?
                 .into_bytes();
-            let (prepared, _) = prepare(name.clone(), content.clone(), None)?;
+            let (prepared, _) = archive
+                .prepare(name.clone(), content.clone(), None, level)
+                .await?;
             archive.store(prepared, level).await?;
             content
         }
