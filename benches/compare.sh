@@ -278,13 +278,24 @@ for r in $(ls "$WORK/pg15/pg_wal/archive_status/" | grep '\.ready$' | sort | hea
 done
 chown -R postgres "$WORK/segs"
 pgkeep_init "$WORK/walrepo"
-for seg in $(ls "$WORK/segs" | sort); do
-    timed push-pgkeep $(pk "$WORK/walrepo") wal-push --lookahead 0 "$WORK/segs/$seg"
-    timed push-pgbr "${PGBR[@]}" archive-push "$WORK/segs/$seg"
+# Each call is timed inside one shell that runs as postgres, from bash's $EPOCHREALTIME before
+# the call to after it (GNU time around it for the peak RSS, the same for both tools): a
+# runuser per call would add its own start, a PAM session of several ms, to both tools' times.
+as_pg env PK="$(pk "$WORK/walrepo")" BR="${PGBR[*]}" bash -c '
+    for seg in $(ls segs | sort); do
+        for tool in pgkeep pgbr; do
+            if [ $tool = pgkeep ]; then cmd="$PK wal-push --lookahead 0"; else cmd="$BR archive-push"; fi
+            t0=$EPOCHREALTIME
+            /usr/bin/time -f %M -o rss.push $cmd "$PWD/segs/$seg" >/dev/null || exit 1
+            t1=$EPOCHREALTIME
+            echo "$tool $t0 $t1 $(tail -1 rss.push)"
+        done
+    done' | while read -r tool t0 t1 rss; do
+    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.4f", b - a}') $rss" >> "$WORK/push-$tool"
 done
 result "wal-push, one call per 16 MiB segment, median (ms)" "pgBackRest archive-push" \
     "$(col 1 push-pgbr | median | awk '{printf "%.1f", $1 * 1000}')" \
-    "$(col 1 push-pgkeep | median | awk '{printf "%.1f", $1 * 1000}')" ms 0.5 "run as postgres, process start to exit"
+    "$(col 1 push-pgkeep | median | awk '{printf "%.1f", $1 * 1000}')" ms 0.5 "run as postgres, process start to exit, timed inside one postgres shell"
 ready=$(ls "$WORK/pg15/pg_wal/archive_status/" | grep -c '\.ready$' || true)
 t0=$(now)
 psql_at "$BIN15" "$PORT15" -c "ALTER SYSTEM RESET archive_command" -c "SELECT pg_reload_conf()" >/dev/null

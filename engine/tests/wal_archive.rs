@@ -89,6 +89,26 @@ async fn store_compare_fetch_and_list_on_every_backend() {
             }
             other => panic!("{}: expected a conflict, got {other:?}", b.name),
         }
+        // The same when the caller found the file absent and it was stored in between: the
+        // create-if-absent write meets it and compares.
+        assert_eq!(
+            archive
+                .store_absent(prepared(&archive, "00000002.history", &history, 3), 3)
+                .await
+                .expect("stored in between"),
+            PushOutcome::AlreadyStored,
+            "{}",
+            b.name
+        );
+        let err = archive
+            .store_absent(prepared(&archive, "00000002.history", &other, 3), 3)
+            .await
+            .expect_err("another file stored in between");
+        assert!(
+            matches!(err, Error::WalConflict { .. }),
+            "{}: {err}",
+            b.name
+        );
         let (meta, file) = archive.fetch(&name).await.expect("fetch").expect("present");
         assert_eq!(file, history);
         assert_eq!(meta.sha256, sha256(&history));

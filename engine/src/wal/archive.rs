@@ -179,14 +179,13 @@ impl WalArchive {
     }
 
     /// Stores a prepared file, create-if-absent, its meta unit compressed at `level`. A
-    /// stored file of the same name is compared by
-    /// size and SHA-256: identical is success, anything else is [`Error::WalConflict`].
+    /// stored file of the same name is compared by size and SHA-256: identical is success,
+    /// anything else is [`Error::WalConflict`].
     ///
     /// A `.partial` segment is the exception: it is a snapshot of a segment still being
     /// written (by `wal-stream`) or the last one of a timeline (archived by PostgreSQL at
     /// promotion), so a newer one replaces what is stored.
     pub async fn store(&self, prepared: PreparedWal, level: i8) -> Result<PushOutcome> {
-        let object = self.object_name(&prepared.name);
         if let Some(stored) = self.meta(&prepared.name).await? {
             return match compare(&prepared.name, &stored, &prepared.meta) {
                 Err(Error::WalConflict { .. }) if prepared.name.kind() == WalFileKind::Partial => {
@@ -196,6 +195,15 @@ impl WalArchive {
                 other => other,
             };
         }
+        self.store_absent(prepared, level).await
+    }
+
+    /// [`store`](Self::store) for a file the caller has just found absent (by
+    /// [`meta`](Self::meta)): it is not asked for again, which on object storage saves a
+    /// HEAD and a ranged GET per file. The write is still create-if-absent, and a file
+    /// stored in between is compared as [`store`](Self::store) compares it.
+    pub async fn store_absent(&self, prepared: PreparedWal, level: i8) -> Result<PushOutcome> {
+        let object = self.object_name(&prepared.name);
         let name = prepared.name.clone();
         // Size and checksum only: a segment's summary can be a few hundred KiB.
         let meta = WalMeta {

@@ -334,7 +334,13 @@ async fn push_chain(
                 if let Some(id) = identity {
                     bind(archive, &id).await?;
                 }
-                let outcome = archive.store(prepared, opts.level).await?;
+                // Every file of a chain was just found absent (`check_own`, `gather_ready`),
+                // except a `.partial` that replaces a stored one.
+                let outcome = if name.kind() == WalFileKind::Partial {
+                    archive.store(prepared, opts.level).await?
+                } else {
+                    archive.store_absent(prepared, opts.level).await?
+                };
                 if let Some(stat) = stat {
                     write_marker(markers, &name, &Marker::of(&stat, &sha)).await;
                 }
