@@ -17,10 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use pgkeep_engine::format::{layout, ClusterName, SegmentFacts, WalFileName, WalMeta};
+use pgkeep_engine::format::{layout, ClusterName, SegmentFacts, WalFileName};
 use pgkeep_engine::lock::LockOptions;
 use pgkeep_engine::verify::{verify, VerifyOptions};
-use pgkeep_engine::wal::archive::sha256;
 use pgkeep_engine::wal::{PreparedWal, WalArchive};
 use pgkeep_engine::{Chunking, Repository, Store, WriteOptions};
 
@@ -64,21 +63,14 @@ struct Names {
     lock: String,
 }
 
-/// `file` as `name` with the meta of a stand-in segment (or history file), sealed at `level`.
+/// `file` as `name`, a stand-in segment (or history file) of this file's cluster.
 fn prepared(archive: &WalArchive, name: &str, file: &[u8], level: i8) -> PreparedWal {
-    let name = WalFileName::parse(name).expect("name");
-    let segment = name.segment_part().map(|_| SegmentFacts {
+    let facts = SegmentFacts {
         system_id: 42,
         segment_size: SEG,
         pg_major: 15,
-    });
-    let meta = WalMeta {
-        size: file.len() as u64,
-        sha256: sha256(file),
-        segment,
-        summary: None,
     };
-    archive.prepare_as_is(name, meta, file, level)
+    prepared_wal(archive, name, file, level, facts)
 }
 
 fn segment_bytes(seed: u64) -> Vec<u8> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use pgkeep_engine::format::{ClusterName, SegmentFacts, WalFileName, WalMeta};
+use pgkeep_engine::format::{ClusterName, SegmentFacts, WalFileName};
 use pgkeep_engine::wal::archive::sha256;
 use pgkeep_engine::wal::{
     fetch_file, FetchOptions, FetchOutcome, PreparedWal, PushOutcome, WalArchive,
@@ -22,21 +22,14 @@ fn cluster() -> ClusterName {
     ClusterName::new("main").expect("name")
 }
 
-/// `file` as `name` with the meta of a stand-in segment (or history file), sealed at `level`.
+/// `file` as `name`, a stand-in segment (or history file) of this file's cluster.
 fn prepared(archive: &WalArchive, name: &str, file: &[u8], level: i8) -> PreparedWal {
-    let name = WalFileName::parse(name).expect("name");
-    let segment = name.segment_part().map(|_| SegmentFacts {
+    let facts = SegmentFacts {
         system_id: 7,
         segment_size: SEGMENT,
         pg_major: 18,
-    });
-    let meta = WalMeta {
-        size: file.len() as u64,
-        sha256: sha256(file),
-        segment,
-        summary: None,
     };
-    archive.prepare_as_is(name, meta, file, level)
+    prepared_wal(archive, name, file, level, facts)
 }
 
 /// A stand-in segment: the archive layer does not interpret content, except that prefetch

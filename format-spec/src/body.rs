@@ -204,6 +204,19 @@ pub fn peek(body: &[u8]) -> Option<(u8, i8, u64)> {
 mod tests {
     use super::*;
 
+    /// Bytes that do not compress (xorshift).
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn compressible_data_is_compressed_and_round_trips() {
         let data = vec![7u8; 100_000];
@@ -233,15 +246,7 @@ mod tests {
 
         // Frames of data that does not compress are kept, and decode; a declared length other
         // than the frames' is refused.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..PART_LEN + 77)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let noise = noise(PART_LEN + 77);
         let frames: Vec<_> = noise
             .chunks(PART_LEN)
             .map(|p| compress_frame(p, 3).expect("compresses"))
@@ -257,15 +262,7 @@ mod tests {
 
     #[test]
     fn incompressible_data_is_stored_raw() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..50_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let data = noise(50_000);
         let enc = encode(&data, 3);
         assert_eq!(peek(&enc), Some((Codec::Raw as u8, 0, data.len() as u64)));
         assert_eq!(decode(enc, 1 << 20, "t").expect("decodes"), data);

@@ -1,5 +1,6 @@
-//! Checking an archived file against its name and cluster, and computing its meta: size,
-//! SHA-256, system identifier, and for segments the time-index summary.
+//! Checking an archived file against its name and cluster, computing its meta (size,
+//! SHA-256, system identifier, and for segments the time-index summary), and compressing and
+//! encrypting it.
 //!
 //! Blocking work (reading files, hashing, compressing, on threads of its own); callers run it
 //! off the async runtime.
@@ -746,15 +747,8 @@ mod tests {
 
     #[test]
     fn a_file_that_does_not_compress_is_stored_as_frames_and_round_trips() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..3 * PART_LEN + 1000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let mut noise = vec![0u8; 3 * PART_LEN + 1000];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut noise);
         let name = WalFileName::parse("00000002.history").expect("name");
         let objects = vec![format!("wal/{name}")];
         let keys = throwaway_keys();

@@ -1,7 +1,12 @@
 //! Shared set-up for the engine's integration tests: repositories on real backends.
 #![allow(dead_code, unreachable_pub)]
 
-use pgkeep_engine::format::{BackupKind, BackupStats, FileEntry, FileType, KdfParams, Manifest};
+use pgkeep_engine::format::{
+    BackupKind, BackupStats, FileEntry, FileType, KdfParams, Manifest, SegmentFacts, WalFileName,
+    WalMeta,
+};
+use pgkeep_engine::wal::archive::sha256;
+use pgkeep_engine::wal::{PreparedWal, WalArchive};
 use pgkeep_engine::{InitOptions, Repository, Store, StoredStream};
 
 pub const PASS: &[u8] = b"test passphrase";
@@ -170,4 +175,23 @@ pub async fn read_back(repo: &Repository, s: &StoredStream) -> Vec<u8> {
         .expect("read back");
     assert_eq!(n, s.size);
     out
+}
+
+/// `file` as `name`, sealed at `level` with the meta of a stand-in segment of `facts`' cluster
+/// (or of a history file): nothing in it is checked.
+pub fn prepared_wal(
+    archive: &WalArchive,
+    name: &str,
+    file: &[u8],
+    level: i8,
+    facts: SegmentFacts,
+) -> PreparedWal {
+    let name = WalFileName::parse(name).expect("name");
+    let meta = WalMeta {
+        size: file.len() as u64,
+        sha256: sha256(file),
+        segment: name.segment_part().map(|_| facts),
+        summary: None,
+    };
+    archive.prepare_as_is(name, meta, file, level)
 }
