@@ -95,9 +95,9 @@ fn identify(name: &WalFileName, bytes: &[u8], len: u64) -> Result<SegmentIdentit
     }
 }
 
-/// A file's length and SHA-256, and for a segment its identity (checked against the name as
-/// [`identify`] does), read a part at a time through one buffer: for comparing a file
-/// with its stored copy without holding it in memory.
+/// A file's length and SHA-256, and for a segment its identity, read a part at a time
+/// through one buffer: for comparing a file with its stored copy without holding it in
+/// memory. The file is checked against its name as [`prepare_chain`] checks it.
 pub fn fingerprint(
     name: &WalFileName,
     path: &Path,
@@ -106,20 +106,20 @@ pub fn fingerprint(
     let read_error = |e| Error::io(format!("reading {}", path.display()), e);
     let reader = Reader::open(WalSource::Path(path.to_path_buf()), &free).map_err(read_error)?;
     let len = reader.len;
-    let segment = matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial);
-    let mut identity = None;
+    let mut checked = None;
     let mut hasher = Sha256::new();
-    for (i, part) in reader.enumerate() {
+    for part in reader {
         let part = part.map_err(read_error)?;
-        if i == 0 && segment {
-            identity = Some(identify(name, &part, len)?);
+        if checked.is_none() {
+            checked = Some(Describing::start(name, &part, len)?);
         }
         hasher.update(&*part);
     }
-    if segment && identity.is_none() {
-        identity = Some(identify(name, &[], len)?);
-    }
-    Ok((len, hasher.finalize().into(), identity))
+    let checked = match checked {
+        Some(d) => d,
+        None => Describing::start(name, &[], len)?,
+    };
+    Ok((len, hasher.finalize().into(), checked.identity))
 }
 
 /// Where the bytes of a file to prepare come from.
@@ -475,7 +475,10 @@ pub fn prepare_chain(
                     .collect::<Result<Vec<_>>>()?;
                 seal_wal_data_frames(keys, kind, object, random_bytes(), len, level, &frames)
             } else {
-                let file: Vec<u8> = raw.iter().flat_map(|p| p.iter().copied()).collect();
+                let mut file = Vec::with_capacity(raw.iter().map(|p| p.len()).sum());
+                for part in &raw {
+                    file.extend_from_slice(part);
+                }
                 seal_wal_data(keys, kind, object, random_bytes(), &file, level)
             };
             let (meta, identity) = described.into_meta(len, digest);
@@ -667,13 +670,10 @@ mod tests {
             assert!(expected.tail.is_some(), "{name}");
             tail = expected.tail.clone();
             second_summary = expected.clone();
-            let unit = prepared.data_unit;
             // Compressed, as one frame per part.
-            assert!(unit.len() < bytes.len() / 2, "{} bytes", unit.len());
-            let kind = name.object_kind();
-            let object_bytes =
-                assemble_wal_object(&keys, kind, object, &prepared.meta, [1; 24], &unit, 1);
-            let (meta, file) = open_wal_object(&keys, kind, object, &object_bytes).expect("opens");
+            let unit_len = prepared.data_unit.len();
+            assert!(unit_len < bytes.len() / 2, "{unit_len} bytes");
+            let (meta, file) = open(&keys, object, &prepared);
             assert_eq!((meta, file.as_slice()), (prepared.meta, *bytes));
         }
         let err = results.next().expect("result").expect_err("missing file");
