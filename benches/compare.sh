@@ -43,6 +43,12 @@ command -v pgbackrest >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get insta
 [ -x /usr/bin/time ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
 cargo build --release --locked --bin pgkeep
 started=$(date -u '+%Y-%m-%d %H:%M UTC')
+# CPU time the hypervisor gave to other guests ("steal") during the run: on a shared host it
+# moves every timing, so the results say how much there was.
+# Fields of the cpu line: user nice system idle iowait irq softirq steal (then guest time,
+# already counted in user).
+cpu_times() { awk '/^cpu / {t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t}' /proc/stat; }
+cpu0=$(cpu_times)
 
 WORK=$(mktemp -d /tmp/pgkeep-compare.XXXXXX)
 chmod 755 "$WORK"
@@ -387,6 +393,8 @@ machine() {
         "$(pgbackrest version)" "$(rustc --version | awk '{print "rustc " $2}')" \
         "$("$PGKEEP" --version | awk '{print $2}')" "$(git -C "$ROOT" rev-parse --short HEAD)"
     printf -- '- Dataset: pgbench scale %s plus %s rows of `bench_rows`: %s MB (sum of `pg_database_size`)\n' "$SCALE" "$ROWS" "$((SIZE / 1000000))"
+    printf -- '- Host: %s of CPU time was stolen by other guests of the hypervisor during the run (steal in `/proc/stat`); under steal, ratios move by more than their margins\n' \
+        "$(cpu_times | awk -v s0="${cpu0% *}" -v t0="${cpu0#* }" '{printf "%.1f%%", 100 * ($1 - s0) / ($2 - t0)}')"
     printf -- '- Runs: %s alternating runs per timed comparison, medians; write load `pgbench -c 4 -j 2 -T %s`\n' "$RUNS" "$PGBENCH_SECONDS"
     printf -- '- pgkeep: default settings (zstd level 1 for new repositories, AES-256-GCM, one worker per core), local repository; pgBackRest: `compress-type=zst`, `compress-level=1`, `repo1-cipher-type=aes-256-cbc`, `process-max=2`, local repository\n'
 }
