@@ -257,7 +257,7 @@ fn worker(
         let data = match delta {
             None => data,
             Some(base) => match runtime
-                .block_on(repo.read_chunk(&base.chunk.id))
+                .block_on(repo.read_delta_base(&base.chunk.id))
                 .map_err(|e| unreadable_base(&base.chunk.id, e))
                 .and_then(|old| base.difference(&old, &data))
             {

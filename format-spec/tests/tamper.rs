@@ -81,6 +81,10 @@ fn every_flipped_byte_of_a_pack_is_detected_by_its_reader_or_its_id() {
                 chunk.is_err(),
                 "flip at {i} inside the chunk went unnoticed"
             );
+            assert!(
+                k.open_chunk_as_base(&id, unit, 1 << 20).is_err(),
+                "flip at {i} inside the chunk went unnoticed by the base read"
+            );
         } else if i >= pgkeep_format::envelope::HEADER_LEN {
             assert!(
                 whole.is_err(),
@@ -88,6 +92,33 @@ fn every_flipped_byte_of_a_pack_is_detected_by_its_reader_or_its_id() {
             );
         }
     }
+}
+
+/// A chunk whose content does not hash to its id (only a writer's bug could store one: the
+/// unit is authenticated under the id) is refused as data, and read as a difference's base
+/// as the authenticated bytes it is: every reader recomputes the base's id before applying a
+/// difference, so the check is not repeated there (SPEC §5.1).
+#[test]
+fn a_chunk_that_does_not_hash_to_its_id_is_refused_as_data_but_opens_as_a_base() {
+    let k = keys();
+    let (data, other) = (noise(5, 3000), noise(6, 3000));
+    let id = k.chunk_id(&other);
+    let unit = k.seal_chunk(&id, [4; 24], &data, 1);
+    let err = k
+        .open_chunk(&id, &unit, 1 << 20)
+        .expect_err("content does not match id");
+    assert!(
+        matches!(err, pgkeep_format::FormatError::ChunkIdMismatch { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        k.open_chunk_as_base(&id, &unit, 1 << 20)
+            .expect("authenticated"),
+        data
+    );
+    // Authentication still binds the unit to its id.
+    let wrong = k.chunk_id(&data);
+    assert!(k.open_chunk_as_base(&wrong, &unit, 1 << 20).is_err());
 }
 
 #[test]

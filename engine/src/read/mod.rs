@@ -1,5 +1,6 @@
 //! Reading chunks back: ranged reads of packs, authenticated decryption, and a check that
-//! each chunk's content still hashes to its id.
+//! each chunk's content still hashes to its id (skipped only for the base of a difference a
+//! backup computes, see [`Check`]).
 
 mod fetch;
 
@@ -42,6 +43,17 @@ impl<W: AsyncWrite + Unpin> ExtentSink for ByteSink<'_, W> {
     }
 }
 
+/// What a read checks of each chunk besides authentication and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// That its content hashes to its id: every chunk whose bytes become output.
+    Id,
+    /// Nothing more: a chunk read as the base of an XOR difference the backup computes (see
+    /// `RepoKeys::open_chunk_as_base`), whose id every reader checks before applying the
+    /// difference.
+    Authenticated,
+}
+
 /// A stream whose chunks all come from one read (or that has none): read, opened and written
 /// out on one blocking thread by [`OneRead::write`], with no hand-off per step. Most files of
 /// a data directory are this small, and a restore spends more on thread hand-offs than on
@@ -70,9 +82,10 @@ impl OneRead {
     ) -> Result<u64> {
         let opened = match self.source {
             Source::Nothing => Vec::new(),
-            Source::Local(local, f) => self.repo.fetch_local(&local, &f)?,
+            Source::Local(local, f) => self.repo.fetch_local(&local, &f, Check::Id)?,
             Source::Fetched(f, unit) => {
-                self.repo.open_fetched(&layout::pack(&f.pack), &f, &unit)?
+                self.repo
+                    .open_fetched(&layout::pack(&f.pack), &f, &unit, Check::Id)?
             }
         };
         let mut opened = VecDeque::from(opened);
@@ -255,11 +268,21 @@ const RECENT_CHUNKS: usize = 4;
 impl Repository {
     /// Reads one chunk, verifying it after decryption.
     pub async fn read_chunk(&self, id: &ChunkId) -> Result<Bytes> {
+        self.read_one(id, Check::Id).await
+    }
+
+    /// Reads one chunk of a parent backup as the base of a difference the backup computes:
+    /// authenticated and decoded, its id not recomputed (see `RepoKeys::open_chunk_as_base`).
+    pub(crate) async fn read_delta_base(&self, id: &ChunkId) -> Result<Bytes> {
+        self.read_one(id, Check::Authenticated).await
+    }
+
+    async fn read_one(&self, id: &ChunkId, check: Check) -> Result<Bytes> {
         self.ensure_index().await?;
         let loc = self.read_index(|i| i.get(id)).ok_or_else(|| missing(id))?;
         let mut opened = Vec::new();
         for f in fetch::group(&[(*id, loc)]) {
-            opened.extend(self.fetch(f).await?);
+            opened.extend(self.fetch(f, check).await?);
         }
         opened
             .pop()
@@ -306,19 +329,25 @@ impl Repository {
 
     /// Reads one range of a pack and opens the chunks in it, in the order listed. For a
     /// local store the read and the opening happen in one blocking task.
-    async fn fetch(&self, f: Fetch) -> Result<Vec<(ChunkId, Bytes)>> {
+    async fn fetch(&self, f: Fetch, check: Check) -> Result<Vec<(ChunkId, Bytes)>> {
         let repo = self.clone();
         match self.store().local_reader() {
-            Some(local) => blocking(move || repo.fetch_local(&local, &f)).await?,
+            Some(local) => blocking(move || repo.fetch_local(&local, &f, check)).await?,
             None => {
                 let unit = self.get_pack_range(&f).await?;
-                blocking(move || repo.open_fetched(&layout::pack(&f.pack), &f, &unit)).await?
+                blocking(move || repo.open_fetched(&layout::pack(&f.pack), &f, &unit, check))
+                    .await?
             }
         }
     }
 
     /// [`Repository::fetch`] from a local store, on the calling (blocking) thread.
-    fn fetch_local(&self, local: &LocalReader, f: &Fetch) -> Result<Vec<(ChunkId, Bytes)>> {
+    fn fetch_local(
+        &self,
+        local: &LocalReader,
+        f: &Fetch,
+        check: Check,
+    ) -> Result<Vec<(ChunkId, Bytes)>> {
         let pack = layout::pack(&f.pack);
         let unit = match local.get_range(&pack, f.range.clone()) {
             Ok(unit) => unit,
@@ -330,7 +359,7 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
-        self.open_fetched(&pack, f, &unit)
+        self.open_fetched(&pack, f, &unit, check)
     }
 
     /// The bytes of a read, from a remote store.
@@ -344,8 +373,14 @@ impl Repository {
     }
 
     /// Opens each chunk of a read (a chunk listed twice is opened once), checking it
-    /// against its id and the index's size.
-    fn open_fetched(&self, pack: &str, f: &Fetch, unit: &[u8]) -> Result<Vec<(ChunkId, Bytes)>> {
+    /// against the index's size and, with [`Check::Id`], against its id.
+    fn open_fetched(
+        &self,
+        pack: &str,
+        f: &Fetch,
+        unit: &[u8],
+        check: Check,
+    ) -> Result<Vec<(ChunkId, Bytes)>> {
         let mut out: Vec<(ChunkId, Bytes)> = Vec::with_capacity(f.chunks.len());
         for m in &f.chunks {
             if let Some((_, data)) = out.iter().find(|(id, _)| *id == m.id) {
@@ -357,12 +392,15 @@ impl Repository {
             let sealed = unit.get(m.at.clone()).ok_or_else(|| {
                 Error::Pipeline(format!("chunk {id} lies outside the bytes read of {pack}"))
             })?;
-            let data = self
-                .keys()
-                .open_chunk(&id, sealed, u64::from(RepoConfig::MAX_CHUNK_SIZE))
-                .map_err(|e| {
-                    Error::corrupt(format!("{pack} (chunk {id} at offset {})", m.offset), e)
-                })?;
+            let limit = u64::from(RepoConfig::MAX_CHUNK_SIZE);
+            let keys = self.keys();
+            let opened = match check {
+                Check::Id => keys.open_chunk(&id, sealed, limit),
+                Check::Authenticated => keys.open_chunk_as_base(&id, sealed, limit),
+            };
+            let data = opened.map_err(|e| {
+                Error::corrupt(format!("{pack} (chunk {id} at offset {})", m.offset), e)
+            })?;
             if data.len() as u64 != u64::from(m.raw_len) {
                 return Err(Error::corrupt(
                     pack,
@@ -413,7 +451,7 @@ impl Repository {
         out: &mut S,
     ) -> Result<u64> {
         let mut fetched = futures::stream::iter(self.reads(extents).await?)
-            .map(|f| self.fetch(f))
+            .map(|f| self.fetch(f, Check::Id))
             .buffered(READ_AHEAD)
             .map_ok(|opened| futures::stream::iter(opened.into_iter().map(Ok::<_, Error>)))
             .try_flatten();
