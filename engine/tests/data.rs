@@ -320,3 +320,90 @@ async fn a_missing_pack_is_not_found_naming_the_pack() {
         "{err}"
     );
 }
+
+/// A chunk whose content does not hash to its id (only a writer's bug could store one: the
+/// bytes are authenticated under the id) is never restored as good data. A file that
+/// PostgreSQL's backup_manifest gives a checksum for is refused by that checksum, which a
+/// restore compares instead of recomputing each of the file's chunk ids (SPEC §5.1); any
+/// other file by the id check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_stored_under_a_wrong_id_is_refused_by_restore() {
+    use std::collections::HashMap;
+
+    use pgkeep_engine::format::{Attachment, Extent, SALT_LEN};
+    use pgkeep_engine::restore::materialize::materialize;
+    use pgkeep_engine::restore::Layout;
+
+    let b = local();
+    let repo = init(&b).await;
+    // Incompressible, so the altered content seals to the same length and fits in place.
+    let good = data(100_000, 11, false);
+    let session = repo
+        .write_session(WriteOptions::default())
+        .await
+        .expect("session");
+    let s = session
+        .store_stream(&good[..], cdc(&repo))
+        .await
+        .expect("store");
+    session.finish().await.expect("finish");
+    let [Extent::Chunk { chunk, .. }] = s.extents[..] else {
+        panic!("one chunk expected: {:?}", s.extents);
+    };
+    let loc = repo.read_index(|i| i.get(&chunk.id)).expect("indexed");
+    let pack = layout::pack(&loc.pack_id);
+    let mut bad = good.clone();
+    bad[500] ^= 1;
+    let sealed = repo.keys().seal_chunk(
+        &chunk.id,
+        [7; SALT_LEN],
+        &bad,
+        repo.config().compression_level,
+    );
+    assert_eq!(sealed.len(), loc.stored_len as usize, "same sealed length");
+    let mut bytes = b.store.get(&pack).await.expect("pack").to_vec();
+    bytes[loc.offset as usize..][..sealed.len()].copy_from_slice(&sealed);
+    b.store.put(&pack, bytes.into()).await.expect("rewrite");
+    let fresh = Repository::open(b.store.clone(), PASS).await.expect("open");
+
+    let digest: String = pgkeep_engine::wal::archive::sha256(&good)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    let json = format!(
+        r#"{{"PostgreSQL-Backup-Manifest-Version": 1, "Files": [{{"Path": "datafile", "Size": {}, "Last-Modified": "2026-01-01 00:00:00 GMT", "Checksum-Algorithm": "SHA256", "Checksum": "{digest}"}}]}}"#,
+        good.len()
+    );
+    let session = fresh
+        .write_session(WriteOptions::default())
+        .await
+        .expect("session");
+    let listing = session
+        .store_stream(json.as_bytes(), cdc(&fresh))
+        .await
+        .expect("store");
+    session.finish().await.expect("finish");
+    let mut checked = manifest_for("b1", &[("datafile", &s)]);
+    checked.attachments.push(Attachment {
+        name: "backup_manifest".into(),
+        size: listing.size,
+        extents: listing.extents,
+    });
+    let unchecked = manifest_for("b2", &[("datafile", &s)]);
+
+    for (m, by) in [
+        (checked, "backup_manifest says"),
+        (unchecked, "does not match its id"),
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let target = Layout {
+            pgdata: dir.path().join("data"),
+            tablespaces: HashMap::new(),
+        };
+        let err = materialize(&fresh, &m, &target, 2, false)
+            .await
+            .expect_err("a wrong chunk restored");
+        assert!(err.is_corruption(), "{}: {err}", m.backup_id);
+        assert!(err.to_string().contains(by), "{}: {err}", m.backup_id);
+    }
+}

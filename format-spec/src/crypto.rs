@@ -210,9 +210,10 @@ impl RepoKeys {
 
     /// Opens a chunk unit that a writer reads only as the base of an XOR difference it is
     /// computing: authenticated and decoded like [`RepoKeys::open_chunk`], but its id is not
-    /// recomputed. SPEC §5.1 allows this: a reader recomputes the base's id before it applies
-    /// a difference, and authenticated bytes decode the same every time, so the difference
-    /// always meets the very bytes it was computed from. Hashing the whole base for the few
+    /// recomputed. SPEC §5.1 allows this: whoever reads a difference back checks its base (by
+    /// the id, or by the checksum of the file it restores), and authenticated bytes decode
+    /// the same every time, so the difference always meets the very bytes it was computed
+    /// from. Hashing the whole base for the few
     /// changed pages taken from it was a seventh of an incremental backup's time.
     pub fn open_chunk_as_base(
         &self,

@@ -96,8 +96,8 @@ fn every_flipped_byte_of_a_pack_is_detected_by_its_reader_or_its_id() {
 
 /// A chunk whose content does not hash to its id (only a writer's bug could store one: the
 /// unit is authenticated under the id) is refused as data, and read as a difference's base
-/// as the authenticated bytes it is: every reader recomputes the base's id before applying a
-/// difference, so the check is not repeated there (SPEC §5.1).
+/// as the authenticated bytes it is: whoever reads a difference back checks its base (by the
+/// id, or by the restored file's checksum), so the check is not repeated there (SPEC §5.1).
 #[test]
 fn a_chunk_that_does_not_hash_to_its_id_is_refused_as_data_but_opens_as_a_base() {
     let k = keys();

@@ -32,6 +32,7 @@ use crate::conninfo::ConnConfig;
 use crate::error::{Error, Result};
 use crate::lock::{LockOptions, RepoLock};
 use crate::pipeline::{SessionStats, StoredStream, WriteOptions, WriteSession};
+use crate::read::Check;
 use crate::replication::{Event, PgConnection, PgError, ReplicationMode};
 use crate::repository::{limits, Repository};
 use crate::storage::Created;
@@ -1045,7 +1046,7 @@ async fn copy_in(
     }
     // Piece by piece, with chunks fetched ahead: a tenant's rows can be large, and need not
     // be held in memory.
-    repo.write_extents_into(extents, &mut CopySink(session))
+    repo.write_extents_into(extents, Check::Id, &mut CopySink(session))
         .await?;
     session.send_copy_done().await.map_err(pg)?;
     let mut rows = 0u64;

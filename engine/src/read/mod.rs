@@ -1,6 +1,6 @@
 //! Reading chunks back: ranged reads of packs, authenticated decryption, and a check that
-//! each chunk's content still hashes to its id (skipped only for the base of a difference a
-//! backup computes, see [`Check`]).
+//! each chunk's content still hashes to its id (skipped only where something else checks the
+//! same bytes, see [`Check`]).
 
 mod fetch;
 
@@ -43,14 +43,20 @@ impl<W: AsyncWrite + Unpin> ExtentSink for ByteSink<'_, W> {
     }
 }
 
-/// What a read checks of each chunk besides authentication and size.
+/// What a read checks of each chunk besides authentication and size (SPEC §5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Check {
-    /// That its content hashes to its id: every chunk whose bytes become output.
+pub(crate) enum Check {
+    /// That its content hashes to its id: the default for every chunk whose bytes become
+    /// output.
     Id,
-    /// Nothing more: a chunk read as the base of an XOR difference the backup computes (see
-    /// `RepoKeys::open_chunk_as_base`), whose id every reader checks before applying the
-    /// difference.
+    /// Nothing more (see `RepoKeys::open_chunk_as_base`). For two readers whose bytes are
+    /// checked otherwise: a backup reading the base of an XOR difference it computes (whoever
+    /// reads the difference back checks the base), and a restore writing a file whose
+    /// checksum in PostgreSQL's `backup_manifest` it compares once the file is written. The
+    /// bytes are authenticated under the id, so only a writer's bug could have stored content
+    /// that does not hash to it, and the file's checksum, computed by the server before
+    /// pgkeep saw the data, catches that too. Recomputing every id would cost a restore about
+    /// a tenth of its CPU.
     Authenticated,
 }
 
@@ -61,6 +67,7 @@ enum Check {
 pub(crate) struct OneRead {
     repo: Repository,
     source: Source,
+    check: Check,
 }
 
 enum Source {
@@ -82,10 +89,10 @@ impl OneRead {
     ) -> Result<u64> {
         let opened = match self.source {
             Source::Nothing => Vec::new(),
-            Source::Local(local, f) => self.repo.fetch_local(&local, &f, Check::Id)?,
+            Source::Local(local, f) => self.repo.fetch_local(&local, &f, self.check)?,
             Source::Fetched(f, unit) => {
                 self.repo
-                    .open_fetched(&layout::pack(&f.pack), &f, &unit, Check::Id)?
+                    .open_fetched(&layout::pack(&f.pack), &f, &unit, self.check)?
             }
         };
         let mut opened = VecDeque::from(opened);
@@ -308,7 +315,11 @@ impl Repository {
     /// `Some` when `extents`' chunks come from at most one read: the stream can then be
     /// written out on one blocking thread (see [`OneRead`]). From a remote store, the read
     /// happens here.
-    pub(crate) async fn one_read(&self, extents: &[Extent]) -> Result<Option<OneRead>> {
+    pub(crate) async fn one_read(
+        &self,
+        extents: &[Extent],
+        check: Check,
+    ) -> Result<Option<OneRead>> {
         let mut reads = self.reads(extents).await?;
         if reads.len() > 1 {
             return Ok(None);
@@ -324,6 +335,7 @@ impl Repository {
         Ok(Some(OneRead {
             repo: self.clone(),
             source,
+            check,
         }))
     }
 
@@ -436,7 +448,9 @@ impl Repository {
         extents: &[Extent],
         out: &mut W,
     ) -> Result<u64> {
-        let written = self.write_extents_into(extents, &mut ByteSink(out)).await?;
+        let written = self
+            .write_extents_into(extents, Check::Id, &mut ByteSink(out))
+            .await?;
         out.flush()
             .await
             .map_err(|e| Error::io("writing restored data", e))?;
@@ -448,10 +462,11 @@ impl Repository {
     pub(crate) async fn write_extents_into<S: ExtentSink>(
         &self,
         extents: &[Extent],
+        check: Check,
         out: &mut S,
     ) -> Result<u64> {
         let mut fetched = futures::stream::iter(self.reads(extents).await?)
-            .map(|f| self.fetch(f, Check::Id))
+            .map(|f| self.fetch(f, check))
             .buffered(READ_AHEAD)
             .map_ok(|opened| futures::stream::iter(opened.into_iter().map(Ok::<_, Error>)))
             .try_flatten();

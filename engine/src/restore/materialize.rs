@@ -18,6 +18,7 @@ use pgkeep_format::{FileEntry, FileType, Manifest};
 use super::file_writer::{BatchedFileWriter, FileSink};
 use crate::error::{Error, Result};
 use crate::manifest_checksum::{FileDigest, ManifestChecksum};
+use crate::read::Check;
 use crate::repository::{blocking, Repository};
 
 /// What to write where.
@@ -276,8 +277,16 @@ async fn restore_file(
     }
     let algorithm = expected.and_then(|e| e.checksum.as_ref()).map(|(a, _)| *a);
     let digest = algorithm.and_then(ManifestChecksum::digest);
+    // A file checked against the server's checksum once written needs no id check of each
+    // of its chunks (SPEC §5.1); one without (PostgreSQL 17+'s reconstructed incremental
+    // files, `--manifest-checksums none`) gets it.
+    let check = if digest.is_some() {
+        Check::Authenticated
+    } else {
+        Check::Id
+    };
     let mode = f.mode & 0o7777;
-    let (written, digest) = match repo.one_read(&f.extents).await? {
+    let (written, digest) = match repo.one_read(&f.extents, check).await? {
         // Most files: created, read, written, synced in one blocking task.
         Some(read) => {
             let extents = f.extents.clone();
@@ -298,7 +307,7 @@ async fn restore_file(
                 blocking(move || create_fresh(&path)).await??
             };
             let mut out = BatchedFileWriter::new(file, digest);
-            let written = repo.write_extents_into(&f.extents, &mut out).await?;
+            let written = repo.write_extents_into(&f.extents, check, &mut out).await?;
             (written, out.finish(path.clone(), mode).await?)
         }
     };
@@ -313,7 +322,8 @@ async fn restore_file(
     if let Some(e) = expected {
         let mismatch = match (&e.checksum, &digest) {
             (Some((a, sum)), Some(actual)) if !FileDigest::matches(actual, sum) => Some(format!(
-                "{written} bytes with {a} {actual}; PostgreSQL's backup_manifest says {} bytes, {sum}",
+                "{written} bytes with {a} {actual}; PostgreSQL's backup_manifest says {} bytes, \
+                 {sum} (`pgkeep verify --read-data` checks every stored chunk against its id)",
                 e.size
             )),
             _ if e.size != written => Some(format!(
