@@ -55,8 +55,8 @@ pub(crate) enum Check {
     /// checksum in PostgreSQL's `backup_manifest` it compares once the file is written. The
     /// bytes are authenticated under the id, so only a writer's bug could have stored content
     /// that does not hash to it, and the file's checksum, computed by the server before
-    /// pgkeep saw the data, catches that too. Recomputing every id would cost a restore about
-    /// a tenth of its CPU.
+    /// pgkeep saw the data, catches that too. Recomputing those ids was a sixth of a
+    /// restore's user CPU (docs/design.md).
     Authenticated,
 }
 
