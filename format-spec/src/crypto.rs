@@ -201,21 +201,22 @@ impl RepoKeys {
         unit: &[u8],
         limit: u64,
     ) -> Result<Vec<u8>, FormatError> {
-        let data = self.open_chunk_as_base(id, unit, limit)?;
+        let data = self.open_chunk_authenticated(id, unit, limit)?;
         if self.chunk_id(&data) != *id {
             return Err(FormatError::ChunkIdMismatch { id: id.to_hex() });
         }
         Ok(data)
     }
 
-    /// Opens a chunk unit that a writer reads only as the base of an XOR difference it is
-    /// computing: authenticated and decoded like [`RepoKeys::open_chunk`], but its id is not
-    /// recomputed. SPEC §5.1 allows this: whoever reads a difference back checks its base (by
-    /// the id, or by the checksum of the file it restores), and authenticated bytes decode
-    /// the same every time, so the difference always meets the very bytes it was computed
-    /// from. Hashing the whole base for the few
-    /// changed pages taken from it was a seventh of an incremental backup's time.
-    pub fn open_chunk_as_base(
+    /// Opens a chunk unit like [`RepoKeys::open_chunk`], authenticated and decoded, but does
+    /// not recompute its id. Only for the two readers SPEC §5.1 allows, whose bytes other
+    /// checks see: a writer reading the base of an XOR difference it computes (whoever reads
+    /// the difference back checks the base, and authenticated bytes decode the same every
+    /// time, so the difference always meets the very bytes it was computed from), and a
+    /// restore writing a file it then checks against the server's checksum of it. Hashing
+    /// whole bases for the few changed pages taken from each was a seventh of an incremental
+    /// backup's time.
+    pub fn open_chunk_authenticated(
         &self,
         id: &ChunkId,
         unit: &[u8],

@@ -82,7 +82,7 @@ fn every_flipped_byte_of_a_pack_is_detected_by_its_reader_or_its_id() {
                 "flip at {i} inside the chunk went unnoticed"
             );
             assert!(
-                k.open_chunk_as_base(&id, unit, 1 << 20).is_err(),
+                k.open_chunk_authenticated(&id, unit, 1 << 20).is_err(),
                 "flip at {i} inside the chunk went unnoticed by the base read"
             );
         } else if i >= pgkeep_format::envelope::HEADER_LEN {
@@ -112,13 +112,13 @@ fn a_chunk_that_does_not_hash_to_its_id_is_refused_as_data_but_opens_as_a_base()
         "{err}"
     );
     assert_eq!(
-        k.open_chunk_as_base(&id, &unit, 1 << 20)
+        k.open_chunk_authenticated(&id, &unit, 1 << 20)
             .expect("authenticated"),
         data
     );
     // Authentication still binds the unit to its id.
     let wrong = k.chunk_id(&data);
-    assert!(k.open_chunk_as_base(&wrong, &unit, 1 << 20).is_err());
+    assert!(k.open_chunk_authenticated(&wrong, &unit, 1 << 20).is_err());
 }
 
 #[test]

@@ -49,14 +49,14 @@ pub(crate) enum Check {
     /// That its content hashes to its id: the default for every chunk whose bytes become
     /// output.
     Id,
-    /// Nothing more (see `RepoKeys::open_chunk_as_base`). For two readers whose bytes are
-    /// checked otherwise: a backup reading the base of an XOR difference it computes (whoever
-    /// reads the difference back checks the base), and a restore writing a file whose
-    /// checksum in PostgreSQL's `backup_manifest` it compares once the file is written. The
-    /// bytes are authenticated under the id, so only a writer's bug could have stored content
-    /// that does not hash to it, and the file's checksum, computed by the server before
-    /// pgkeep saw the data, catches that too. Recomputing those ids was a sixth of a
-    /// restore's user CPU (docs/design.md).
+    /// Nothing more (see `RepoKeys::open_chunk_authenticated`). For two readers whose bytes
+    /// are checked otherwise: a backup reading the base of an XOR difference it computes
+    /// (whoever reads the difference back checks the base), and a restore writing a file
+    /// whose checksum in PostgreSQL's `backup_manifest` it compares once the file is
+    /// written. The bytes are authenticated under the id, so only a writer's bug could have
+    /// stored content that does not hash to it, and the file's checksum, computed by the
+    /// server before pgkeep saw the data, catches that too. Recomputing those ids was a sixth
+    /// of a restore's user CPU (docs/design.md).
     Authenticated,
 }
 
@@ -279,7 +279,8 @@ impl Repository {
     }
 
     /// Reads one chunk of a parent backup as the base of a difference the backup computes:
-    /// authenticated and decoded, its id not recomputed (see `RepoKeys::open_chunk_as_base`).
+    /// authenticated and decoded, its id not recomputed (see
+    /// `RepoKeys::open_chunk_authenticated`).
     pub(crate) async fn read_delta_base(&self, id: &ChunkId) -> Result<Bytes> {
         self.read_one(id, Check::Authenticated).await
     }
@@ -408,7 +409,7 @@ impl Repository {
             let keys = self.keys();
             let opened = match check {
                 Check::Id => keys.open_chunk(&id, sealed, limit),
-                Check::Authenticated => keys.open_chunk_as_base(&id, sealed, limit),
+                Check::Authenticated => keys.open_chunk_authenticated(&id, sealed, limit),
             };
             let data = opened.map_err(|e| {
                 Error::corrupt(format!("{pack} (chunk {id} at offset {})", m.offset), e)
