@@ -53,7 +53,13 @@ fn main() -> ExitCode {
     let out = Output {
         json: settings.json,
     };
-    let code = runtime.block_on(async {
+    // The command runs as a task on the runtime's workers, not on this thread: a worker
+    // that finds a socket empty waits for it in epoll itself, and the kernel wakes it when
+    // data comes. `block_on` here would leave the polling to a worker, which then has to
+    // wake this thread through a futex each time: two context switches per wait, tens of
+    // thousands per backup. Measured on a 2.7 GB database: full backups 20% faster, with a
+    // quarter less system time (docs/design.md, "The runtime").
+    let command = runtime.spawn(async move {
         let result = match &cli.command {
             Command::Init(a) => cmd::init::run(&settings, a, &out).await,
             Command::Key(k) => cmd::key::run(&settings, k, &out).await,
@@ -88,6 +94,12 @@ fn main() -> ExitCode {
             }
         }
     });
+    let code = match runtime.block_on(command) {
+        Ok(code) => code,
+        // A panic was printed by the hook; end as an unhandled panic does (exit 101).
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => exit::FAILURE,
+    };
     ExitCode::from(code)
 }
 

@@ -212,8 +212,10 @@ pub async fn materialize(
         .collect();
     files.sort_by_key(|f| std::cmp::Reverse(f.size));
     let stats = Counters::default();
-    stream::iter(files)
-        .map(|f| restore_file(repo, layout, f, &sums, delta, &stats))
+    // By index, not by `&FileEntry`: a closure taking a reference makes this future fail
+    // the `Send` check of `tokio::spawn` (rustc's higher-ranked lifetime limitation).
+    stream::iter(0..files.len())
+        .map(|i| restore_file(repo, layout, files[i], &sums, delta, &stats))
         .buffer_unordered(jobs.max(1))
         .try_collect::<Vec<()>>()
         .await?;
