@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
-use pgkeep_format::{ChunkRef, Extent, FileEntry, FileType, Lsn};
+use pgkeep_format::{ChunkId, ChunkRef, Extent, FileEntry, FileType, Lsn};
 
 use super::command::{has_reliable_page_lsn, is_relation_file};
 use crate::chunker::{Chunker, Chunking};
@@ -54,6 +54,9 @@ struct ParentFile {
     starts: Vec<u64>,
     extents: Vec<Extent>,
     size: u64,
+    /// For each chunk a changed page of this file can be a difference from (see
+    /// [`Ingest::delta_base`]): where the parent's last use of it in the file ends.
+    last_use: HashMap<ChunkId, u64>,
 }
 
 impl Parent {
@@ -63,10 +66,16 @@ impl Parent {
             .filter(|f| f.file_type == FileType::Regular)
             .map(|f| {
                 let mut starts = Vec::with_capacity(f.extents.len());
+                let mut last_use = HashMap::new();
                 let mut at = 0;
                 for e in &f.extents {
                     starts.push(at);
                     at += e.len();
+                    match e {
+                        Extent::Chunk { chunk, .. } => last_use.insert(chunk.id, at),
+                        Extent::Xor { base, .. } => last_use.insert(base.id, at),
+                        _ => None,
+                    };
                 }
                 (
                     (f.tablespace, f.path.clone()),
@@ -74,11 +83,21 @@ impl Parent {
                         starts,
                         extents: f.extents.clone(),
                         size: f.size,
+                        last_use,
                     },
                 )
             })
             .collect();
         Self { start_lsn, files }
+    }
+
+    /// Whether the parent's copy of a file uses `chunk` after `offset`: a delta run from a
+    /// chunk that is not used further on can be cut without a page ever coming back to it.
+    fn used_after(&self, key: &(u32, Vec<u8>), chunk: &ChunkId, offset: u64) -> bool {
+        self.files
+            .get(key)
+            .and_then(|f| f.last_use.get(chunk))
+            .is_some_and(|end| *end > offset)
     }
 
     /// The parent's bytes `[offset, offset+len)` of a file as chunk extents, if they exist
@@ -172,8 +191,25 @@ enum Piece {
 /// Delta runs a file keeps open at once. A parent that stored changed pages whole (an older
 /// incremental, `--page-deltas off`, pages new in it) interleaves two chunks along a file:
 /// its own run of changed pages and its parent's chunk. With one open run, every switch
-/// would cut a one-page run and read a whole base chunk for it.
+/// would cut a one-page run and read a whole base chunk for it. Which run is cut when a
+/// fifth base comes: [`Ingest::run_to_cut`].
 const OPEN_DELTA_RUNS: usize = 4;
+
+/// See [`Ingest::run_to_cut`]: `runs` are a file's open delta runs, least recently used
+/// first, and `offset` is where the file's next page starts.
+fn run_to_cut(
+    parent: Option<&Parent>,
+    key: &(u32, Vec<u8>),
+    runs: &[DeltaRun],
+    offset: u64,
+) -> usize {
+    let Some(parent) = parent else {
+        return 0;
+    };
+    runs.iter()
+        .position(|d| !parent.used_after(key, &d.base.chunk.id, offset))
+        .unwrap_or(0)
+}
 
 /// Changed pages gathered to be stored as one difference from one chunk of the parent.
 struct DeltaRun {
@@ -639,8 +675,9 @@ impl<'s> Ingest<'s> {
             }
             None => {
                 if cur.deltas.len() >= OPEN_DELTA_RUNS {
-                    let oldest = cur.deltas.remove(0);
-                    self.submit_delta(oldest).await?;
+                    let cut = self.run_to_cut(cur);
+                    let run = cur.deltas.remove(cut);
+                    self.submit_delta(run).await?;
                 }
                 cur.deltas.push(DeltaRun {
                     run_id: self.new_run_id(),
@@ -668,6 +705,16 @@ impl<'s> Ingest<'s> {
         }
         self.push_piece(cur.file, piece);
         Ok(())
+    }
+
+    /// Which open delta run to submit to make room for another: one whose base chunk the
+    /// parent does not use further on in the file (no later page can join it, so cutting
+    /// it now costs nothing), else the least recently used. Along a file the parent's
+    /// whole chunks come one after another while its gathered runs of changed pages span
+    /// many of them; cutting a run from a chunk already passed keeps a gathered run's base
+    /// open, and its pages in one difference (one read of that base, not one per cut).
+    fn run_to_cut(&self, cur: &Current) -> usize {
+        run_to_cut(self.parent.as_ref(), &cur.key, &cur.deltas, cur.offset)
     }
 
     /// Where the parent holds the page at the current offset, when a changed page can be
@@ -1016,6 +1063,80 @@ fn try_merge(last: &mut Extent, e: Extent) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Along a file, the parent's whole chunks come one after another while a gathered
+    /// chunk of changed pages recurs: the run to cut is one from a chunk already passed,
+    /// not the gathered chunk's, even when that is the least recently used.
+    #[test]
+    fn the_run_cut_first_is_from_a_chunk_the_file_has_passed() {
+        const MIB: u32 = 1 << 20;
+        let c = |n: u8| ChunkRef {
+            id: ChunkId([n; 32]),
+            raw_len: MIB,
+        };
+        let at = |chunk, offset, len| Extent::Chunk { chunk, offset, len };
+        let (gathered, f1, f2, f3, f4) = (c(9), c(1), c(2), c(3), c(4));
+        let page = PAGE as u32;
+        // The gathered chunk holds the file's first page and, after three whole chunks,
+        // the next one; a whole chunk after it is the parent's copy of the rest.
+        let extents = vec![
+            at(gathered, 0, page),
+            at(f1, page, MIB - page),
+            at(f2, 0, MIB),
+            at(f3, 0, MIB),
+            at(gathered, page, page),
+            Extent::Xor {
+                base: f4,
+                base_offset: page,
+                delta: c(7),
+                delta_offset: 0,
+                len: MIB - page,
+            },
+        ];
+        let file = FileEntry {
+            tablespace: 0,
+            path: b"base/5/16384".to_vec(),
+            file_type: FileType::Regular,
+            mode: 0o600,
+            size: extents.iter().map(Extent::len).sum(),
+            mtime: 0,
+            link_target: Vec::new(),
+            extents,
+        };
+        let key = (file.tablespace, file.path.clone());
+        let parent = Parent::new(Lsn(0), &[file]);
+        let run = |chunk| DeltaRun {
+            run_id: 0,
+            pages: BytesMut::new(),
+            base: DeltaBase {
+                chunk,
+                slices: Vec::new(),
+            },
+        };
+        // Least recently used first: the gathered chunk, then the whole chunks in order.
+        let open = [run(gathered), run(f1), run(f2), run(f3)];
+        let third_chunk = 2 * u64::from(MIB);
+        // In the third whole chunk: the first two are passed, the gathered one comes back.
+        assert_eq!(
+            run_to_cut(Some(&parent), &key, &open, third_chunk + 8192),
+            1
+        );
+        // In the first: every open chunk is used further on, so the least recently used goes.
+        assert_eq!(run_to_cut(Some(&parent), &key, &open, 8192), 0);
+        // Past the gathered chunk's last page, its run goes before one still in use (the
+        // XOR extent's base counts as a use).
+        let end = 3 * u64::from(MIB) + 2 * 8192;
+        assert_eq!(
+            run_to_cut(Some(&parent), &key, &[run(f4), run(gathered)], end),
+            1
+        );
+        assert!(!parent.used_after(&key, &f4.id, 4 * u64::from(MIB)));
+        assert!(parent.used_after(&key, &f4.id, end));
+        // Without a parent (or for a file it does not have), the least recently used.
+        assert_eq!(run_to_cut(None, &key, &open, third_chunk), 0);
+        let other = (0, b"base/5/1".to_vec());
+        assert_eq!(run_to_cut(Some(&parent), &other, &open, third_chunk), 0);
+    }
 
     #[test]
     fn xor_extents_merge_only_when_both_sides_continue() {
