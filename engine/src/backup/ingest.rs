@@ -192,11 +192,16 @@ enum Piece {
 /// incremental, `--page-deltas off`, pages new in it) interleaves two chunks along a file:
 /// its own run of changed pages and its parent's chunk. With one open run, every switch
 /// would cut a one-page run and read a whole base chunk for it. Which run is cut when a
-/// fifth base comes: [`Ingest::run_to_cut`].
+/// fifth base comes: [`run_to_cut`].
 const OPEN_DELTA_RUNS: usize = 4;
 
-/// See [`Ingest::run_to_cut`]: `runs` are a file's open delta runs, least recently used
-/// first, and `offset` is where the file's next page starts.
+/// Which of a file's open delta runs (`runs`, least recently used first) to submit to make
+/// room for another, `offset` being where the file's next page starts: one whose base chunk
+/// the parent does not use further on in the file (no later page can join it, so cutting it
+/// now costs nothing), else the least recently used. Along a file the parent's whole chunks
+/// come one after another while its gathered runs of changed pages span many of them;
+/// cutting a run from a chunk already passed keeps a gathered run's base open, and its
+/// pages in one difference (one read of that base, not one per cut).
 fn run_to_cut(
     parent: Option<&Parent>,
     key: &(u32, Vec<u8>),
@@ -675,7 +680,7 @@ impl<'s> Ingest<'s> {
             }
             None => {
                 if cur.deltas.len() >= OPEN_DELTA_RUNS {
-                    let cut = self.run_to_cut(cur);
+                    let cut = run_to_cut(self.parent.as_ref(), &cur.key, &cur.deltas, cur.offset);
                     let run = cur.deltas.remove(cut);
                     self.submit_delta(run).await?;
                 }
@@ -705,16 +710,6 @@ impl<'s> Ingest<'s> {
         }
         self.push_piece(cur.file, piece);
         Ok(())
-    }
-
-    /// Which open delta run to submit to make room for another: one whose base chunk the
-    /// parent does not use further on in the file (no later page can join it, so cutting
-    /// it now costs nothing), else the least recently used. Along a file the parent's
-    /// whole chunks come one after another while its gathered runs of changed pages span
-    /// many of them; cutting a run from a chunk already passed keeps a gathered run's base
-    /// open, and its pages in one difference (one read of that base, not one per cut).
-    fn run_to_cut(&self, cur: &Current) -> usize {
-        run_to_cut(self.parent.as_ref(), &cur.key, &cur.deltas, cur.offset)
     }
 
     /// Where the parent holds the page at the current offset, when a changed page can be
