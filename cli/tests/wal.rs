@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::archiving::Archiving;
+use pgkeep_engine::format::ChecksumAlgorithm;
+use pgkeep_engine::wal::checksum::file_checksum;
 use pgkeep_testkit::pg::PgVersion;
 use serde_json::Value;
 
@@ -268,9 +270,10 @@ fn wal_push_and_fetch_refuse_what_they_must() {
     a.env.expect(&["wal-push", &seg_arg], 0);
     assert_eq!(a.info()["wal"][0]["stored_bytes"], before);
 
-    // Same name, other bytes: refused, naming the segment and both checksums.
+    // Same name, other bytes: refused, naming the segment and both checksums (BLAKE3, as
+    // `b3sum` prints them).
     let mut bytes = std::fs::read(&seg).expect("segment");
-    let stored_sha = sha256_hex(&bytes);
+    let stored_sum = blake3_hex(&bytes);
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     let changed_dir = work.join("changed");
@@ -281,7 +284,9 @@ fn wal_push_and_fetch_refuse_what_they_must() {
         .env
         .expect(&["wal-push", &changed.display().to_string()], 1);
     assert!(
-        err.contains(&name) && err.contains(&stored_sha) && err.contains(&sha256_hex(&bytes)),
+        err.contains(&name)
+            && err.contains(&format!("BLAKE3 {stored_sum}"))
+            && err.contains(&format!("BLAKE3 {}", blake3_hex(&bytes))),
         "{err}"
     );
 
@@ -323,8 +328,8 @@ fn wal_push_and_fetch_refuse_what_they_must() {
     a.env
         .expect(&["wal-fetch", &name, &dest.display().to_string()], 0);
     assert_eq!(
-        sha256_hex(&std::fs::read(&dest).expect("restored")),
-        stored_sha
+        blake3_hex(&std::fs::read(&dest).expect("restored")),
+        stored_sum
     );
     let (_, err) = a.env.expect(
         &[
@@ -353,9 +358,9 @@ fn wal_push_and_fetch_refuse_what_they_must() {
     );
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(data))
+fn blake3_hex(data: &[u8]) -> String {
+    let sum = file_checksum(ChecksumAlgorithm::Blake3, data);
+    hex::encode(sum.digest)
 }
 
 /// `wal-push` killed at several points of an upload, then run again: the rerun succeeds,

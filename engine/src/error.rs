@@ -1,6 +1,6 @@
 //! The engine's error type: variants a caller can act on, each naming the object involved.
 
-use pgkeep_format::FormatError;
+use pgkeep_format::{FileChecksum, FormatError};
 use thiserror::Error;
 
 /// Result alias for the engine.
@@ -83,12 +83,14 @@ pub enum Error {
     /// A WAL file of this name is archived with other content. PostgreSQL never writes two
     /// different files under one name on one timeline, so this means two servers archive
     /// into one cluster, or the stored copy is from before a restore that reused the name.
-    #[error("{file}: the archive already holds a different file of this name (stored: {stored_size} bytes, SHA-256 {stored_sha256}; this one: {new_size} bytes, SHA-256 {new_sha256}); refusing to overwrite archived WAL")]
+    /// The checksums are in one algorithm, named with each (`BLAKE3 <hex>`, as `b3sum`
+    /// prints it, or `SHA-256 <hex>`).
+    #[error("{file}: the archive already holds a different file of this name (stored: {stored_size} bytes, {stored_checksum}; this one: {new_size} bytes, {new_checksum}); refusing to overwrite archived WAL")]
     WalConflict {
         file: String,
-        stored_sha256: String,
+        stored_checksum: FileChecksum,
         stored_size: u64,
-        new_sha256: String,
+        new_checksum: FileChecksum,
         new_size: u64,
     },
     /// A WAL file that does not belong in this archive: another system, or its header

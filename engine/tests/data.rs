@@ -366,7 +366,7 @@ async fn a_chunk_stored_under_a_wrong_id_is_refused_by_restore() {
     b.store.put(&pack, bytes.into()).await.expect("rewrite");
     let fresh = Repository::open(b.store.clone(), PASS).await.expect("open");
 
-    let digest = hex::encode(pgkeep_engine::wal::archive::sha256(&good));
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&good));
     let json = format!(
         r#"{{"PostgreSQL-Backup-Manifest-Version": 1, "Files": [{{"Path": "datafile", "Size": {}, "Last-Modified": "2026-01-01 00:00:00 GMT", "Checksum-Algorithm": "SHA256", "Checksum": "{digest}"}}]}}"#,
         good.len()

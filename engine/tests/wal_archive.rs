@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use pgkeep_engine::format::ChecksumAlgorithm::Sha256;
 use pgkeep_engine::format::{ClusterName, SegmentFacts, WalFileName};
-use pgkeep_engine::wal::archive::sha256;
+use pgkeep_engine::wal::checksum::file_checksum;
 use pgkeep_engine::wal::{
     fetch_file, FetchOptions, FetchOutcome, PreparedWal, PushOutcome, WalArchive,
 };
@@ -72,13 +73,13 @@ async fn store_compare_fetch_and_list_on_every_backend() {
         {
             Err(Error::WalConflict {
                 file,
-                stored_sha256,
-                new_sha256,
+                stored_checksum,
+                new_checksum,
                 ..
             }) => {
                 assert_eq!(file, "00000002.history");
-                assert_eq!(stored_sha256, hex::encode(sha256(&history)));
-                assert_eq!(new_sha256, hex::encode(sha256(&other)));
+                assert_eq!(stored_checksum, file_checksum(Sha256, &history));
+                assert_eq!(new_checksum, file_checksum(Sha256, &other));
             }
             other => panic!("{}: expected a conflict, got {other:?}", b.name),
         }
@@ -104,7 +105,7 @@ async fn store_compare_fetch_and_list_on_every_backend() {
         );
         let (meta, file) = archive.fetch(&name).await.expect("fetch").expect("present");
         assert_eq!(file, history);
-        assert_eq!(meta.sha256, sha256(&history));
+        assert_eq!(meta.checksum, file_checksum(Sha256, &history));
         let missing = WalFileName::parse("00000003.history").expect("name");
         assert!(archive.fetch(&missing).await.expect("fetch").is_none());
         assert!(archive.meta(&missing).await.expect("meta").is_none());
@@ -206,6 +207,94 @@ async fn damage_is_reported_as_damage_not_as_missing() {
         .await
         .expect_err("swapped")
         .is_corruption());
+}
+
+/// A segment stored before format 1.5 (kind 10, SHA-256 in its meta) next to a new one
+/// (kind 15, BLAKE3): both read and check; pushing the old one again compares its content in
+/// its own algorithm, whatever the new meta's, and a different file is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_stored_by_format_1_4_compare_and_fetch() {
+    use pgkeep_engine::format::wal::seal_wal_object;
+    use pgkeep_engine::format::{ChecksumAlgorithm::Blake3, Kind, WalMeta};
+    for b in backends() {
+        let repo = init(&b).await;
+        let archive = WalArchive::new(repo.clone(), cluster());
+        let old = WalFileName::parse("000000010000000000000007").expect("name");
+        let file = segment_bytes(7);
+        let meta = WalMeta {
+            size: file.len() as u64,
+            checksum: file_checksum(Sha256, &file),
+            segment: None,
+            summary: None,
+        };
+        let object = archive.object_name(&old);
+        let sealed = seal_wal_object(
+            repo.keys(),
+            Kind::WalSegment,
+            &object,
+            &meta,
+            ([1; 24], [2; 24]),
+            &file,
+            1,
+        );
+        b.store.put(&object, sealed.into()).await.expect("put");
+        assert_eq!(sealed_kind(&b, &object).await, Kind::WalSegment as u8);
+
+        assert_eq!(archive.meta(&old).await.expect("meta"), Some(meta.clone()));
+        let (fetched, bytes) = archive.fetch(&old).await.expect("fetch").expect("present");
+        assert_eq!((fetched, &bytes), (meta, &file), "{}", b.name);
+        // The new writer's meta is BLAKE3; the stored one's SHA-256: compared by content.
+        let again = prepared(&archive, old.as_str(), &file, 1);
+        assert_eq!(again.meta.checksum.algorithm, Blake3);
+        assert_eq!(
+            archive.store(again, 1).await.expect("re-push"),
+            PushOutcome::AlreadyStored
+        );
+        let again = prepared(&archive, old.as_str(), &file, 1);
+        assert_eq!(
+            archive
+                .store_absent(again, 1)
+                .await
+                .expect("stored in between"),
+            PushOutcome::AlreadyStored
+        );
+        let mut other = file.clone();
+        other[1000] ^= 1;
+        match archive
+            .store(prepared(&archive, old.as_str(), &other, 1), 1)
+            .await
+        {
+            Err(Error::WalConflict {
+                stored_checksum,
+                new_checksum,
+                ..
+            }) => {
+                // Both in the new file's algorithm, so that they can be compared by eye.
+                assert_eq!(stored_checksum, file_checksum(Blake3, &file));
+                assert_eq!(new_checksum, file_checksum(Blake3, &other));
+            }
+            other => panic!("{}: expected a conflict, got {other:?}", b.name),
+        }
+        assert_eq!(sealed_kind(&b, &object).await, Kind::WalSegment as u8);
+
+        // A new segment beside it is kind 15.
+        let new = WalFileName::parse("000000010000000000000008").expect("name");
+        archive
+            .store(prepared(&archive, new.as_str(), &segment_bytes(8), 1), 1)
+            .await
+            .expect("store");
+        assert_eq!(
+            sealed_kind(&b, &archive.object_name(&new)).await,
+            Kind::WalSegmentBlake3 as u8
+        );
+        let (meta, _) = archive.fetch(&new).await.expect("fetch").expect("present");
+        assert_eq!(meta.checksum, file_checksum(Blake3, &segment_bytes(8)));
+    }
+}
+
+/// The kind byte of a stored object's header.
+async fn sealed_kind(b: &Backend, object: &str) -> u8 {
+    b.store.get(object).await.expect("object")[6]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

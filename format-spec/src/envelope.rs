@@ -10,7 +10,7 @@ pub const MAGIC: [u8; 4] = *b"PGKP";
 /// The format's major version: a reader refuses any other.
 pub const FORMAT_MAJOR: u8 = 1;
 /// The format's minor version: a reader accepts any (see SPEC.md, "Compatibility").
-pub const FORMAT_MINOR: u8 = 4;
+pub const FORMAT_MINOR: u8 = 5;
 /// Bytes of the header.
 pub const HEADER_LEN: usize = 16;
 
@@ -40,6 +40,10 @@ pub enum Kind {
     Pin = 13,
     /// A logical dump (pg_dump, pg_dumpall, SQLite snapshot) (format 1.3).
     Dump = 14,
+    /// An archived WAL segment or `.partial` segment whose meta checksums the file with
+    /// BLAKE3 instead of SHA-256 (format 1.5). Readers of 1.4 and earlier refuse it as an
+    /// unknown kind rather than failing its checksum.
+    WalSegmentBlake3 = 15,
 }
 
 impl Kind {
@@ -59,6 +63,7 @@ impl Kind {
             12 => Self::WalBackupHistory,
             13 => Self::Pin,
             14 => Self::Dump,
+            15 => Self::WalSegmentBlake3,
             other => return Err(FormatError::UnknownKind(other)),
         })
     }
@@ -75,7 +80,7 @@ impl Kind {
             Self::Manifest => "backup manifest",
             Self::Lock => "lock",
             Self::Cluster => "cluster binding",
-            Self::WalSegment => "WAL segment",
+            Self::WalSegment | Self::WalSegmentBlake3 => "WAL segment",
             Self::WalHistory => "timeline history file",
             Self::WalBackupHistory => "backup history file",
             Self::Pin => "backup pin",

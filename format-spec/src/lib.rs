@@ -37,5 +37,6 @@ pub use manifest::{
 pub use pack::{FinishedPack, PackEntry, PackWriter};
 pub use pg::{Lsn, SegmentName, TimelineId};
 pub use wal::{
-    RelFile, SegmentFacts, WalEvent, WalEventKind, WalFileKind, WalFileName, WalMeta, WalSummary,
+    ChecksumAlgorithm, FileChecksum, RelFile, SegmentFacts, WalEvent, WalEventKind, WalFileKind,
+    WalFileName, WalMeta, WalSummary,
 };

@@ -13,7 +13,7 @@ use pgkeep_format::manifest::{
 use pgkeep_format::{
     layout, open_object, pack, seal_object, BackupPin, ClusterBinding, ClusterName, IndexId,
     IndexSegment, IndexedPack, KdfParams, KeyFile, KeyFileId, KeyFileMeta, Kind, LockInfo,
-    LockMode, MasterKey, PackWriter, RepoConfig, RepoId, RepoKeys,
+    LockMode, MasterKey, PackWriter, RepoConfig, RepoId, RepoKeys, FORMAT_MINOR,
 };
 use serde_json::{json, Value};
 
@@ -185,6 +185,27 @@ fn format_1_1_objects_open() {
     let name = v["name"].as_str().expect("name");
     let (_, file) = open_wal_object(&keys(), Kind::WalSegment, name, &bytes).expect("opens");
     assert_eq!(file, hex_field(&v, "file"));
+}
+
+/// Segments written by format 1.4 and earlier are of kind 10 with a SHA-256 checksum; a
+/// reader asking by the segment's name (which implies kind 15 since 1.5) takes them, and
+/// their meta says SHA-256. Frozen: the `wal-object` vector of 1.4.
+#[test]
+fn format_1_4_segments_open() {
+    use pgkeep_format::wal::open_wal_object;
+    use pgkeep_format::{ChecksumAlgorithm, WalFileName};
+    let v = committed("wal-object-v1.4");
+    let bytes = hex_field(&v, "object");
+    assert_eq!((bytes[5], bytes[6]), (4, 10), "a 1.4 object of kind 10");
+    let object = v["name"].as_str().expect("name");
+    let name = WalFileName::parse(object.rsplit('/').next().expect("file name")).expect("name");
+    assert_eq!(name.object_kind(), Kind::WalSegmentBlake3);
+    let (meta, file) = open_wal_object(&keys(), name.object_kind(), object, &bytes).expect("opens");
+    assert_eq!(meta.checksum.algorithm, ChecksumAlgorithm::Sha256);
+    assert_eq!(meta.checksum.digest, [0x5a; 32]);
+    assert_eq!(file, hex_field(&v, "file"));
+    // Kind 10 and 15 stand in for each other, and for nothing else.
+    assert!(open_wal_object(&keys(), Kind::WalHistory, object, &bytes).is_err());
 }
 
 #[test]
@@ -489,7 +510,10 @@ fn lock_and_cluster_objects() {
 #[test]
 fn wal_objects() {
     use pgkeep_format::wal::{open_wal_object, seal_wal_object};
-    use pgkeep_format::{Lsn, RelFile, WalEvent, WalEventKind, WalFileName, WalMeta, WalSummary};
+    use pgkeep_format::{
+        ChecksumAlgorithm, FileChecksum, Lsn, RelFile, WalEvent, WalEventKind, WalFileName,
+        WalMeta, WalSummary,
+    };
     let k = keys();
     let cluster = ClusterName::new("main").expect("valid");
     let name = WalFileName::parse("000000010000000000000003").expect("segment name");
@@ -498,7 +522,10 @@ fn wal_objects() {
     let file: Vec<u8> = (0..4096u32).map(|i| (i % 7) as u8).collect();
     let meta = WalMeta {
         size: file.len() as u64,
-        sha256: [0x5a; 32],
+        checksum: FileChecksum {
+            algorithm: ChecksumAlgorithm::Blake3,
+            digest: [0x5a; 32],
+        },
         segment: Some(pgkeep_format::SegmentFacts {
             system_id: 7_300_000_000_000_000_001,
             segment_size: 16 << 20,
@@ -536,9 +563,10 @@ fn wal_objects() {
             stopped: None,
         }),
     };
+    assert_eq!(name.object_kind(), Kind::WalSegmentBlake3);
     let sealed = seal_wal_object(
         &k,
-        Kind::WalSegment,
+        Kind::WalSegmentBlake3,
         &object,
         &meta,
         (salt(11), salt(12)),
@@ -548,20 +576,25 @@ fn wal_objects() {
     check(
         "wal-object",
         json!({
-            "description": "a WAL segment object: meta unit (salt 0b..) with a summary, data unit (salt 0c..) at zstd 3",
+            "description": "a WAL segment object (kind 15, BLAKE3 checksum): meta unit (salt 0b..) with a summary, data unit (salt 0c..) at zstd 3",
             "name": object,
             "file": hex::encode(&file),
             "object": hex::encode(&sealed),
         }),
     );
     let v = committed("wal-object");
-    let (m, f) =
-        open_wal_object(&k, Kind::WalSegment, &object, &hex_field(&v, "object")).expect("opens");
+    let (m, f) = open_wal_object(
+        &k,
+        Kind::WalSegmentBlake3,
+        &object,
+        &hex_field(&v, "object"),
+    )
+    .expect("opens");
     assert_eq!((m, f), (meta, file));
     // The two units are bound to their roles: a wrong name fails authentication.
     assert!(open_wal_object(
         &k,
-        Kind::WalSegment,
+        Kind::WalSegmentBlake3,
         "clusters/main/wal/00000001/000000010000000000000004",
         &sealed
     )
@@ -623,7 +656,7 @@ fn dump_object() {
     check(
         "dump-object",
         json!({
-            "description": "a dump manifest (format 1.4, salt 0e.., body uncompressed)",
+            "description": "a dump manifest (salt 0e.., body uncompressed)",
             "name": name,
             "plaintext": hex::encode(m.encode()),
             "object": hex::encode(seal_object(&k, Kind::Dump, &name, salt(14), &m.encode(), 0)),
@@ -631,7 +664,7 @@ fn dump_object() {
     );
     let v = committed("dump-object");
     let bytes = hex_field(&v, "object");
-    assert_eq!(bytes[5], 4, "written by format 1.4");
+    assert_eq!(bytes[5], FORMAT_MINOR, "written by this format version");
     assert_eq!(bytes[6], 14, "kind Dump");
     let plain = open_object(&k, Kind::Dump, &name, &bytes, 1 << 20).expect("opens");
     assert_eq!(DumpManifest::decode(&plain).expect("decodes"), m);

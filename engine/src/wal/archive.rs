@@ -2,7 +2,7 @@
 //!
 //! Every archived file is one object (format-spec §7), immutable except for `.partial`
 //! segments, which a newer snapshot replaces. Storing is create-if-absent, and a name that is
-//! already stored is compared by its SHA-256 (read from the small meta unit at the front of
+//! already stored is compared by its checksum (read from the small meta unit at the front of
 //! the object): identical is success, different is refused. That is exactly what PostgreSQL
 //! asks of `archive_command`, and it makes `wal-push` and `wal-stream` safe to run side by
 //! side on the same repository.
@@ -15,12 +15,12 @@ use pgkeep_format::wal::{
     self, open_wal_meta, open_wal_object, seal_wal_data, wal_frame, wal_object_front,
 };
 use pgkeep_format::{ClusterName, Lsn, TimelineId, WalFileKind, WalFileName, WalMeta};
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::repository::{blocking, random_bytes, Repository};
 use crate::storage::Created;
+use crate::wal::checksum::file_checksum;
 use crate::wal::segment::{prepare_chain, SegmentIdentity, WalSource};
 
 /// A file ready to store: its meta, and its bytes compressed and encrypted (the object's data
@@ -48,11 +48,6 @@ pub struct ArchivedFile {
     pub name: WalFileName,
     /// Size of the stored object (compressed and encrypted).
     pub stored_size: u64,
-}
-
-/// SHA-256 of a file, as `sha256sum` prints it.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
 }
 
 /// The WAL archive of one cluster of a repository.
@@ -179,7 +174,7 @@ impl WalArchive {
     }
 
     /// Stores a prepared file, create-if-absent, its meta unit compressed at `level`. A
-    /// stored file of the same name is compared by size and SHA-256: identical is success,
+    /// stored file of the same name is compared by size and checksum: identical is success,
     /// anything else is [`Error::WalConflict`].
     ///
     /// A `.partial` segment is the exception: it is a snapshot of a segment still being
@@ -187,7 +182,10 @@ impl WalArchive {
     /// promotion), so a newer one replaces what is stored.
     pub async fn store(&self, prepared: PreparedWal, level: i8) -> Result<PushOutcome> {
         if let Some(stored) = self.meta(&prepared.name).await? {
-            return match compare(&prepared.name, &stored, &prepared.meta) {
+            return match self
+                .compare_stored(&prepared.name, &stored, &prepared.meta)
+                .await
+            {
                 Err(Error::WalConflict { .. }) if prepared.name.kind() == WalFileKind::Partial => {
                     self.replace(prepared, level).await?;
                     Ok(PushOutcome::Stored)
@@ -208,7 +206,7 @@ impl WalArchive {
         // Size and checksum only: a segment's summary can be a few hundred KiB.
         let meta = WalMeta {
             size: prepared.meta.size,
-            sha256: prepared.meta.sha256,
+            checksum: prepared.meta.checksum,
             segment: None,
             summary: None,
         };
@@ -218,7 +216,7 @@ impl WalArchive {
             Ok(Created::New | Created::Identical) => Ok(PushOutcome::Stored),
             // Someone else stored it between our check and our write: compare with theirs.
             Err(Error::AlreadyExists { .. }) => match self.meta(&name).await? {
-                Some(stored) => compare(&name, &stored, &meta),
+                Some(stored) => self.compare_stored(&name, &stored, &meta).await,
                 None => Err(Error::NotFound { object }),
             },
             Err(e) => Err(e),
@@ -273,7 +271,7 @@ impl WalArchive {
         Ok((front, data_unit))
     }
 
-    /// Fetches and checks a stored file: authenticated decryption, then size and SHA-256
+    /// Fetches and checks a stored file: authenticated decryption, then size and checksum
     /// against its meta. `None` when the archive does not have it.
     pub async fn fetch(&self, name: &WalFileName) -> Result<Option<(WalMeta, Vec<u8>)>> {
         let object = self.object_name(name);
@@ -287,15 +285,11 @@ impl WalArchive {
         let owned = object.clone();
         let opened = blocking(move || {
             let (meta, file) = open_wal_object(repo.keys(), kind, &owned, &bytes)?;
-            let actual = sha256(&file);
-            if actual != meta.sha256 {
+            let actual = file_checksum(meta.checksum.algorithm, &file);
+            if actual != meta.checksum {
                 return Err(pgkeep_format::FormatError::Invalid {
                     what: kind.name(),
-                    reason: format!(
-                        "content has SHA-256 {}, its meta says {}",
-                        hex::encode(actual),
-                        hex::encode(meta.sha256)
-                    ),
+                    reason: format!("content has {actual}, its meta says {}", meta.checksum),
                 });
             }
             Ok((meta, file))
@@ -330,18 +324,48 @@ impl WalArchive {
         }
         Ok(out)
     }
+
+    /// [`compare`] when the new file's checksum may be in another algorithm than the stored
+    /// copy's: a segment stored before format 1.5 has SHA-256, a new one BLAKE3. Then the
+    /// stored file itself is fetched (and checked against its own meta) and hashed in the new
+    /// file's algorithm. That happens only when a file stored by an older pgkeep is pushed
+    /// again, so it costs a download there and nothing anywhere else.
+    async fn compare_stored(
+        &self,
+        name: &WalFileName,
+        stored: &WalMeta,
+        new: &WalMeta,
+    ) -> Result<PushOutcome> {
+        let algorithm = new.checksum.algorithm;
+        if stored.checksum.algorithm == algorithm || stored.size != new.size {
+            return compare(name, stored, new);
+        }
+        let Some((_, file)) = self.fetch(name).await? else {
+            return Err(Error::NotFound {
+                object: self.object_name(name),
+            });
+        };
+        let restated = WalMeta {
+            size: file.len() as u64,
+            checksum: blocking(move || file_checksum(algorithm, &file)).await?,
+            segment: None,
+            summary: None,
+        };
+        compare(name, &restated, new)
+    }
 }
 
 /// Same name, same bytes: success. Same name, other bytes: refused, naming both checksums.
+/// Checksums in two algorithms never match: see [`WalArchive::compare_stored`].
 pub(crate) fn compare(name: &WalFileName, stored: &WalMeta, new: &WalMeta) -> Result<PushOutcome> {
-    if stored.size == new.size && stored.sha256 == new.sha256 {
+    if stored.size == new.size && stored.checksum == new.checksum {
         Ok(PushOutcome::AlreadyStored)
     } else {
         Err(Error::WalConflict {
             file: name.to_string(),
-            stored_sha256: hex::encode(stored.sha256),
+            stored_checksum: stored.checksum,
             stored_size: stored.size,
-            new_sha256: hex::encode(new.sha256),
+            new_checksum: new.checksum,
             new_size: new.size,
         })
     }

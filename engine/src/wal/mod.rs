@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod checksum;
 pub mod decode;
 pub mod fetch;
 pub mod push;

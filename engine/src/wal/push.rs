@@ -5,7 +5,7 @@
 //! fallen behind (several `.ready` files waiting in `pg_wal/archive_status`), the call also
 //! stores the next ones, in parallel, and leaves a marker for each in the spool directory
 //! (`pg_wal/pgkeep-spool/pushed/`): the file's identity (device, inode, size, modification
-//! time) and SHA-256. The following call for such a file finds the marker matching the file
+//! time) and checksum. The following call for such a file finds the marker matching the file
 //! and the stored object's meta matching the marker, and returns without reading the file
 //! (PostgreSQL never rewrites a segment it marked ready). Without a matching marker the file
 //! is read and hashed as usual. Nothing is ever acknowledged before it is stored: a look-ahead
@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use futures::future::join_all;
-use pgkeep_format::{Lsn, WalFileKind, WalFileName, WalMeta};
+use pgkeep_format::{FileChecksum, Lsn, WalFileKind, WalFileName, WalMeta};
 
 use crate::error::{Error, Result};
 use crate::repository::blocking;
@@ -49,24 +49,29 @@ struct Marker {
     ino: u64,
     size: u64,
     mtime_ns: i128,
-    sha256: String,
+    /// The stored object's checksum, as it displays (`BLAKE3 <hex>`), without the space.
+    checksum: String,
 }
 
 impl Marker {
-    fn of(stat: &std::fs::Metadata, sha: &[u8; 32]) -> Self {
+    fn of(stat: &std::fs::Metadata, checksum: &FileChecksum) -> Self {
         Self {
             dev: stat.dev(),
             ino: stat.ino(),
             size: stat.size(),
             mtime_ns: i128::from(stat.mtime()) * 1_000_000_000 + i128::from(stat.mtime_nsec()),
-            sha256: hex::encode(sha),
+            checksum: format!(
+                "{}:{}",
+                checksum.algorithm.name(),
+                hex::encode(checksum.digest)
+            ),
         }
     }
 
     fn encode(&self) -> String {
         format!(
             "{} {} {} {} {}\n",
-            self.dev, self.ino, self.size, self.mtime_ns, self.sha256
+            self.dev, self.ino, self.size, self.mtime_ns, self.checksum
         )
     }
 
@@ -77,7 +82,7 @@ impl Marker {
             ino: f.next()?.parse().ok()?,
             size: f.next()?.parse().ok()?,
             mtime_ns: f.next()?.parse().ok()?,
-            sha256: f.next()?.to_owned(),
+            checksum: f.next()?.to_owned(),
         })
     }
 }
@@ -97,7 +102,7 @@ async fn pushed_earlier(
     let marker = Marker::decode(&text)?;
     let stat = tokio::fs::metadata(path).await.ok()?;
     let stored = archive.meta(name).await.ok()??;
-    let now = Marker::of(&stat, &stored.sha256);
+    let now = Marker::of(&stat, &stored.checksum);
     if now != marker || stored.size != stat.size() {
         return None;
     }
@@ -217,7 +222,8 @@ enum Tail {
 }
 
 /// Checks the call's own file. A new file is left to be read while it is compressed (see
-/// `segment::prepare_chain`); one already stored is read here and compared by its SHA-256.
+/// `segment::prepare_chain`); one already stored is read here and compared by its checksum,
+/// in the stored copy's algorithm.
 async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Result<Own> {
     let Some(stored) = archive.meta(name).await? else {
         return Ok(Own::Store {
@@ -228,8 +234,9 @@ async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Res
     // Already stored (by a look-ahead, or before a crash): only its checksum is needed. The
     // header is checked first, so that a foreign or misnamed segment is reported as such.
     let (owned_name, owned_path) = (name.clone(), path.to_path_buf());
-    let (size, sha256, identity) =
-        blocking(move || fingerprint(&owned_name, &owned_path)).await??;
+    let algorithm = stored.checksum.algorithm;
+    let (size, checksum, identity) =
+        blocking(move || fingerprint(&owned_name, &owned_path, algorithm)).await??;
     if let (Some(id), Some(facts)) = (identity, stored.segment) {
         if id.system_id != facts.system_id {
             return Err(Error::WrongSystem {
@@ -241,7 +248,7 @@ async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Res
     }
     let new = WalMeta {
         size,
-        sha256,
+        checksum,
         segment: None,
         summary: None,
     };
@@ -330,7 +337,7 @@ async fn push_chain(
         .map(|((name, prepared), stat)| async move {
             let outcome = async {
                 let (prepared, identity) = prepared?;
-                let sha = prepared.meta.sha256;
+                let checksum = prepared.meta.checksum;
                 if let Some(id) = identity {
                     bind(archive, &id).await?;
                 }
@@ -342,7 +349,7 @@ async fn push_chain(
                     archive.store_absent(prepared, opts.level).await?
                 };
                 if let Some(stat) = stat {
-                    write_marker(markers, &name, &Marker::of(&stat, &sha)).await;
+                    write_marker(markers, &name, &Marker::of(&stat, &checksum)).await;
                 }
                 Ok(outcome)
             };

@@ -1,5 +1,5 @@
 //! Checking an archived file against its name and cluster, computing its meta (size,
-//! SHA-256, system identifier, and for segments the time-index summary), and compressing and
+//! checksum, system identifier, and for segments the time-index summary), and compressing and
 //! encrypting it.
 //!
 //! Blocking work (reading files, hashing, compressing, on threads of its own); callers run it
@@ -19,12 +19,12 @@ use std::thread::{Scope, ScopedJoinHandle};
 
 use pgkeep_format::body::{compress_frame, PART_LEN};
 use pgkeep_format::wal::{seal_wal_data, seal_wal_data_frames};
-use pgkeep_format::RepoKeys;
-use sha2::{Digest, Sha256};
+use pgkeep_format::{ChecksumAlgorithm, FileChecksum, RepoKeys};
 
 use crate::error::{Error, Result};
 use crate::repository::random_bytes;
 use crate::wal::archive::PreparedWal;
+use crate::wal::checksum::FileHasher;
 use crate::wal::decode::PageHeader;
 use crate::wal::summary::Summarizer;
 
@@ -95,31 +95,33 @@ fn identify(name: &WalFileName, bytes: &[u8], len: u64) -> Result<SegmentIdentit
     }
 }
 
-/// A file's length and SHA-256, and for a segment its identity, read a part at a time
-/// through one buffer: for comparing a file with its stored copy without holding it in
-/// memory. The file is checked against its name as [`prepare_chain`] checks it.
+/// A file's length and checksum (in `algorithm`, the stored copy's), and for a segment its
+/// identity, read a part at a time through one buffer: for comparing a file with its stored
+/// copy without holding it in memory. The file is checked against its name as
+/// [`prepare_chain`] checks it.
 pub fn fingerprint(
     name: &WalFileName,
     path: &Path,
-) -> Result<(u64, [u8; 32], Option<SegmentIdentity>)> {
+    algorithm: ChecksumAlgorithm,
+) -> Result<(u64, FileChecksum, Option<SegmentIdentity>)> {
     let free = FreeList::new();
     let read_error = |e| Error::io(format!("reading {}", path.display()), e);
     let reader = Reader::open(WalSource::Path(path.to_path_buf()), &free).map_err(read_error)?;
     let len = reader.len;
     let mut checked = None;
-    let mut hasher = Sha256::new();
+    let mut hasher = FileHasher::new(algorithm);
     for part in reader {
         let part = part.map_err(read_error)?;
         if checked.is_none() {
             checked = Some(Describing::start(name, &part, len)?);
         }
-        hasher.update(&*part);
+        hasher.update(&part);
     }
     let checked = match checked {
         Some(d) => d,
         None => Describing::start(name, &[], len)?,
     };
-    Ok((len, hasher.finalize().into(), checked.identity))
+    Ok((len, hasher.finish(), checked.identity))
 }
 
 /// Where the bytes of a file to prepare come from.
@@ -357,10 +359,10 @@ struct Described {
 }
 
 impl Described {
-    fn into_meta(self, len: u64, sha256: [u8; 32]) -> (WalMeta, Option<SegmentIdentity>) {
+    fn into_meta(self, len: u64, checksum: FileChecksum) -> (WalMeta, Option<SegmentIdentity>) {
         let meta = WalMeta {
             size: len,
-            sha256,
+            checksum,
             segment: self.identity.map(|id| SegmentFacts {
                 system_id: id.system_id,
                 segment_size: id.segment_size,
@@ -378,14 +380,14 @@ struct Read<'scope> {
     /// How many parts went to the compressing queue.
     parts: usize,
     described: Result<Described>,
-    /// Its SHA-256, from a thread of its own.
-    digest: ScopedJoinHandle<'scope, [u8; 32]>,
+    /// Its checksum, from a thread of its own.
+    digest: ScopedJoinHandle<'scope, FileChecksum>,
     /// The parts themselves, kept only when nothing is compressed (level 0).
     raw: Vec<Arc<Part>>,
 }
 
 /// Prepares consecutive files at once: reads each a part (`body::PART_LEN`) at a time, and
-/// hands every part to three consumers: a SHA-256 thread per file, a queue of compressing
+/// hands every part to three consumers: a checksum thread per file, a queue of compressing
 /// threads (one per core, each part a zstd frame), and this thread, which checks headers and
 /// summarizes the files in order (each summary needs the tail of the one before; that is the
 /// only sequential part). A part's buffer is reused once all three are done with it, and the
@@ -517,12 +519,13 @@ impl<'env> Chain<'env> {
         mut tail: Option<Tail>,
     ) -> Read<'scope> {
         let (to_hasher, parts) = mpsc::channel::<Arc<Part>>();
+        let algorithm = name.checksum_algorithm();
         let digest = s.spawn(move || {
-            let mut hasher = Sha256::new();
+            let mut hasher = FileHasher::new(algorithm);
             for part in parts {
-                hasher.update(&**part);
+                hasher.update(&part);
             }
-            <[u8; 32]>::from(hasher.finalize())
+            hasher.finish()
         });
         let shown = match &source {
             WalSource::Path(path) => path.display().to_string(),
@@ -605,7 +608,7 @@ mod tests {
 
     use super::*;
     use crate::bench::throwaway_keys;
-    use crate::wal::archive::sha256;
+    use crate::wal::checksum::file_checksum;
     use crate::wal::decode::synth::WalWriter;
     use crate::wal::decode::WalVersion;
     use crate::wal::summary::summarize;
@@ -659,7 +662,11 @@ mod tests {
         for ((bytes, name), object) in [first, second].iter().zip(&names).zip(&objects) {
             let (prepared, identity) = results.next().expect("result").expect("prepared");
             let id = identity.expect("a segment");
-            assert_eq!(prepared.meta.sha256, sha256(bytes));
+            // A segment's checksum is BLAKE3 (format 1.5).
+            assert_eq!(
+                prepared.meta.checksum,
+                file_checksum(ChecksumAlgorithm::Blake3, bytes)
+            );
             let expected = summarize([*bytes], id.start, seg, tail.take());
             assert_eq!(expected.stopped, None);
             assert!(!expected.head_unknown);
@@ -756,7 +763,11 @@ mod tests {
         let mut results = prepare_chain(files, || None, &keys, &objects, 1);
         let (prepared, identity) = results.remove(0).expect("prepared");
         assert_eq!(identity, None);
-        assert_eq!(prepared.meta.sha256, sha256(&noise));
+        // A history file's checksum stays SHA-256.
+        assert_eq!(
+            prepared.meta.checksum,
+            file_checksum(ChecksumAlgorithm::Sha256, &noise)
+        );
         // zstd's raw blocks: a few bytes per frame and block more than the file.
         assert!(prepared.data_unit.len() < noise.len() + 4096);
         let (_, file) = open(&keys, &objects[0], &prepared);
@@ -771,26 +782,35 @@ mod tests {
         let path = dir.path().join("000000010000000000000002");
         std::fs::write(&path, &wal[..seg as usize]).expect("write");
         let name = WalFileName::parse("000000010000000000000002").expect("name");
-        let (len, digest, identity) = fingerprint(&name, &path).expect("fingerprint");
-        assert_eq!(
-            (len, digest),
-            (u64::from(seg), sha256(&wal[..seg as usize]))
-        );
+        // In the algorithm asked for: the stored copy's, which may be older than BLAKE3.
+        for algorithm in [ChecksumAlgorithm::Sha256, ChecksumAlgorithm::Blake3] {
+            let (len, digest, _) = fingerprint(&name, &path, algorithm).expect("fingerprint");
+            assert_eq!(
+                (len, digest),
+                (
+                    u64::from(seg),
+                    file_checksum(algorithm, &wal[..seg as usize])
+                )
+            );
+        }
+        let (_, _, identity) =
+            fingerprint(&name, &path, ChecksumAlgorithm::Blake3).expect("fingerprint");
         let id = identity.expect("a segment");
         assert_eq!((id.start, id.segment_size), (Lsn(2 * u64::from(seg)), seg));
 
         // Under another segment's name, or cut short, it is refused and the message says why.
         let other = WalFileName::parse("000000010000000000000005").expect("name");
-        let err = fingerprint(&other, &path).expect_err("misnamed");
+        let err = fingerprint(&other, &path, ChecksumAlgorithm::Blake3).expect_err("misnamed");
         assert!(err.to_string().contains("the name says"), "{err}");
         std::fs::write(&path, &wal[..1000]).expect("write");
-        let err = fingerprint(&name, &path).expect_err("short");
+        let err = fingerprint(&name, &path, ChecksumAlgorithm::Blake3).expect_err("short");
         assert!(
             err.to_string()
                 .contains("a segment is archived only once complete"),
             "{err}"
         );
-        let err = fingerprint(&name, &dir.path().join("gone")).expect_err("missing");
+        let err = fingerprint(&name, &dir.path().join("gone"), ChecksumAlgorithm::Blake3)
+            .expect_err("missing");
         assert!(err.to_string().contains("gone"), "{err}");
     }
 }

@@ -5,7 +5,7 @@ use pgkeep_engine::format::{
     BackupKind, BackupStats, FileEntry, FileType, KdfParams, Manifest, SegmentFacts, WalFileName,
     WalMeta,
 };
-use pgkeep_engine::wal::archive::sha256;
+use pgkeep_engine::wal::checksum::file_checksum;
 use pgkeep_engine::wal::{PreparedWal, WalArchive};
 use pgkeep_engine::{InitOptions, Repository, Store, StoredStream};
 
@@ -189,7 +189,7 @@ pub fn prepared_wal(
     let name = WalFileName::parse(name).expect("name");
     let meta = WalMeta {
         size: file.len() as u64,
-        sha256: sha256(file),
+        checksum: file_checksum(name.checksum_algorithm(), file),
         segment: name.segment_part().map(|_| facts),
         summary: None,
     };
