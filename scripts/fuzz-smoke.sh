@@ -162,6 +162,11 @@ seed("wal_names", b"000000010000000000000002\n000000020000000100000003.partial\n
      b"00000002.history\n000000010000000000000002.00000028.backup\n16MB\n8192\n1GB\n"
      b"0/3000000\nFFFFFFFF/FFFFFFFF\n1\t0/3000000\tno recovery target specified\n"
      b"2\t1/0\tbefore 2000-01-01\n")
+# A segment's meta (BLAKE3, segment facts, an empty summary) and a history file's (SHA-256).
+seed("wal_meta", bytes([1]) + struct.pack("<Q", 16 << 20) + bytes([0x5a]) * 32
+     + bytes([1]) + struct.pack("<QII", 7_300_000_000_000_000_001, 16 << 20, 18)
+     + bytes([1]) + struct.pack("<QQB", 3, 0x3000ff8, 0) + struct.pack("<I", 0) + bytes([0, 0]))
+seed("wal_meta", bytes([0]) + struct.pack("<Q", 42) + bytes([0xa5]) * 32 + bytes([0, 0]))
 seed("lock_info", bytes([1]) + s(b"db1") + struct.pack("<I", 4242) + s(b"prune")
      + struct.pack("<qq", 1_795_000_000_000_000, 1_795_000_030_000_000))
 PY
