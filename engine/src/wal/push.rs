@@ -49,7 +49,7 @@ struct Marker {
     ino: u64,
     size: u64,
     mtime_ns: i128,
-    /// The stored object's checksum, as it displays (`BLAKE3 <hex>`), without the space.
+    /// The stored object's checksum as `<algorithm>:<hex>` (one whitespace-free field).
     checksum: String,
 }
 
