@@ -201,12 +201,19 @@ impl Repository {
     /// Opens a repository with a passphrase: tries each key file, then reads and
     /// authenticates the config.
     pub async fn open(store: Store, passphrase: &[u8]) -> Result<Self> {
-        if store.head(layout::CONFIG).await?.is_none() {
-            return Err(Error::NotInitialized {
-                location: store.location().to_owned(),
-            });
-        }
-        let key_files = read_key_files(&store).await?;
+        // The config and the key files are fetched at once: on object storage each request is
+        // a round trip, and every command (each `archive_command` call among them) opens the
+        // repository first. The config is opened once a key file has given the keys.
+        let (raw, key_files) = tokio::join!(store.get(layout::CONFIG), read_key_files(&store));
+        let raw = match raw {
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::NotInitialized {
+                    location: store.location().to_owned(),
+                })
+            }
+            other => other?,
+        };
+        let key_files = key_files?;
         if key_files.is_empty() {
             return Err(Error::corrupt(
                 layout::KEYS_DIR,
@@ -231,7 +238,6 @@ impl Repository {
             });
         };
         let keys = RepoKeys::derive(key_file.repo_id, &master);
-        let raw = store.get(layout::CONFIG).await?;
         let config = open_object(&keys, Kind::Config, layout::CONFIG, &raw, limits::CONFIG)
             .and_then(|p| RepoConfig::decode(&p))
             .map_err(|e| Error::corrupt(layout::CONFIG, e))?;
