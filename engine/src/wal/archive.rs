@@ -95,8 +95,9 @@ impl WalArchive {
             .unwrap_or_else(|| Err(Error::Pipeline(format!("{name}: nothing was prepared"))))
     }
 
-    /// Seals `file` as `name` with a meta the caller computed: nothing is checked or
-    /// summarized, and the compression runs on this thread. For callers that vouch for the
+    /// Seals `file` as `name` with a meta the caller computed, its checksum in
+    /// `name.checksum_algorithm()`: nothing is checked or summarized, and the compression
+    /// runs on this thread. For callers that vouch for the
     /// meta themselves, such as tests storing stand-in files; everything else uses
     /// [`prepare`](Self::prepare).
     pub fn prepare_as_is(
