@@ -236,7 +236,8 @@ async fn segments_stored_by_format_1_4_compare_and_fetch() {
             ([1; 24], [2; 24]),
             &file,
             1,
-        );
+        )
+        .expect("seals");
         b.store.put(&object, sealed.into()).await.expect("put");
         assert_eq!(sealed_kind(&b, &object).await, Kind::WalSegment as u8);
 
@@ -289,6 +290,31 @@ async fn segments_stored_by_format_1_4_compare_and_fetch() {
         );
         let (meta, _) = archive.fetch(&new).await.expect("fetch").expect("present");
         assert_eq!(meta.checksum, file_checksum(Blake3, &segment_bytes(8)));
+
+        // A library caller's meta in the old algorithm for a new segment: refused, not
+        // stored as an object that would fail its checksum on every fetch.
+        let wrong = WalFileName::parse("000000010000000000000009").expect("name");
+        let file = segment_bytes(9);
+        let meta = WalMeta {
+            size: file.len() as u64,
+            checksum: file_checksum(Sha256, &file),
+            segment: None,
+            summary: None,
+        };
+        let as_is = archive.prepare_as_is(wrong.clone(), meta, &file, 1);
+        match archive.store(as_is, 1).await {
+            Err(Error::InvalidInput(message)) => assert!(
+                message.contains(wrong.as_str()) && message.contains("SHA-256"),
+                "{message}"
+            ),
+            other => panic!("{}: expected InvalidInput, got {other:?}", b.name),
+        }
+        assert_eq!(
+            archive.meta(&wrong).await.expect("meta"),
+            None,
+            "{}",
+            b.name
+        );
     }
 }
 

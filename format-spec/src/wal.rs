@@ -418,7 +418,8 @@ fn data_unit_name(object: &str) -> String {
     format!("{object}#data")
 }
 
-/// Seals a WAL object: meta unit then the file, both at zstd `level`.
+/// Seals a WAL object: meta unit then the file, both at zstd `level`. Fails as
+/// [`wal_object_front`] does.
 pub fn seal_wal_object(
     keys: &RepoKeys,
     kind: Kind,
@@ -427,7 +428,7 @@ pub fn seal_wal_object(
     salts: ([u8; SALT_LEN], [u8; SALT_LEN]),
     file: &[u8],
     level: i8,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, FormatError> {
     let data_unit = seal_wal_data(keys, kind, object, salts.1, file, level);
     assemble_wal_object(keys, kind, object, meta, salts.0, &data_unit, level)
 }
@@ -482,6 +483,7 @@ pub fn seal_wal_data_frames(
 /// meta of a segment of small transactions holds thousands of events (a few hundred KiB);
 /// sealing it is the last step before the upload, so `archive_command` waits for all of it,
 /// and a higher level than the data's buys little on a unit read a few hundred KiB at a time.
+/// Fails as [`wal_object_front`] does.
 pub fn assemble_wal_object(
     keys: &RepoKeys,
     kind: Kind,
@@ -490,15 +492,19 @@ pub fn assemble_wal_object(
     meta_salt: [u8; SALT_LEN],
     data_unit: &[u8],
     meta_level: i8,
-) -> Vec<u8> {
-    let mut out = wal_object_front(keys, kind, object, meta, meta_salt, meta_level);
+) -> Result<Vec<u8>, FormatError> {
+    let mut out = wal_object_front(keys, kind, object, meta, meta_salt, meta_level)?;
     out.extend_from_slice(data_unit);
-    out
+    Ok(out)
 }
 
 /// What comes before the data unit in a WAL object: header, meta unit length and meta unit
 /// (see [`assemble_wal_object`]). A writer that can store an object in parts puts the data
 /// unit after it without copying it.
+///
+/// Refuses a meta whose checksum is not in `kind`'s algorithm
+/// ([`ChecksumAlgorithm::of_kind`]): the meta does not record its algorithm, a reader takes
+/// it from the kind, so such an object would open and then fail its checksum on every fetch.
 pub fn wal_object_front(
     keys: &RepoKeys,
     kind: Kind,
@@ -506,8 +512,18 @@ pub fn wal_object_front(
     meta: &WalMeta,
     meta_salt: [u8; SALT_LEN],
     meta_level: i8,
-) -> Vec<u8> {
-    debug_assert_eq!(meta.checksum.algorithm, ChecksumAlgorithm::of_kind(kind));
+) -> Result<Vec<u8>, FormatError> {
+    let expected = ChecksumAlgorithm::of_kind(kind);
+    if meta.checksum.algorithm != expected {
+        return Err(FormatError::Invalid {
+            what: kind.name(),
+            reason: format!(
+                "its meta carries a {} checksum, but objects of this kind carry {}",
+                meta.checksum.algorithm.name(),
+                expected.name()
+            ),
+        });
+    }
     let header = Header::new(kind, keys.key_id().0);
     let meta_unit = keys.seal(
         &header,
@@ -521,7 +537,7 @@ pub fn wal_object_front(
     let len = u32::try_from(meta_unit.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&meta_unit);
-    out
+    Ok(out)
 }
 
 /// The parsed frame of a WAL object: header and where the meta unit ends.
@@ -665,6 +681,69 @@ mod tests {
         assert_eq!(name.checksum_algorithm(), ChecksumAlgorithm::Blake3);
         let name = WalFileName::parse("00000002.history").expect("name");
         assert_eq!(name.checksum_algorithm(), ChecksumAlgorithm::Sha256);
+    }
+
+    /// The writer refuses a meta whose checksum is not its kind's: the reader would take the
+    /// digest for the kind's algorithm and call every byte of the file damaged.
+    #[test]
+    fn an_object_is_sealed_only_with_its_kinds_checksum() {
+        let keys = RepoKeys::derive(
+            crate::ids::RepoId([5; 16]),
+            &crate::crypto::MasterKey::from_bytes([6; 32]),
+        );
+        let file = b"not really WAL".to_vec();
+        let object = "wal/main/0000000100000000/000000010000000000000003";
+        for (kind, right, wrong) in [
+            (
+                Kind::WalSegmentBlake3,
+                ChecksumAlgorithm::Blake3,
+                ChecksumAlgorithm::Sha256,
+            ),
+            (
+                Kind::WalSegment,
+                ChecksumAlgorithm::Sha256,
+                ChecksumAlgorithm::Blake3,
+            ),
+        ] {
+            let meta = |algorithm| WalMeta {
+                size: file.len() as u64,
+                checksum: FileChecksum {
+                    algorithm,
+                    digest: [0x11; 32],
+                },
+                segment: None,
+                summary: None,
+            };
+            let err = seal_wal_object(
+                &keys,
+                kind,
+                object,
+                &meta(wrong),
+                ([1; 24], [2; 24]),
+                &file,
+                1,
+            )
+            .expect_err("a meta in the other algorithm is refused");
+            let message = err.to_string();
+            assert!(
+                matches!(err, FormatError::Invalid { .. })
+                    && message.contains(wrong.name())
+                    && message.contains(right.name()),
+                "{message}"
+            );
+            let sealed = seal_wal_object(
+                &keys,
+                kind,
+                object,
+                &meta(right),
+                ([1; 24], [2; 24]),
+                &file,
+                1,
+            )
+            .expect("seals");
+            let (opened, bytes) = open_wal_object(&keys, kind, object, &sealed).expect("opens");
+            assert_eq!((opened, bytes), (meta(right), file.clone()));
+        }
     }
 
     #[test]

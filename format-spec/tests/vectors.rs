@@ -572,7 +572,8 @@ fn wal_objects() {
         (salt(11), salt(12)),
         &file,
         3,
-    );
+    )
+    .expect("seals");
     check(
         "wal-object",
         json!({

@@ -96,10 +96,10 @@ impl WalArchive {
     }
 
     /// Seals `file` as `name` with a meta the caller computed, its checksum in
-    /// `name.checksum_algorithm()`: nothing is checked or summarized, and the compression
-    /// runs on this thread. For callers that vouch for the
-    /// meta themselves, such as tests storing stand-in files; everything else uses
-    /// [`prepare`](Self::prepare).
+    /// `name.checksum_algorithm()` (storing it fails with `InvalidInput` otherwise): nothing
+    /// else is checked or summarized, and the compression runs on this thread. For callers
+    /// that vouch for the meta themselves, such as tests storing stand-in files; everything
+    /// else uses [`prepare`](Self::prepare).
     pub fn prepare_as_is(
         &self,
         name: WalFileName,
@@ -266,9 +266,14 @@ impl WalArchive {
         let owned = object.to_owned();
         let front = blocking(move || {
             let kind = name.object_kind();
-            wal_object_front(repo.keys(), kind, &owned, &meta, random_bytes(), level)
+            wal_object_front(repo.keys(), kind, &owned, &meta, random_bytes(), level).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "{name}: {e}: prepare it with WalArchive::prepare, or compute its checksum \
+                     with WalFileName::checksum_algorithm"
+                ))
+            })
         })
-        .await?;
+        .await??;
         Ok((front, data_unit))
     }
 

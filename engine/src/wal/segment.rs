@@ -715,7 +715,8 @@ mod tests {
             [1; 24],
             &prepared.data_unit,
             1,
-        );
+        )
+        .expect("seals");
         open_wal_object(keys, kind, object, &bytes).expect("opens")
     }
 
