@@ -219,14 +219,16 @@ async fn segments_stored_by_format_1_4_compare_and_fetch() {
     for b in backends() {
         let repo = init(&b).await;
         let archive = WalArchive::new(repo.clone(), cluster());
-        let old = WalFileName::parse("000000010000000000000007").expect("name");
-        let file = segment_bytes(7);
-        let meta = WalMeta {
+        // The meta format 1.4 wrote for a segment: its SHA-256.
+        let sha256_meta = |file: &[u8]| WalMeta {
             size: file.len() as u64,
-            checksum: file_checksum(Sha256, &file),
+            checksum: file_checksum(Sha256, file),
             segment: None,
             summary: None,
         };
+        let old = WalFileName::parse("000000010000000000000007").expect("name");
+        let file = segment_bytes(7);
+        let meta = sha256_meta(&file);
         let object = archive.object_name(&old);
         let sealed = seal_wal_object(
             repo.keys(),
@@ -295,13 +297,7 @@ async fn segments_stored_by_format_1_4_compare_and_fetch() {
         // stored as an object that would fail its checksum on every fetch.
         let wrong = WalFileName::parse("000000010000000000000009").expect("name");
         let file = segment_bytes(9);
-        let meta = WalMeta {
-            size: file.len() as u64,
-            checksum: file_checksum(Sha256, &file),
-            segment: None,
-            summary: None,
-        };
-        let as_is = archive.prepare_as_is(wrong.clone(), meta, &file, 1);
+        let as_is = archive.prepare_as_is(wrong.clone(), sha256_meta(&file), &file, 1);
         match archive.store(as_is, 1).await {
             Err(Error::InvalidInput(message)) => assert!(
                 message.contains(wrong.as_str()) && message.contains("SHA-256"),

@@ -714,16 +714,18 @@ mod tests {
                 segment: None,
                 summary: None,
             };
-            let err = seal_wal_object(
-                &keys,
-                kind,
-                object,
-                &meta(wrong),
-                ([1; 24], [2; 24]),
-                &file,
-                1,
-            )
-            .expect_err("a meta in the other algorithm is refused");
+            let seal = |algorithm| {
+                seal_wal_object(
+                    &keys,
+                    kind,
+                    object,
+                    &meta(algorithm),
+                    ([1; 24], [2; 24]),
+                    &file,
+                    1,
+                )
+            };
+            let err = seal(wrong).expect_err("a meta in the other algorithm is refused");
             let message = err.to_string();
             assert!(
                 matches!(err, FormatError::Invalid { .. })
@@ -731,16 +733,7 @@ mod tests {
                     && message.contains(right.name()),
                 "{message}"
             );
-            let sealed = seal_wal_object(
-                &keys,
-                kind,
-                object,
-                &meta(right),
-                ([1; 24], [2; 24]),
-                &file,
-                1,
-            )
-            .expect("seals");
+            let sealed = seal(right).expect("seals");
             let (opened, bytes) = open_wal_object(&keys, kind, object, &sealed).expect("opens");
             assert_eq!((opened, bytes), (meta(right), file.clone()));
         }
