@@ -395,10 +395,9 @@ struct Read<'scope> {
 /// parts per core whatever the chain's length. (A queue of two parts per core, as before,
 /// kept about 450 more pages of a `wal-push` call faulted in for no gain in time: 4 rounds
 /// of 20 segments each way, alternating, medians 35.5 against 34.9 ms and 33.8 against
-/// 35.5 ms.) Used by
-/// `wal-push` (with and without look-ahead) and `wal-stream`: PostgreSQL waits for
-/// `archive_command`, so its latency is what counts, and it is the longest of these rather
-/// than their sum.
+/// 35.5 ms.) Used by `wal-push` (with and without look-ahead) and `wal-stream`: PostgreSQL
+/// waits for `archive_command`, so its latency is what counts, and it is the longest of
+/// these rather than their sum.
 ///
 /// `first_tail` gives the record start the first file continues; it runs on a thread of its
 /// own while the files are read, so the caller can fetch it meanwhile.
