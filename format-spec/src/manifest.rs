@@ -281,7 +281,8 @@ impl Manifest {
                 start_lsn: r.u64()?,
                 stop_lsn: r.u64()?,
                 checkpoint_lsn: r.u64()?,
-                wal_segment_size: r.u32()?,
+                // Checked here, not where it is used: a reader divides by it.
+                wal_segment_size: crate::pg::check_segment_size(u64::from(r.u32()?))?,
             })
         })?;
         let n = r.count(8)?;

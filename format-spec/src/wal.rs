@@ -403,7 +403,7 @@ impl WalMeta {
             segment: r.option(|r| {
                 Ok(SegmentFacts {
                     system_id: r.u64()?,
-                    segment_size: r.u32()?,
+                    segment_size: crate::pg::check_segment_size(u64::from(r.u32()?))?,
                     pg_major: r.u32()?,
                 })
             })?,
@@ -663,6 +663,17 @@ mod tests {
                 meta
             );
             assert!(WalMeta::decode(&bytes[..20], algorithm).is_err());
+            // A segment size PostgreSQL cannot have is refused where it is decoded: the
+            // catalog divides by it to name segments.
+            let odd = WalMeta {
+                segment: Some(SegmentFacts {
+                    segment_size: 0,
+                    ..meta.segment.expect("set")
+                }),
+                ..meta.clone()
+            };
+            let err = WalMeta::decode(&odd.encode(), algorithm).expect_err("refused");
+            assert!(err.to_string().contains("wal_segment_size"), "{err}");
         }
         let sum = FileChecksum {
             algorithm: ChecksumAlgorithm::Blake3,

@@ -322,6 +322,28 @@ fn extents_that_overflow_when_added_are_refused() {
     assert!(err.to_string().contains("2^64"), "{err}");
 }
 
+/// A segment size of 0 (or any size PostgreSQL cannot have) is refused where it is decoded:
+/// restore divides LSNs by it to name segments.
+#[test]
+fn a_manifest_with_an_impossible_segment_size_is_refused() {
+    for size in [0, 3 << 20, 2 << 30] {
+        let mut m = manifest_of(vec![]);
+        m.postgres = Some(pgkeep_format::PgInfo {
+            system_id: 1,
+            version_num: 150_000,
+            timeline: 1,
+            start_lsn: 0,
+            stop_lsn: 0,
+            checkpoint_lsn: 0,
+            wal_segment_size: size,
+        });
+        let err = Manifest::decode(&m.encode()).expect_err("refused");
+        assert!(err.to_string().contains("wal_segment_size"), "{err}");
+        m.postgres.as_mut().expect("set").wal_segment_size = 16 << 20;
+        assert_eq!(Manifest::decode(&m.encode()).expect("decodes"), m);
+    }
+}
+
 /// A `files` backup manifest holding `files`, every other field empty.
 fn manifest_of(files: Vec<pgkeep_format::FileEntry>) -> Manifest {
     Manifest {
