@@ -301,6 +301,10 @@ fn pitr_across_a_timeline_switch() {
     // Rows the old timeline gets after the fork point; the new timeline never sees them.
     a.sql("INSERT INTO t SELECT generate_series(1, 1000)");
     a.switch_and_wait();
+    // A backup on timeline 1 after the fork point: newer than the first, but timeline 2 does
+    // not pass through it, so a restore onto timeline 2 must take the first.
+    let (out, _) = a.expect_as_server(&["--json", "backup", "--pg", &conn], 0);
+    let after_fork: Value = serde_json::from_str(&out).expect("backup JSON");
 
     // The "failover": restore to the fork time and promote; the copy archives timeline 2.
     let tl2 = a.pg.owned_dir("tl2").expect("dir");
@@ -365,6 +369,10 @@ fn pitr_across_a_timeline_switch() {
         "{report}"
     );
     assert_eq!(report["plan"]["timeline"], 1);
+    assert_ne!(
+        report["plan"]["backup"], after_fork["backup_id"],
+        "the backup taken after the fork cannot lead to timeline 2: {report}"
+    );
     assert_eq!(
         a.query_restored(&again, port, "SELECT count(*) FROM t"),
         "107"

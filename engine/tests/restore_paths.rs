@@ -309,3 +309,156 @@ fn manifests_cannot_carry_devices_fifos_or_hard_links() {
         assert!(err.to_string().contains("type"), "{kind}: {err}");
     }
 }
+
+/// `--delta` into a data directory with a tablespace: the previous restore's
+/// `recovery.signal` goes first, files the backup lacks go from its own version directory of
+/// the tablespace but not from another version's beside it (`pg_upgrade` leaves one), and
+/// modes are limited to what PostgreSQL uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_restore_prunes_only_its_own_tablespace_version() {
+    let b = local();
+    let repo = init(&b).await;
+    let extents = stored(&repo, b"page").await;
+    let root = tempfile::tempdir().expect("tmp");
+    let ts = root.path().join("ts");
+    let mut layout = layout(root.path());
+    layout.tablespaces.insert(16400, ts.clone());
+    let pgdata = layout.pgdata.clone();
+    std::fs::create_dir_all(pgdata.join("pg_tblspc")).expect("pgdata");
+    std::os::unix::fs::symlink(&ts, pgdata.join("pg_tblspc/16400")).expect("link");
+    std::fs::write(pgdata.join("recovery.signal"), "").expect("signal");
+    for (path, text) in [
+        ("PG_15_202209061/5/stale", "old"),
+        ("PG_16_202307071/5/16500", "the other version's"),
+    ] {
+        let p = ts.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("dirs");
+        std::fs::write(p, text).expect("file");
+    }
+    pgkeep_engine::restore::check_tablespace_target(&pgdata, 16400, &ts, true, true)
+        .expect("the data directory links the tablespace here");
+
+    let in_ts = |mut f: FileEntry| {
+        f.tablespace = 16400;
+        f
+    };
+    let mut data = file("PG_15_202209061/5/16500", FileType::Regular, extents, "");
+    data.mode = 0o4777;
+    let m = manifest(vec![
+        file("pg_tblspc", FileType::Directory, Vec::new(), ""),
+        file(
+            "pg_tblspc/16400",
+            FileType::Symlink,
+            Vec::new(),
+            "/elsewhere",
+        ),
+        in_ts(file("PG_15_202209061", FileType::Directory, Vec::new(), "")),
+        in_ts(file(
+            "PG_15_202209061/5",
+            FileType::Directory,
+            Vec::new(),
+            "",
+        )),
+        in_ts(data),
+    ]);
+    let done = materialize(&repo, &m, &layout, 2, true)
+        .await
+        .expect("restore");
+    assert_eq!(done.removed, 1);
+    assert_eq!(
+        tree(&ts),
+        [
+            "PG_15_202209061",
+            "PG_15_202209061/5",
+            "PG_15_202209061/5/16500",
+            "PG_16_202307071",
+            "PG_16_202307071/5",
+            "PG_16_202307071/5/16500",
+        ]
+    );
+    assert!(!pgdata.join("recovery.signal").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode(&ts.join("PG_15_202209061/5/16500")), 0o640);
+    assert_eq!(mode(&ts.join("PG_15_202209061/5")), 0o700);
+}
+
+/// A tablespace directory that is not empty is refused without `--delta`; with it, at the
+/// tablespace's original location, unless the data directory already uses it (a link, or its
+/// `tablespace_map` from a restore never started): otherwise it may be the source server's
+/// own, in use. A location the tablespace was mapped to is the caller's choice.
+#[test]
+fn a_delta_restore_refuses_a_tablespace_directory_it_does_not_own() {
+    use pgkeep_engine::restore::check_tablespace_target;
+    let root = tempfile::tempdir().expect("tmp");
+    let pgdata = root.path().join("pgdata");
+    let ts = root.path().join("live-ts");
+    std::fs::create_dir_all(pgdata.join("pg_tblspc")).expect("pgdata");
+    std::fs::create_dir_all(ts.join("PG_15_202209061")).expect("ts");
+
+    let err = check_tablespace_target(&pgdata, 16400, &ts, true, false).expect_err("not empty");
+    assert!(err.to_string().contains("not empty"), "{err}");
+    let err = check_tablespace_target(&pgdata, 16400, &ts, true, true).expect_err("not ours");
+    assert!(
+        err.to_string().contains("--tablespace-map 16400=DIR"),
+        "{err}"
+    );
+    // Mapped there explicitly: the caller's choice.
+    check_tablespace_target(&pgdata, 16400, &ts, false, true).expect("mapped");
+    // Linked elsewhere: still not ours.
+    let other = root.path().join("other");
+    std::fs::create_dir(&other).expect("other");
+    let link = pgdata.join("pg_tblspc/16400");
+    std::os::unix::fs::symlink(&other, &link).expect("link");
+    assert!(check_tablespace_target(&pgdata, 16400, &ts, true, true).is_err());
+    std::fs::remove_file(&link).expect("unlink");
+    std::os::unix::fs::symlink(&ts, &link).expect("link");
+    check_tablespace_target(&pgdata, 16400, &ts, true, true).expect("linked");
+    // A restore never started has no link yet, only its tablespace_map.
+    std::fs::remove_file(&link).expect("unlink");
+    let map = pgdata.join("tablespace_map");
+    std::fs::write(&map, format!("16400 {}\n", other.display())).expect("map");
+    assert!(check_tablespace_target(&pgdata, 16400, &ts, true, true).is_err());
+    std::fs::write(&map, format!("16400 {}\n", ts.display())).expect("map");
+    check_tablespace_target(&pgdata, 16400, &ts, true, true).expect("in tablespace_map");
+    // An empty or absent directory is fine either way.
+    check_tablespace_target(&pgdata, 16401, &root.path().join("absent"), true, false)
+        .expect("absent");
+    check_tablespace_target(&pgdata, 16401, &other, true, true).expect("empty");
+}
+
+/// `--tablespace-map` for an OID the backup does not have is refused (a typo would leave the
+/// real tablespace at its original location); a known one is placed where the map says.
+#[test]
+fn a_tablespace_map_naming_an_unknown_oid_is_refused() {
+    use pgkeep_engine::format::{Tablespace, TimelineId};
+    use pgkeep_engine::restore::{tablespace_layout, Plan, RecoveryTarget};
+    let mut m = manifest(Vec::new());
+    m.tablespaces = vec![Tablespace {
+        oid: 16400,
+        location: "/srv/ts".into(),
+    }];
+    let plan = Plan {
+        manifest: m,
+        target: RecoveryTarget::End,
+        timeline: TimelineId(1),
+        first_segment: String::new(),
+        last_segment: String::new(),
+        expected_stop: None,
+        path: Vec::new(),
+        archive_end_time: None,
+    };
+    let pgdata = Path::new("/restore/pgdata");
+    let typo = HashMap::from([(16401, "/restore/ts".into())]);
+    let err = tablespace_layout(&plan, pgdata, &typo).expect_err("unknown OID");
+    assert!(
+        err.to_string().contains("no tablespace 16401")
+            && err.to_string().contains("16400 (/srv/ts)"),
+        "{err}"
+    );
+    let right = HashMap::from([(16400, "/restore/ts".into())]);
+    let layout = tablespace_layout(&plan, pgdata, &right).expect("layout");
+    assert_eq!(layout.tablespaces[&16400], Path::new("/restore/ts"));
+    let layout = tablespace_layout(&plan, pgdata, &HashMap::new()).expect("layout");
+    assert_eq!(layout.tablespaces[&16400], Path::new("/srv/ts"));
+}

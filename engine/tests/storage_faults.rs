@@ -399,7 +399,7 @@ async fn restore_into_a_full_disk(repo: &Repository, m: &Manifest) {
         path: vec![TimelineId(1)],
         archive_end_time: None,
     };
-    let layout = tablespace_layout(&plan, &pgdata, &HashMap::new());
+    let layout = tablespace_layout(&plan, &pgdata, &HashMap::new()).expect("layout");
     let settings = RecoverySettings {
         restore_command: "false".into(),
         target: RecoveryTarget::Immediate,

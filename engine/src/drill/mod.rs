@@ -335,7 +335,7 @@ async fn body(
             )
         })
         .collect();
-    let layout = tablespace_layout(&report.plan, &pgdata, &map);
+    let layout = tablespace_layout(&report.plan, &pgdata, &map).map_err(fail(Stage::Restore))?;
     let settings = RecoverySettings {
         restore_command: opts.restore_command.clone(),
         target: report.plan.target.clone(),

@@ -184,6 +184,9 @@ pub async fn materialize(
 ) -> Result<Materialized> {
     refuse_collisions(layout, m)?;
     let sums = checksums(repo, m).await?;
+    if delta {
+        unmark_recovery(&layout.pgdata)?;
+    }
     let group_readable = m
         .files
         .iter()
@@ -201,7 +204,7 @@ pub async fn materialize(
         .filter(|f| f.file_type == FileType::Directory)
     {
         let path = destination(layout, f)?;
-        make_dir(&path, f.mode & 0o7777)?;
+        make_dir(&path, dir_mode_of(f.mode))?;
     }
     // Largest files first: the longest single job starts at once and the small ones fill
     // in around it, rather than a large file found late running on alone at the end.
@@ -227,7 +230,84 @@ pub async fn materialize(
     if delta {
         out.removed = remove_extra(layout, m)?;
     }
+    sync_dirs(layout, m)?;
     Ok(out)
+}
+
+/// A directory's mode from the backup, limited to what PostgreSQL itself uses (0700, or
+/// 0750 with group access): the manifest's modes are the server's to give, and a
+/// set-id, sticky or world bit has no place in a data directory.
+fn dir_mode_of(mode: u32) -> u32 {
+    (mode & 0o750) | 0o700
+}
+
+/// A file's mode from the backup, limited to 0600 or 0640 (see [`dir_mode_of`]).
+fn file_mode_of(mode: u32) -> u32 {
+    (mode & 0o640) | 0o600
+}
+
+/// For `--delta`, before anything is written: removes the previous restore's
+/// `recovery.signal` (and any `standby.signal`) so that a restore that fails halfway does
+/// not leave a directory of old and new files that a server would start recovering from.
+/// PostgreSQL leaves both out of base backups; the finished restore writes its own.
+fn unmark_recovery(pgdata: &Path) -> Result<()> {
+    let mut removed = false;
+    for name in ["recovery.signal", "standby.signal"] {
+        let path = pgdata.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
+        }
+    }
+    if removed {
+        sync_dir(pgdata)?;
+    }
+    Ok(())
+}
+
+/// Makes the restore's directory entries durable, as every file's content already is: every
+/// directory of the backup, the data and tablespace directories, and (as far as they can be
+/// opened) the directories that hold those. Without it a crash soon after "restored" could
+/// lose files, the `pg_tblspc` links or the rewritten `tablespace_map`, whose loss would link
+/// a remapped tablespace back to its original location.
+fn sync_dirs(layout: &Layout, m: &Manifest) -> Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in &m.files {
+        let path = destination(layout, f)?;
+        if f.file_type == FileType::Directory {
+            dirs.insert(path.clone());
+        }
+        if let Some(parent) = path.parent() {
+            dirs.insert(parent.to_path_buf());
+        }
+    }
+    let mut parents = std::collections::BTreeSet::new();
+    for root in std::iter::once(&layout.pgdata).chain(layout.tablespaces.values()) {
+        dirs.insert(root.clone());
+        parents.extend(root.parent().map(Path::to_path_buf));
+    }
+    // Deepest first: a directory's own entry is then synced after its contents.
+    for dir in dirs.iter().rev() {
+        sync_dir(dir)?;
+    }
+    // Outside the restore: a parent the restoring user may not read (a 0711 home directory)
+    // is warned about, not an error; the directory in it was there before, or was just made.
+    for parent in parents.difference(&dirs) {
+        if let Err(e) = sync_dir(parent) {
+            tracing::warn!(error = %e, "the restore is complete but its parent directory was not synced");
+        }
+    }
+    Ok(())
+}
+
+/// fsyncs a directory. A file system that cannot fsync directories (`EINVAL`) is not an
+/// error, as for PostgreSQL's own `fsync_fname`.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        other => other.map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e)),
+    }
 }
 
 #[derive(Default)]
@@ -287,7 +367,7 @@ async fn restore_file(
     } else {
         Check::Id
     };
-    let mode = f.mode & 0o7777;
+    let mode = file_mode_of(f.mode);
     let (written, digest) = match repo.one_read(&f.extents, check).await? {
         // Most files: created, read, written, synced in one blocking task.
         Some(read) => {
@@ -501,12 +581,16 @@ fn rewrite_tablespace_map(layout: &Layout) -> Result<()> {
         };
         out.push_str(&format!("{oid} {}\n", escape_map_path(&dir)));
     }
-    std::fs::write(&path, out).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    // A new file renamed over the old one: a crash leaves the old map or the new one, never
+    // a truncated one. `sync_dirs` makes the rename durable.
+    let tmp = layout.pgdata.join("tablespace_map.pgkeep-new");
+    crate::restore::recovery::write_private(&tmp, &out)?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("replacing {}", path.display()), e))
 }
 
 /// `tablespace_map` entries: `<oid> <path>` per line, where a backslash escapes the next
 /// character (so a path may hold a newline).
-fn parse_tablespace_map(text: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_tablespace_map(text: &str) -> Vec<(String, String)> {
     let mut entries = Vec::new();
     let mut chars = text.chars();
     let mut line = String::new();
@@ -545,16 +629,31 @@ fn escape_map_path(path: &str) -> String {
     out
 }
 
-/// For `--delta`: removes files the backup does not have (directories are left).
+/// For `--delta`: removes files the backup does not have (directories are left): anywhere in
+/// the data directory, but in a tablespace's directory only below the version directories
+/// (`PG_<major>_<catalog version>`) the backup has. A tablespace directory may hold other
+/// versions' directories too (`pg_upgrade` leaves the old one beside the new), and those are
+/// not this restore's to remove.
 fn remove_extra(layout: &Layout, m: &Manifest) -> Result<u64> {
     let mut wanted = std::collections::HashSet::new();
+    let mut stack = vec![layout.pgdata.clone()];
     for f in &m.files {
-        wanted.insert(destination(layout, f)?);
+        let path = destination(layout, f)?;
+        if f.tablespace != 0 {
+            let first = safe_relative(&f.path)?
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_owned());
+            if let (Some(first), Some(root)) = (first, layout.tablespaces.get(&f.tablespace)) {
+                let top = root.join(first);
+                if top != path && !stack.contains(&top) {
+                    stack.push(top);
+                }
+            }
+        }
+        wanted.insert(path);
     }
     let mut removed = 0;
-    let mut stack: Vec<PathBuf> = std::iter::once(layout.pgdata.clone())
-        .chain(layout.tablespaces.values().cloned())
-        .collect();
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -577,6 +676,23 @@ fn remove_extra(layout: &Layout, m: &Manifest) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_that_cannot_be_synced_is_an_error_naming_it() {
+        let root = tempfile::tempdir().expect("tmp");
+        sync_dir(root.path()).expect("synced");
+        let gone = root.path().join("gone");
+        let err = sync_dir(&gone).expect_err("absent");
+        assert!(err.to_string().contains(&*gone.to_string_lossy()), "{err}");
+    }
+
+    #[test]
+    fn modes_are_limited_to_postgresqls() {
+        assert_eq!(file_mode_of(0o4777), 0o640);
+        assert_eq!(file_mode_of(0), 0o600);
+        assert_eq!(dir_mode_of(0o1777), 0o750);
+        assert_eq!(dir_mode_of(0o700), 0o700);
+    }
 
     #[test]
     fn tablespace_map_round_trips_with_escapes() {

@@ -62,12 +62,89 @@ pub fn check_target(pgdata: &Path, delta: bool) -> Result<()> {
     }
 }
 
+/// Checks a tablespace's directory as [`check_target`] checks the data directory. With
+/// `delta`, a directory that is not empty and is the tablespace's original location
+/// (`at_original`: not mapped elsewhere) must also be one `pgdata` already uses: linked from
+/// `pg_tblspc/<oid>`, or named for the OID in its `tablespace_map` (a restore that was never
+/// started). On the source's host the original location is the source server's own, and
+/// updating it in place would overwrite and then prune a live server's files. A location the
+/// caller mapped the tablespace to is the caller's to choose.
+pub fn check_tablespace_target(
+    pgdata: &Path,
+    oid: u32,
+    dir: &Path,
+    at_original: bool,
+    delta: bool,
+) -> Result<()> {
+    check_target(dir, delta)?;
+    let empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(_) => true,
+    };
+    if !delta || empty || !at_original {
+        return Ok(());
+    }
+    let same = |a: &Path| match (a.canonicalize(), dir.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let links = pgdata.join("pg_tblspc");
+    let linked =
+        std::fs::read_link(links.join(oid.to_string())).is_ok_and(|t| same(&links.join(t)));
+    let mapped = std::fs::read_to_string(pgdata.join("tablespace_map")).is_ok_and(|text| {
+        materialize::parse_tablespace_map(&text)
+            .iter()
+            .any(|(o, path)| *o == oid.to_string() && same(Path::new(path)))
+    });
+    if linked || mapped {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "{} (tablespace {oid}'s original location) is not empty and {} does not use it: \
+             it may be the source server's; pass --tablespace-map {oid}=DIR to restore the \
+             tablespace elsewhere, or empty it first",
+            dir.display(),
+            pgdata.display(),
+        )))
+    }
+}
+
 /// Where each tablespace goes: the backup's own location unless `map` (OID → directory)
-/// says otherwise.
-pub fn tablespace_layout(plan: &Plan, pgdata: &Path, map: &HashMap<u32, PathBuf>) -> Layout {
-    let tablespaces = plan
-        .manifest
-        .tablespaces
+/// says otherwise. A `map` entry for a tablespace the backup does not have is refused: a
+/// mistyped OID would otherwise leave the real one at its original location.
+pub fn tablespace_layout(
+    plan: &Plan,
+    pgdata: &Path,
+    map: &HashMap<u32, PathBuf>,
+) -> Result<Layout> {
+    let tablespaces = &plan.manifest.tablespaces;
+    let mut unknown: Vec<u32> = map
+        .keys()
+        .filter(|oid| !tablespaces.iter().any(|t| t.oid == **oid))
+        .copied()
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        let known: Vec<String> = tablespaces
+            .iter()
+            .map(|t| format!("{} ({})", t.oid, t.location))
+            .collect();
+        return Err(Error::InvalidInput(format!(
+            "backup {} has no tablespace {}; its tablespaces are: {}",
+            plan.manifest.backup_id,
+            unknown
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    let tablespaces = tablespaces
         .iter()
         .map(|t| {
             let dir = map
@@ -77,10 +154,10 @@ pub fn tablespace_layout(plan: &Plan, pgdata: &Path, map: &HashMap<u32, PathBuf>
             (t.oid, dir)
         })
         .collect();
-    Layout {
+    Ok(Layout {
         pgdata: pgdata.to_owned(),
         tablespaces,
-    }
+    })
 }
 
 /// Materializes the planned backup and writes the recovery settings.
@@ -93,8 +170,13 @@ pub async fn restore(
     delta: bool,
     lock: LockOptions,
 ) -> Result<Materialized> {
-    for dir in layout.tablespaces.values() {
-        check_target(dir, delta)?;
+    for (oid, dir) in &layout.tablespaces {
+        let at_original = plan
+            .manifest
+            .tablespaces
+            .iter()
+            .any(|t| t.oid == *oid && Path::new(&t.location) == dir);
+        check_tablespace_target(&layout.pgdata, *oid, dir, at_original, delta)?;
     }
     let lock = reader_lock(repo, "restore", lock).await?;
     repo.load_index().await?;

@@ -107,7 +107,7 @@ pub async fn plan(
         ),
         RecoveryTarget::Xid(x) => Some(
             find_event(&archive, |e| {
-                e.event.kind != WalEventKind::RestorePoint && u64::from(e.event.xid) == *x
+                e.event.kind != WalEventKind::RestorePoint && e.event.xid == xid_of(*x)
             })
             .await?
             .ok_or_else(|| {
@@ -118,21 +118,44 @@ pub async fn plan(
         ),
         _ => None,
     };
-    let manifest = pick_backup(&manifests, choice, &target, event.as_ref())?;
-    let pg = manifest
-        .postgres
-        .ok_or_else(|| Error::InvalidInput("not a PostgreSQL backup".into()))?;
-    let size = pg.wal_segment_size;
+    let candidates = pick_backup(&manifests, choice, &target, event.as_ref())?;
     let listing = timelines(&archive).await?;
-    let legs = recovery_path(
-        &archive,
-        &listing,
-        &manifest.backup_id,
-        TimelineId(pg.timeline),
-        (Lsn(pg.start_lsn), Lsn(pg.stop_lsn)),
-        timeline,
-    )
-    .await?;
+    // The newest candidate whose timeline leads to the target's. With `Latest`, a backup
+    // taken after the target timeline forked off is passed over for an older one taken
+    // before the fork (after a point-in-time restore, say); the first refusal is reported
+    // if none leads there.
+    let mut refused = None;
+    let mut picked = None;
+    for manifest in candidates {
+        let pg = manifest
+            .postgres
+            .ok_or_else(|| Error::InvalidInput("not a PostgreSQL backup".into()))?;
+        match recovery_path(
+            &archive,
+            &listing,
+            &manifest.backup_id,
+            TimelineId(pg.timeline),
+            (Lsn(pg.start_lsn), Lsn(pg.stop_lsn)),
+            timeline,
+        )
+        .await
+        {
+            Ok(legs) => {
+                picked = Some((manifest, pg, legs));
+                break;
+            }
+            Err(e @ Error::InvalidInput(_)) if *choice == BackupChoice::Latest => {
+                refused.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((manifest, pg, legs)) = picked else {
+        return Err(refused.unwrap_or_else(|| {
+            Error::InvalidInput("no backup leads to the target timeline".into())
+        }));
+    };
+    let size = pg.wal_segment_size;
     let path: Vec<TimelineId> = legs.iter().map(|l| l.timeline).collect();
     let on_path = |e: &LocatedEvent| legs.iter().position(|l| l.holds(e.timeline, e.event.lsn));
     let start_seg = SegmentName::containing(TimelineId(pg.timeline), Lsn(pg.start_lsn), size);
@@ -493,12 +516,15 @@ async fn recovery_path(
 }
 
 /// The newest backup consistent before the target, or the named one if it is.
+///
+/// For [`BackupChoice::Latest`], every backup consistent before the target, newest first: the
+/// newest may still be on the wrong side of a timeline's fork (see [`plan`]).
 fn pick_backup<'m>(
     manifests: &'m [Manifest],
     choice: &BackupChoice,
     target: &RecoveryTarget,
     event: Option<&LocatedEvent>,
-) -> Result<&'m Manifest> {
+) -> Result<Vec<&'m Manifest>> {
     let usable = |m: &Manifest| -> std::result::Result<(), String> {
         let Some(pg) = m.postgres else {
             return Err("it is not a PostgreSQL backup".into());
@@ -538,13 +564,17 @@ fn pick_backup<'m>(
                     target.describe()
                 ))
             })?;
-            Ok(m)
+            Ok(vec![m])
         }
-        BackupChoice::Latest => manifests
-            .iter()
-            .rev()
-            .find(|m| usable(m).is_ok())
-            .ok_or_else(|| {
+        BackupChoice::Latest => Some(
+            manifests
+                .iter()
+                .rev()
+                .filter(|m| usable(m).is_ok())
+                .collect::<Vec<_>>(),
+        )
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
                 let first = &manifests[0];
                 Error::InvalidInput(format!(
                     "no backup is consistent before {}: the earliest backup, {} ({:?}), became consistent at {} (LSN {}); a restore cannot stop earlier",
@@ -587,9 +617,24 @@ fn gaps_hint(tl: Option<&crate::wal::catalog::TimelineWal>) -> String {
     }
 }
 
+/// The 32-bit transaction id `recovery_target_xid` stops at. PostgreSQL reads the setting
+/// as a 64-bit number and keeps its low 32 bits, so an epoch-qualified id as
+/// `pg_current_xact_id()` returns it (`xid8`, epoch in the high half) names the same
+/// transaction as its 32-bit id; the plan matches what the server will.
+fn xid_of(target: u64) -> u32 {
+    (target & u64::from(u32::MAX)) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_epoch_qualified_xid_names_its_32_bit_transaction() {
+        assert_eq!(xid_of(1000), 1000);
+        assert_eq!(xid_of((1 << 32) + 1000), 1000);
+        assert_eq!(xid_of(u64::from(u32::MAX)), u32::MAX);
+    }
 
     #[test]
     fn history_files_parse_and_legs_hold_their_lsns() {

@@ -51,9 +51,25 @@ fn conf_timestamp(us: i64) -> String {
     format!("{}+00", iso.trim_end_matches('Z').replacen('T', " ", 1))
 }
 
-/// A string as a postgresql.conf value: single quotes doubled, in single quotes.
+/// A string as a postgresql.conf value, in single quotes. PostgreSQL's configuration parser
+/// reads backslash escapes inside quoted values (`\b`, `\n`, octal `\012`, `\\`), so a
+/// backslash is doubled as well as a single quote (as `ALTER SYSTEM` writes them): a restore
+/// point named `a\b` would otherwise be read back as `a`, a backspace, and never be reached.
+/// A value may not span lines, so line breaks are written as `\n` and `\r`.
 pub fn quote_conf(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 impl RecoverySettings {
@@ -125,7 +141,7 @@ impl RecoverySettings {
             std::fs::remove_file(&standby)
                 .map_err(|e| Error::io(format!("removing {}", standby.display()), e))?;
         }
-        Ok(())
+        crate::restore::materialize::sync_dir(pgdata)
     }
 }
 
@@ -144,7 +160,8 @@ fn strip_block(text: &str) -> String {
     }
 }
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
+/// Writes a file only its owner can read, and fsyncs it.
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -186,6 +203,11 @@ mod tests {
         );
         assert!(block.contains("recovery_target_name = 'before ''drop'''"));
         assert!(block.contains("recovery_target_action = 'promote'"));
+        let odd = RecoverySettings {
+            target: RecoveryTarget::Name("a\\b\nc".into()),
+            ..s.clone()
+        };
+        assert!(odd.block().contains(r"recovery_target_name = 'a\\b\nc'"));
         let text = format!("work_mem = '8MB'\n{block}shared_buffers = '1GB'\n");
         assert_eq!(
             strip_block(&text),
