@@ -336,6 +336,8 @@ impl Store {
             )) => {
                 let existing = self.get(name).await?;
                 if same_bytes(&existing, &parts) {
+                    // Another writer's, perhaps not synced yet: ours to make durable now.
+                    self.make_durable(name).await?;
                     Ok(Created::Identical)
                 } else {
                     Err(Error::AlreadyExists {
@@ -414,15 +416,29 @@ impl Store {
         }
     }
 
+    /// On local stores: makes an object that exists durable (its file and directory entry),
+    /// whoever wrote it; nothing to do on object stores, where a stored object is durable.
+    pub async fn make_durable(&self, name: &str) -> Result<()> {
+        self.sync_local_file(name, false).await
+    }
+
     /// On local stores: makes the object's file and directory entry durable, and private.
     async fn sync_local(&self, name: &str) -> Result<()> {
+        self.sync_local_file(name, true).await
+    }
+
+    /// Syncs a local object's file and directory; with `own`, first makes the file private
+    /// (this process wrote it; another writer's file is left as it is).
+    async fn sync_local_file(&self, name: &str, own: bool) -> Result<()> {
         let Some(root) = &self.local_root else {
             return Ok(());
         };
         let file = root.join(name);
         let dir = object_parent(root, name);
         tokio::task::spawn_blocking(move || -> Result<()> {
-            set_private(&file)?;
+            if own {
+                set_private(&file)?;
+            }
             std::fs::File::open(&file)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| Error::io(format!("syncing {}", file.display()), e))?;

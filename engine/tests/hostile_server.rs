@@ -626,3 +626,120 @@ async fn malformed_replication_streams_are_protocol_errors() {
         assert!(msg.contains(&expect), "{what}: {msg}");
     }
 }
+
+/// A receiver that resumes in a segment the archive holds as a longer `.partial` (a restart
+/// on a slow link) receives the segment again from its start. Stopped before it has caught
+/// up, it must leave the stored `.partial` as it was: uploading what it has would replace
+/// archived (and already acknowledged) WAL with less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_stream_never_shrinks_the_stored_partial() {
+    use pgkeep_engine::format::{SegmentFacts, WalFileName};
+    let mut s = Script::new("14.10");
+    s.raw_answers = vec![RawAnswer::new(
+        "START_REPLICATION",
+        [copy_both(), xlog(START, &[0x5a; 100])].concat(),
+        RawThen::Hang,
+    )];
+    let fake = FakeWalsender::start(s).expect("fake walsender");
+    let b = local();
+    let repo = init(&b).await;
+    let archive = WalArchive::new(repo, ClusterName::new("main").expect("name"));
+    let name = "000000010000000000000003.partial";
+    let stored = data(8192, 3, true);
+    let facts = SegmentFacts {
+        system_id: 7_301_234_567_890_123_456,
+        segment_size: 16 << 20,
+        pg_major: 14,
+    };
+    archive
+        .replace(prepared_wal(&archive, name, &stored, 1, facts), 1)
+        .await
+        .expect("stored partial");
+    // Once the 100 bytes are in, stop: the receiver uploads its `.partial` on the way out.
+    stream_then_stop(&fake, &archive).await;
+    let wal = WalFileName::parse(name).expect("name");
+    let (_, file) = archive.fetch(&wal).await.expect("fetch").expect("present");
+    assert!(
+        file == stored,
+        "the stored .partial was replaced by {} bytes",
+        file.len()
+    );
+}
+
+/// The history file `wal-stream` fetches with TIMELINE_HISTORY is stored byte for byte: a
+/// reason line in a server encoding other than UTF-8 (here Latin-1) must not be "repaired",
+/// or PostgreSQL's own archive_command would later meet a different file of the same name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_file_from_the_stream_is_stored_as_sent() {
+    use pgkeep_engine::format::WalFileName;
+    let history = b"1\t0/3000000\tbefore the caf\xe9 closed\n".to_vec();
+    let mut desc = be16(2);
+    for name in ["filename", "content"] {
+        desc.extend_from_slice(name.as_bytes());
+        desc.push(0);
+        desc.extend_from_slice(&[0; 6]);
+        desc.extend_from_slice(&25i32.to_be_bytes());
+        desc.extend_from_slice(&(-1i16).to_be_bytes());
+        desc.extend_from_slice(&(-1i32).to_be_bytes());
+        desc.extend_from_slice(&0i16.to_be_bytes());
+    }
+    let mut row = be16(2);
+    for value in [&b"00000002.history"[..], &history] {
+        row.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        row.extend_from_slice(value);
+    }
+    let answer = [
+        message(b'T', &desc),
+        message(b'D', &row),
+        message(b'C', b"SELECT\0"),
+        message(b'Z', b"I"),
+    ]
+    .concat();
+    let mut s = Script::new("14.10");
+    s.timeline = 2;
+    s.raw_answers = vec![
+        RawAnswer::new("TIMELINE_HISTORY", answer, RawThen::Continue),
+        RawAnswer::new("START_REPLICATION", copy_both(), RawThen::Hang),
+    ];
+    let fake = FakeWalsender::start(s).expect("fake walsender");
+    let b = local();
+    let repo = init(&b).await;
+    let archive = WalArchive::new(repo, ClusterName::new("main").expect("name"));
+    stream_then_stop(&fake, &archive).await;
+    let name = WalFileName::parse("00000002.history").expect("name");
+    let (_, stored) = archive.fetch(&name).await.expect("fetch").expect("stored");
+    assert_eq!(stored, history);
+}
+
+/// Runs one `wal-stream` session against `fake` into `archive` and stops it, as SIGTERM would,
+/// half a second after it asked for START_REPLICATION; the session must end cleanly.
+async fn stream_then_stop(fake: &FakeWalsender, archive: &WalArchive) {
+    let opts = StreamOptions {
+        create_slot: false,
+        ..StreamOptions::default()
+    };
+    let status = Arc::new(StreamStatus::default());
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let cfg = conn_config(fake);
+    let session = run_once(archive, &cfg, &opts, &status, shutdown);
+    let stopper = async {
+        for _ in 0..600 {
+            if fake
+                .queries()
+                .iter()
+                .any(|q| q.starts_with("START_REPLICATION"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.send(true).expect("stop");
+    };
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(session, stopper)
+    })
+    .await
+    .expect("stops promptly");
+    result.expect("a clean stop");
+}

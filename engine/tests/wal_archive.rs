@@ -375,7 +375,7 @@ async fn fetch_prefetches_into_a_bounded_spool() {
     let b = local();
     let repo = init(&b).await;
     let archive = WalArchive::new(repo, cluster());
-    for n in 1..=6u64 {
+    for n in 1..=8u64 {
         archive
             .store(
                 prepared(
@@ -422,23 +422,34 @@ async fn fetch_prefetches_into_a_bounded_spool() {
         .expect("fetch");
     assert_eq!(outcome, FetchOutcome::Restored { from_spool: true });
     assert!(std::fs::read(&dest).expect("dest") == segment_bytes(2));
-    // The spool moved on: 3..=5, never more than --prefetch files.
+    // Two of the three still spooled: no download this time (a refill per call would make
+    // each call wait for one download again).
+    assert_eq!(
+        spooled(),
+        ["000000010000000000000003", "000000010000000000000004"]
+    );
+    // One left: the spool is refilled in one batch, never beyond --prefetch files.
+    let outcome = fetch_file(&archive, &name(3), &dest, &opts)
+        .await
+        .expect("fetch");
+    assert_eq!(outcome, FetchOutcome::Restored { from_spool: true });
+    assert!(std::fs::read(&dest).expect("dest") == segment_bytes(3));
     assert_eq!(
         spooled(),
         [
-            "000000010000000000000003",
             "000000010000000000000004",
-            "000000010000000000000005"
+            "000000010000000000000005",
+            "000000010000000000000006"
         ]
     );
     // Recovery jumps (another timeline, a later start): stale spool entries go.
-    let outcome = fetch_file(&archive, &name(6), &dest, &opts)
+    let outcome = fetch_file(&archive, &name(8), &dest, &opts)
         .await
         .expect("fetch");
     assert_eq!(outcome, FetchOutcome::Restored { from_spool: false });
     assert!(spooled().is_empty(), "{:?}", spooled());
     // The end of the archive: not found, no error.
-    let outcome = fetch_file(&archive, &name(7), &dest, &opts)
+    let outcome = fetch_file(&archive, &name(9), &dest, &opts)
         .await
         .expect("fetch");
     assert_eq!(outcome, FetchOutcome::NotFound);

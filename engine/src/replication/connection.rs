@@ -42,12 +42,23 @@ pub enum Event {
     ReadyForQuery,
 }
 
-/// The rows of one result set, as text.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResultSet {
+/// The rows of one result set: values as text (`T = String`, invalid UTF-8 replaced), or as
+/// the bytes the server sent (`T = Vec<u8>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultSet<T = String> {
     pub columns: Vec<String>,
-    pub rows: Vec<Vec<Option<String>>>,
+    pub rows: Vec<Vec<Option<T>>>,
     pub tag: String,
+}
+
+impl<T> Default for ResultSet<T> {
+    fn default() -> Self {
+        Self {
+            columns: Vec::new(),
+            rows: Vec::new(),
+            tag: String::new(),
+        }
+    }
 }
 
 /// One connection attempt's credentials: the password is resolved per host (`.pgpass`
@@ -517,17 +528,31 @@ impl PgConnection {
     /// Runs a simple query that returns result sets (no COPY) and collects them as text.
     /// On a server error the connection stays usable.
     pub async fn query(&mut self, sql: &str) -> Result<Vec<ResultSet>, PgError> {
+        self.query_as(sql, |b| String::from_utf8_lossy(&b).into_owned())
+            .await
+    }
+
+    /// [`query`](Self::query) with each value as the bytes the server sent: for file
+    /// contents (`TIMELINE_HISTORY`), which must be stored byte for byte whatever their
+    /// encoding.
+    pub async fn query_bytes(&mut self, sql: &str) -> Result<Vec<ResultSet<Vec<u8>>>, PgError> {
+        self.query_as(sql, |b| b.to_vec()).await
+    }
+
+    async fn query_as<T>(
+        &mut self,
+        sql: &str,
+        value: impl Fn(Bytes) -> T,
+    ) -> Result<Vec<ResultSet<T>>, PgError> {
         self.send_query(sql).await?;
         let mut sets = Vec::new();
         let mut current = ResultSet::default();
         loop {
             match self.next_event().await {
                 Ok(Event::RowDescription(c)) => current.columns = c,
-                Ok(Event::DataRow(r)) => current.rows.push(
-                    r.into_iter()
-                        .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                        .collect(),
-                ),
+                Ok(Event::DataRow(r)) => current
+                    .rows
+                    .push(r.into_iter().map(|c| c.map(&value)).collect()),
                 Ok(Event::CommandComplete(tag)) => {
                     current.tag = tag;
                     sets.push(std::mem::take(&mut current));
@@ -550,14 +575,12 @@ impl PgConnection {
 
     /// Runs a query expected to return exactly one row.
     pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, PgError> {
-        let sets = self.query(sql).await?;
-        let mut rows = sets.into_iter().flat_map(|s| s.rows);
-        match (rows.next(), rows.next()) {
-            (Some(row), None) => Ok(row),
-            _ => Err(PgError::Protocol(format!(
-                "{sql:?} did not return exactly one row"
-            ))),
-        }
+        one_row(sql, self.query(sql).await?)
+    }
+
+    /// [`query_row`](Self::query_row) with the values as the bytes the server sent.
+    pub async fn query_row_bytes(&mut self, sql: &str) -> Result<Vec<Option<Vec<u8>>>, PgError> {
+        one_row(sql, self.query_bytes(sql).await?)
     }
 
     /// Sends one CopyData message.
@@ -584,5 +607,15 @@ pub fn server_error(e: &PgError) -> Option<&ServerError> {
     match e {
         PgError::Server(s) => Some(s),
         _ => None,
+    }
+}
+/// The only row of `sets`, or a protocol error naming the query.
+fn one_row<T>(sql: &str, sets: Vec<ResultSet<T>>) -> Result<Vec<Option<T>>, PgError> {
+    let mut rows = sets.into_iter().flat_map(|s| s.rows);
+    match (rows.next(), rows.next()) {
+        (Some(row), None) => Ok(row),
+        _ => Err(PgError::Protocol(format!(
+            "{sql:?} did not return exactly one row"
+        ))),
     }
 }

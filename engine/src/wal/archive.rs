@@ -344,7 +344,7 @@ impl WalArchive {
     ) -> Result<PushOutcome> {
         let algorithm = new.checksum.algorithm;
         if stored.checksum.algorithm == algorithm || stored.size != new.size {
-            return compare(name, stored, new);
+            return self.settled(name, compare(name, stored, new)).await;
         }
         let Some((_, file)) = self.fetch(name).await? else {
             return Err(Error::NotFound {
@@ -357,7 +357,25 @@ impl WalArchive {
             segment: None,
             summary: None,
         };
-        compare(name, &restated, new)
+        self.settled(name, compare(name, &restated, new)).await
+    }
+
+    /// `outcome`, after making a file found already stored durable on a local store. Another
+    /// writer (`wal-stream`, a concurrent `wal-push`) may have linked it into place and not
+    /// yet synced it; PostgreSQL must not be told a file is archived that a power loss could
+    /// still take away.
+    pub(crate) async fn settled(
+        &self,
+        name: &WalFileName,
+        outcome: Result<PushOutcome>,
+    ) -> Result<PushOutcome> {
+        if let Ok(PushOutcome::AlreadyStored) = outcome {
+            self.repo
+                .store()
+                .make_durable(&self.object_name(name))
+                .await?;
+        }
+        outcome
     }
 }
 

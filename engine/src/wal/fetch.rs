@@ -3,14 +3,18 @@
 //! Recovery asks for one segment at a time and waits for each, so one storage round trip per
 //! segment would bound replay speed. When asked for a segment, `wal-fetch` also downloads the
 //! next ones in parallel into a spool directory beside the destination (`pg_wal/pgkeep-spool`
-//! by default); the following calls find their segment there and return after a rename. Every
-//! spooled file was authenticated and checked against its SHA-256 when it was fetched, and is
-//! written under a temporary name and renamed, so a spooled file is always complete. The spool
-//! holds at most `prefetch` files: segments before the one asked for are deleted.
+//! by default); the following calls find their segment there and return after a rename. The
+//! spool is refilled in batches, once half of it is used up: topping it up by one segment per
+//! call would make every call wait for one download again. Every spooled file was
+//! authenticated and checked against its checksum when it was fetched, and is written under
+//! a temporary name, fsynced and renamed, so a spooled file is always complete, even after a
+//! crash of the machine (a renamed file whose data never reached the disk would read as
+//! zeros, which recovery takes for the end of the WAL). The spool holds at most `prefetch`
+//! files: segments before the one asked for are deleted.
 
 use std::path::{Path, PathBuf};
 
-use futures::future::join_all;
+use futures::StreamExt;
 use pgkeep_format::pg::check_segment_size;
 use pgkeep_format::{SegmentName, WalFileKind, WalFileName};
 
@@ -57,7 +61,8 @@ pub async fn fetch_file(
             return Ok(FetchOutcome::NotFound);
         };
         let head = file.get(..40).map(<[u8]>::to_vec);
-        write_atomically(dest, &file).await?;
+        // Not fsynced: PostgreSQL reads it at once, and after a crash asks for it again.
+        write_atomically(dest, &file, false).await?;
         (false, head)
     };
     if opts.prefetch > 0 && name.kind() == WalFileKind::Segment {
@@ -82,9 +87,13 @@ async fn read_head(path: &Path) -> Option<Vec<u8>> {
     Some(head)
 }
 
-/// Downloads the `count` segments after `name` that are not spooled yet, in parallel, and
-/// removes spooled segments recovery has moved past. Failures only cost the prefetch: the
-/// next call fetches its segment itself.
+/// Most bytes of downloaded segments held in memory at once by a prefetch (each download is
+/// held whole until written): 16 segments of 16 MiB, one of 1 GiB.
+const PREFETCH_MEMORY: usize = 256 << 20;
+
+/// Removes spooled segments recovery has moved past and, when fewer than half of the `count`
+/// segments after `name` are spooled (or the next one is missing), downloads the missing ones
+/// in parallel. Failures only cost the prefetch: the next call fetches its segment itself.
 async fn prefetch(archive: &WalArchive, name: &WalFileName, size: u32, spool: &Path, count: usize) {
     let Some(current) = name
         .segment_part()
@@ -103,22 +112,37 @@ async fn prefetch(archive: &WalArchive, name: &WalFileName, size: u32, spool: &P
         })
         .collect();
     trim_spool(spool, name, wanted.last()).await;
-    let jobs = wanted.into_iter().map(|next| async move {
-        let path = spool.join(next.as_str());
-        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            return;
+    let next = wanted.first().cloned();
+    let mut missing = Vec::new();
+    for next in wanted {
+        if !tokio::fs::try_exists(spool.join(next.as_str()))
+            .await
+            .unwrap_or(false)
+        {
+            missing.push(next);
         }
-        match archive.fetch(&next).await {
-            Ok(Some((_, file))) => {
-                if let Err(e) = write_atomically(&path, &file).await {
-                    tracing::debug!(segment = %next, error = %e, "prefetch not spooled");
+    }
+    let next_spooled = next.is_some_and(|n| !missing.contains(&n));
+    if next_spooled && (count - missing.len()) * 2 >= count {
+        return;
+    }
+    let parallel = (PREFETCH_MEMORY / size as usize).clamp(1, count);
+    futures::stream::iter(missing)
+        .map(|next| async move {
+            let path = spool.join(next.as_str());
+            match archive.fetch(&next).await {
+                Ok(Some((_, file))) => {
+                    if let Err(e) = write_atomically(&path, &file, true).await {
+                        tracing::debug!(segment = %next, error = %e, "prefetch not spooled");
+                    }
                 }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(segment = %next, error = %e, "prefetch failed"),
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(segment = %next, error = %e, "prefetch failed"),
-        }
-    });
-    join_all(jobs).await;
+        })
+        .buffer_unordered(parallel)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 /// Deletes spooled files outside `(current, last]`: recovery has consumed them or moved to
@@ -140,8 +164,9 @@ async fn trim_spool(spool: &Path, current: &WalFileName, last: Option<&WalFileNa
 }
 
 /// Writes `data` to a temporary name beside `dest`, then renames: whoever sees `dest` sees
-/// all of it.
-async fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
+/// all of it; with `durable`, fsynced before the rename, so that after a crash of the machine
+/// `dest` is either absent or whole. A failed write leaves no temporary file behind.
+async fn write_atomically(dest: &Path, data: &[u8], durable: bool) -> Result<()> {
     use tokio::io::AsyncWriteExt;
     let tmp = temp_path(dest);
     // WAL holds the database's content in the clear: owner-only, whatever the umask of the
@@ -155,11 +180,16 @@ async fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
             .open(&tmp)
             .await?;
         f.write_all(data).await?;
-        f.flush().await
+        f.flush().await?;
+        if durable {
+            f.sync_all().await?;
+        }
+        Ok(())
     };
-    write
-        .await
-        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    if let Err(e) = write.await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(Error::io(format!("writing {}", tmp.display()), e));
+    }
     tokio::fs::rename(&tmp, dest).await.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(
@@ -187,7 +217,7 @@ async fn move_into_place(spooled: &Path, dest: &Path) -> Result<()> {
     let data = tokio::fs::read(spooled)
         .await
         .map_err(|e| Error::io(format!("reading {}", spooled.display()), e))?;
-    write_atomically(dest, &data).await?;
+    write_atomically(dest, &data, false).await?;
     let _ = tokio::fs::remove_file(spooled).await;
     Ok(())
 }

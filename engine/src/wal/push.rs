@@ -252,7 +252,7 @@ async fn check_own(archive: &WalArchive, path: &Path, name: &WalFileName) -> Res
         segment: None,
         summary: None,
     };
-    match compare(name, &stored, &new) {
+    match archive.settled(name, compare(name, &stored, &new)).await {
         Ok(outcome) => Ok(Own::Done(outcome, stored.summary.and_then(|s| s.tail))),
         // A newer .partial replaces the stored one (see `WalArchive::store`).
         Err(Error::WalConflict { .. }) if name.kind() == WalFileKind::Partial => Ok(Own::Store {

@@ -239,6 +239,7 @@ async fn session(
         .timeline
         .store(u64::from(server.timeline.0), Ordering::Relaxed);
     let mut rx = Receiver::new(archive, opts, status, &server, start);
+    rx.partial_len = stored_partial_len(archive, &rx.segment_name(WalFileKind::Partial)?).await;
     rx.receive(&mut conn, shutdown).await
 }
 
@@ -309,15 +310,15 @@ async fn archive_history(
     let content = match archive.fetch(&name).await? {
         Some((_, bytes)) => bytes,
         None => {
+            // As bytes: a reason line may be in any server encoding, and the stored file
+            // must be the one PostgreSQL's archive_command would store.
             let row = conn
-                .query_row(&format!("TIMELINE_HISTORY {}", timeline.0))
+                .query_row_bytes(&format!("TIMELINE_HISTORY {}", timeline.0))
                 .await?;
-            let content = row
-                .get(1)
-                .cloned()
-                .flatten()
-                .ok_or_else(|| PgError::Protocol("TIMELINE_HISTORY returned no content".into()))?
-                .into_bytes();
+            let content =
+                row.get(1).cloned().flatten().ok_or_else(|| {
+                    PgError::Protocol("TIMELINE_HISTORY returned no content".into())
+                })?;
             let (prepared, _) = archive
                 .prepare(name.clone(), content.clone(), None, level)
                 .await?;
@@ -392,6 +393,22 @@ async fn start_position(
         start = floor(server.position);
     }
     Ok(start)
+}
+
+/// How many bytes of a segment the archive already holds as `.partial` (0 for none). A
+/// receiver resuming in that segment receives it again from its start, and must not upload
+/// a shorter `.partial` over the stored one before it has caught up: WAL already archived,
+/// and already acknowledged to the server, would leave the archive until it had. A stored
+/// one that cannot be read counts as none (it is then replaced, which is all it is good for).
+async fn stored_partial_len(archive: &WalArchive, name: &WalFileName) -> usize {
+    match archive.meta(name).await {
+        Ok(Some(meta)) => usize::try_from(meta.size).unwrap_or(usize::MAX),
+        Ok(None) => 0,
+        Err(e) => {
+            tracing::warn!(partial = %name, error = %e, "cannot read the stored .partial; it will be replaced");
+            0
+        }
+    }
 }
 
 /// An LSN column, `None` when null or 0/0 (a slot that reserves nothing yet).
@@ -565,9 +582,10 @@ impl<'a> Receiver<'a> {
 
     fn note_server(&self, end: Lsn, send_time: i64) {
         self.status.server_lsn.store(end.0, Ordering::Relaxed);
-        self.status
-            .last_server_time_us
-            .store(send_time + PG_EPOCH_OFFSET_US, Ordering::Relaxed);
+        self.status.last_server_time_us.store(
+            send_time.saturating_add(PG_EPOCH_OFFSET_US),
+            Ordering::Relaxed,
+        );
     }
 
     /// Stores the segment just filled, removes its `.partial`, and moves to the next one.
@@ -601,6 +619,11 @@ impl<'a> Receiver<'a> {
     /// Uploads the segment being filled as `.partial` if it grew since the last upload.
     async fn upload_partial(&mut self) -> Result<()> {
         if self.buf.len() <= self.partial_len {
+            // Resumed in a segment stored as a longer `.partial`: what has come again is
+            // stored already.
+            if self.received() > self.stored {
+                self.mark_stored(self.received());
+            }
             return Ok(());
         }
         let name = self.segment_name(WalFileKind::Partial)?;
