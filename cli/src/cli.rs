@@ -14,6 +14,8 @@ Exit codes: 0 success; 1 error; 2 bad usage or configuration; 3 wrong passphrase
 refused; 4 repository missing, or already initialized; 5 damaged data detected;
 6 PostgreSQL unreachable, or it refused the connection or the command; 7 the repository is
 locked by a conflicting operation (prune, or the backups it waits for): retry later.
+wal-fetch exits 1 only when the archive lacks the file, 200 on any other failure (bad usage
+included); check exits with the Nagios codes (3 UNKNOWN for bad usage).
 
 Example:
   export PGKEEP_REPO=/var/lib/pgkeep/repo
@@ -36,17 +38,21 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Args)]
 pub(crate) struct GlobalArgs {
-    /// Config file (TOML).
-    #[arg(long, global = true, env = "PGKEEP_CONFIG", value_name = "FILE")]
+    /// Config file (TOML). Also PGKEEP_CONFIG. [default: /etc/pgkeep/pgkeep.toml if it
+    /// exists]
+    // Not clap's `env`: it would take an empty variable as an empty value, and an empty
+    // PGKEEP_* variable counts as unset (Settings::resolve reads these three).
+    #[arg(long, global = true, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
     /// Repository location: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix or
-    /// az://container/prefix. Config key: repo.
-    #[arg(long, global = true, env = "PGKEEP_REPO", value_name = "URL")]
+    /// az://container/prefix. Also PGKEEP_REPO; config key: repo.
+    #[arg(long, global = true, value_name = "URL")]
     pub(crate) repo: Option<String>,
 
-    /// Cluster name inside the repository. Config key: cluster. [default: main]
-    #[arg(long, global = true, env = "PGKEEP_CLUSTER", value_name = "NAME")]
+    /// Cluster name inside the repository. Also PGKEEP_CLUSTER; config key: cluster.
+    /// [default: main]
+    #[arg(long, global = true, value_name = "NAME")]
     pub(crate) cluster: Option<String>,
 
     /// File holding the repository passphrase (first line; must not be readable by others).
@@ -64,8 +70,9 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true)]
     pub(crate) json: bool,
 
-    /// How long backup, restore and prune wait for a conflicting repository lock (a prune,
-    /// or the backups a prune waits for), e.g. 90s, 15min, 2h; 0 fails at once.
+    /// How long the commands that take a repository lock (backup, restore, drill, verify,
+    /// dump, dump-restore, prune) wait for a conflicting one (a prune, or the commands a
+    /// prune waits for), e.g. 90s, 15min, 2h; 0 fails at once, at most 365 days.
     /// Also PGKEEP_LOCK_WAIT; config key: lock_wait. [default: 15min]
     #[arg(long, global = true, value_name = "DURATION")]
     pub(crate) lock_wait: Option<String>,
@@ -110,9 +117,10 @@ Example (postgresql.conf):\n  archive_mode = on\n  archive_command = 'pgkeep --c
     #[command(
         name = "wal-fetch",
         after_help = "Exit 0 with the file in place; 1 when the archive does not have it (PostgreSQL then \
-looks elsewhere or ends recovery). When the file exists but cannot be read (damaged, wrong key, \
-storage failing after retries), the exit status is 200: PostgreSQL treats any status above 125 \
-as fatal and stops recovery, instead of ending it early at the wrong point.\n\n\
+looks elsewhere or ends recovery). Every other outcome exits 200: a file that exists but cannot \
+be read (damaged, wrong key, storage failing after retries), and a call that could not look (bad \
+configuration, a bad flag or argument, an internal error). PostgreSQL treats any status above \
+125 as fatal and stops recovery, instead of ending it early at the wrong point.\n\n\
 Example (postgresql.conf):\n  restore_command = 'pgkeep --config /etc/pgkeep/pgkeep.toml wal-fetch %f %p'"
     )]
     WalFetch(WalFetchArgs),
@@ -213,8 +221,10 @@ Damage is reported as what it breaks: backups and their files, WAL ranges and th
 point-in-time windows they cut. Packs and the index (shared by all clusters) are always \
 checked; backups and WAL of every cluster, or only of the cluster named with --cluster (flag, \
 PGKEEP_CLUSTER or config key cluster).\n\n\
-Exit codes: 0 no damage (warnings allowed), 5 damage found, 1 verify could not run, 3 wrong \
-passphrase.\n\n\
+Exit codes: 0 no damage (warnings allowed); 5 damage found (or damaged data stopped the \
+check); 1 verify could not run (storage unreachable, ...); 2 bad usage or configuration; 3 wrong \
+passphrase; 4 no repository at the location; 7 a prune held the repository's lock beyond \
+--lock-wait (retry later).\n\n\
 Examples:\n  pgkeep verify\n  pgkeep verify --read-data 10%\n  pgkeep --json verify --read-data"
     )]
     Verify(VerifyArgs),
@@ -387,8 +397,8 @@ pub(crate) struct DumpArgs {
     /// Snapshot this SQLite database file instead of dumping PostgreSQL.
     #[arg(long, value_name = "PATH")]
     pub(crate) sqlite: Option<std::path::PathBuf>,
-    /// Worker threads for hashing, compression and encryption. Also PGKEEP_JOBS; config
-    /// key: jobs. [default: one per core]
+    /// Worker threads for hashing, compression and encryption (1 to 1024). Also
+    /// PGKEEP_JOBS; config key: jobs. [default: one per core]
     #[arg(long, value_name = "N")]
     pub(crate) jobs: Option<usize>,
 }
@@ -503,8 +513,8 @@ pub(crate) struct WalFetchArgs {
     pub(crate) name: String,
     /// Where to put it (restore_command's %p).
     pub(crate) path: PathBuf,
-    /// Segments to download ahead into the spool (0 to disable). Also PGKEEP_PREFETCH;
-    /// config key: prefetch. [default: 8]
+    /// Segments to download ahead into the spool (0 to disable, at most 1024). Also
+    /// PGKEEP_PREFETCH; config key: prefetch. [default: 8]
     #[arg(long, value_name = "N")]
     pub(crate) prefetch: Option<usize>,
     /// Directory for prefetched segments (at most --prefetch files). Also PGKEEP_SPOOL;
@@ -525,8 +535,8 @@ pub(crate) struct WalStreamArgs {
     /// Fail instead of creating the slot when it does not exist.
     #[arg(long)]
     pub(crate) no_create_slot: bool,
-    /// Seconds between uploads of the segment being filled (.partial): the data-loss window.
-    /// Also PGKEEP_PARTIAL_INTERVAL; config key: partial_interval. [default: 5]
+    /// Seconds between uploads of the segment being filled (.partial): the data-loss window
+    /// (1 to 86400). Also PGKEEP_PARTIAL_INTERVAL; config key: partial_interval. [default: 5]
     #[arg(long, value_name = "SECONDS")]
     pub(crate) partial_interval: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics. Also PGKEEP_METRICS_ADDR; config
@@ -555,7 +565,8 @@ pub(crate) struct RestoreArgs {
     /// Recover to this WAL position (X/X).
     #[arg(long, value_name = "LSN", group = "target")]
     pub(crate) target_lsn: Option<String>,
-    /// Recover to the end of this transaction.
+    /// Recover to the end of this transaction. An epoch-qualified id as pg_current_xact_id()
+    /// returns it is taken as PostgreSQL takes it: by its low 32 bits.
     #[arg(long, value_name = "XID", group = "target")]
     pub(crate) target_xid: Option<u64>,
     /// Recover to this restore point (pg_create_restore_point).
@@ -580,7 +591,8 @@ pub(crate) struct RestoreArgs {
     /// the others, remove files the backup does not have.
     #[arg(long)]
     pub(crate) delta: bool,
-    /// Files written at once. Also PGKEEP_JOBS; config key: jobs. [default: one per core]
+    /// Files written at once (1 to 1024). Also PGKEEP_JOBS; config key: jobs. [default: one
+    /// per core]
     #[arg(long, value_name = "N")]
     pub(crate) jobs: Option<usize>,
     /// Print the plan and stop.
@@ -659,6 +671,12 @@ pub(crate) struct KdfArgs {
     /// Argon2id lanes. Also PGKEEP_KDF_PARALLELISM; config key: kdf_parallelism. [default: 1]
     #[arg(long, value_name = "N")]
     pub(crate) kdf_parallelism: Option<u32>,
+}
+
+/// The label of a new key (`init`, `key add`); `key passwd` has its own `--label`, which
+/// keeps the current label by default.
+#[derive(Debug, Args, Default)]
+pub(crate) struct KeyLabelArgs {
     /// Label shown by `key list`. Also PGKEEP_KEY_LABEL; config key: key_label.
     /// [default: user@host]
     #[arg(long, value_name = "TEXT")]
@@ -669,6 +687,8 @@ pub(crate) struct KdfArgs {
 pub(crate) struct InitArgs {
     #[command(flatten)]
     pub(crate) kdf: KdfArgs,
+    #[command(flatten)]
+    pub(crate) label: KeyLabelArgs,
     /// Target size of pack objects in MiB (1 to 256). Also PGKEEP_PACK_SIZE_MIB; config key:
     /// pack_size_mib. [default: 16]
     #[arg(long, value_name = "MIB")]
@@ -726,8 +746,8 @@ pub(crate) struct BackupArgs {
     /// PGKEEP_MANIFEST_CHECKSUMS; config key: manifest_checksums. [default: crc32c]
     #[arg(long, value_name = "ALGORITHM")]
     pub(crate) manifest_checksums: Option<String>,
-    /// Worker threads for hashing, compression and encryption. Also PGKEEP_JOBS; config
-    /// key: jobs. [default: one per core]
+    /// Worker threads for hashing, compression and encryption (1 to 1024). Also
+    /// PGKEEP_JOBS; config key: jobs. [default: one per core]
     #[arg(long, value_name = "N")]
     pub(crate) jobs: Option<usize>,
     /// Packs uploading at once (1 to 64); `pgkeep bench` measures which value the storage
@@ -751,14 +771,33 @@ pub(crate) enum KeyCommand {
         /// Key id as shown by `key list`.
         id: String,
     },
-    /// Change the passphrase of the key in use.
-    Passwd(NewKeyArgs),
+    /// Change the passphrase of the key in use (a new key file replaces it).
+    #[command(
+        after_help = "Example:\n  PGKEEP_NEW_PASSPHRASE_FILE=/root/new-pass pgkeep key passwd --label ops-2027"
+    )]
+    Passwd(PasswdArgs),
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct NewKeyArgs {
     #[command(flatten)]
     pub(crate) kdf: KdfArgs,
+    #[command(flatten)]
+    pub(crate) label: KeyLabelArgs,
+    /// File holding the new passphrase. Also PGKEEP_NEW_PASSPHRASE_FILE, or the
+    /// passphrase itself in PGKEEP_NEW_PASSPHRASE; else a prompt (twice).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) new_passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PasswdArgs {
+    #[command(flatten)]
+    pub(crate) kdf: KdfArgs,
+    /// A new label for the key. Flag only: PGKEEP_KEY_LABEL and key_label name new keys,
+    /// and must not rename this one. [default: the current label]
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) label: Option<String>,
     /// File holding the new passphrase. Also PGKEEP_NEW_PASSPHRASE_FILE, or the
     /// passphrase itself in PGKEEP_NEW_PASSPHRASE; else a prompt (twice).
     #[arg(long, value_name = "FILE")]
@@ -816,8 +855,8 @@ pub(crate) struct DrillArgs {
     /// read every table). Also PGKEEP_PG; config key: pg.
     #[arg(long, value_name = "CONNINFO", requires = "compare_source")]
     pub(crate) pg: Option<String>,
-    /// Files written at once, and pg_amcheck's jobs. Also PGKEEP_JOBS; config key: jobs.
-    /// [default: one per core]
+    /// Files written at once, and pg_amcheck's jobs (1 to 1024). Also PGKEEP_JOBS; config
+    /// key: jobs. [default: one per core]
     #[arg(long, value_name = "N")]
     pub(crate) jobs: Option<usize>,
 }
@@ -828,8 +867,8 @@ pub(crate) struct VerifyArgs {
     /// PERCENT of them (e.g. 10 or 10%; each object picked independently).
     #[arg(long, value_name = "PERCENT|all", num_args = 0..=1, default_missing_value = "all")]
     pub(crate) read_data: Option<String>,
-    /// Packs and WAL files downloaded and checked at once (each is held in memory while
-    /// checked). Also PGKEEP_JOBS; config key: jobs. [default: one per core]
+    /// Packs and WAL files downloaded and checked at once, 1 to 1024 (each is held in memory
+    /// while checked). Also PGKEEP_JOBS; config key: jobs. [default: one per core]
     #[arg(long, value_name = "N")]
     pub(crate) jobs: Option<usize>,
 }

@@ -5,11 +5,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::{GlobalArgs, KdfArgs};
+use crate::cli::{GlobalArgs, KdfArgs, KeyLabelArgs};
 use crate::exit::UsageError;
 
 /// Read when neither `--config` nor `PGKEEP_CONFIG` names a file.
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/pgkeep/pgkeep.toml";
+
+/// `--jobs` (`PGKEEP_JOBS`, `jobs`): worker threads and files in flight. Far beyond any
+/// machine's cores, and low enough that the queues sized from it cannot overflow.
+pub(crate) const JOBS: std::ops::RangeInclusive<usize> = 1..=1024;
+
+/// `--lock-wait` at most: far beyond any real wait, and small enough that the deadline it
+/// sets stays representable (values near `u64::MAX` seconds overflowed the clock: a panic).
+pub(crate) const MAX_LOCK_WAIT: std::time::Duration =
+    std::time::Duration::from_secs(365 * 24 * 60 * 60);
 
 /// The config file. Unknown keys are errors, so a typo cannot silently fall back to a
 /// default.
@@ -130,6 +139,13 @@ where
     }
 }
 
+/// A path from a `PGKEEP_*` variable (not necessarily UTF-8); empty counts as unset.
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 fn env_bool(name: &str) -> Result<Option<bool>, UsageError> {
     match std::env::var(name).ok().as_deref() {
         None | Some("") => Ok(None),
@@ -171,7 +187,13 @@ fn parse_option(s: &str, source: &str) -> Result<(String, String), UsageError> {
 
 impl Settings {
     pub(crate) fn resolve(g: &GlobalArgs) -> Result<Self, UsageError> {
-        let (file, config_path) = ConfigFile::load(g.config.as_deref())?;
+        // PGKEEP_CONFIG, PGKEEP_REPO and PGKEEP_CLUSTER are read here rather than by clap's
+        // `env`, which would take an empty variable as an empty value: `PGKEEP_REPO=` in a
+        // service file must leave the config file's repo in force, as for every variable.
+        let config = g.config.clone().or_else(|| env_path("PGKEEP_CONFIG"));
+        let (file, config_path) = ConfigFile::load(config.as_deref())?;
+        let repo_env: Option<String> = env_var("PGKEEP_REPO")?;
+        let cluster_env: Option<String> = env_var("PGKEEP_CLUSTER")?;
         // Storage options: the file's table, overridden by the environment, then flags.
         let mut storage: BTreeMap<String, String> = file.storage.clone();
         if let Some(list) = env_var::<String>("PGKEEP_STORAGE_OPTIONS")? {
@@ -187,13 +209,16 @@ impl Settings {
         let passphrase_file_env: Option<PathBuf> =
             env_var::<String>("PGKEEP_PASSPHRASE_FILE")?.map(PathBuf::from);
         Ok(Self {
-            repo: g.repo.clone().or_else(|| file.repo.clone()),
+            repo: g.repo.clone().or(repo_env).or_else(|| file.repo.clone()),
+            cluster_explicit: g.cluster.is_some()
+                || cluster_env.is_some()
+                || file.cluster.is_some(),
             cluster: g
                 .cluster
                 .clone()
+                .or(cluster_env)
                 .or_else(|| file.cluster.clone())
                 .unwrap_or_else(|| "main".into()),
-            cluster_explicit: g.cluster.is_some() || file.cluster.is_some(),
             passphrase_file_from_flag: g.passphrase_file.is_some(),
             passphrase_file: g
                 .passphrase_file
@@ -218,13 +243,30 @@ impl Settings {
         })
     }
 
-    /// Lock waiting for backup, restore, prune and drill (`--lock-wait`).
+    /// Lock waiting for the commands that take a repository lock (`--lock-wait`).
     pub(crate) fn lock_options(&self) -> Result<pgkeep_engine::lock::LockOptions, UsageError> {
         let mut opts = pgkeep_engine::lock::LockOptions::default();
         if let Some(w) = &self.lock_wait {
             opts.wait = parse_duration("lock wait", w)?;
+            if opts.wait > MAX_LOCK_WAIT {
+                return Err(UsageError(format!(
+                    "lock wait {w:?} (--lock-wait, PGKEEP_LOCK_WAIT or config key lock_wait): \
+                     must be 0 to 365 days; write e.g. 90s, 15min, 2h"
+                )));
+            }
         }
         Ok(opts)
+    }
+
+    /// `--jobs`, else `PGKEEP_JOBS`, else the config key `jobs`, within [`JOBS`]; `None`
+    /// when unset (the command's default: one per core).
+    pub(crate) fn jobs(&self, flag: Option<usize>) -> Result<Option<usize>, UsageError> {
+        pick_bounded(
+            (flag, "--jobs"),
+            "PGKEEP_JOBS",
+            (self.file.jobs, "config key jobs"),
+            JOBS,
+        )
     }
 
     pub(crate) fn repo(&self) -> Result<&str, UsageError> {
@@ -266,7 +308,7 @@ impl Settings {
         Ok(params)
     }
 
-    pub(crate) fn key_label(&self, a: &KdfArgs) -> Result<String, UsageError> {
+    pub(crate) fn key_label(&self, a: &KeyLabelArgs) -> Result<String, UsageError> {
         Ok(pick(
             a.label.clone(),
             "PGKEEP_KEY_LABEL",
@@ -289,4 +331,34 @@ where
         return Ok(flag);
     }
     Ok(env_var(env)?.or(file))
+}
+
+/// [`pick`], with the value checked against `range`: an out-of-range number is refused here,
+/// naming where it came from, instead of overflowing a capacity or a deadline deep inside a
+/// command (a panic). `flag` and `file` carry how to name their source (`--jobs`,
+/// `config key jobs`).
+pub(crate) fn pick_bounded<T>(
+    flag: (Option<T>, &str),
+    env: &str,
+    file: (Option<T>, &str),
+    range: std::ops::RangeInclusive<T>,
+) -> Result<Option<T>, UsageError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    T::Err: std::fmt::Display,
+{
+    let (value, source) = match (flag.0, env_var::<T>(env)?, file.0) {
+        (Some(v), _, _) => (v, flag.1),
+        (None, Some(v), _) => (v, env),
+        (None, None, Some(v)) => (v, file.1),
+        (None, None, None) => return Ok(None),
+    };
+    if !range.contains(&value) {
+        return Err(UsageError(format!(
+            "{source} {value}: must be {} to {}",
+            range.start(),
+            range.end()
+        )));
+    }
+    Ok(Some(value))
 }

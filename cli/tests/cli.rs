@@ -101,6 +101,22 @@ fn keys_add_list_remove_passwd_through_the_cli() {
     e.set("PGKEEP_PASSPHRASE", "three");
     let (out, _) = e.expect(&["key", "list"], 0);
     assert!(out.contains("ops"), "passwd keeps the label: {out}");
+
+    // ... even with PGKEEP_KEY_LABEL set (it names new keys); --label renames the key.
+    e.set("PGKEEP_NEW_PASSPHRASE", "four")
+        .set("PGKEEP_KEY_LABEL", "not this");
+    e.expect(&["key", "passwd"], 0);
+    e.set("PGKEEP_PASSPHRASE", "four");
+    let (out, _) = e.expect(&["key", "list", "--json"], 0);
+    let keys: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(keys[0]["label"], "ops", "{keys}");
+    e.set("PGKEEP_NEW_PASSPHRASE", "five");
+    e.expect(&["key", "passwd", "--label", "ops-2027"], 0);
+    e.set("PGKEEP_PASSPHRASE", "five");
+    let (out, _) = e.expect(&["key", "list", "--json"], 0);
+    let keys: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(keys.as_array().map(Vec::len), Some(1), "{keys}");
+    assert_eq!(keys[0]["label"], "ops-2027", "{keys}");
 }
 
 #[test]
@@ -240,6 +256,27 @@ fn help_documents_every_command_and_setting() {
     }
     let (out, _) = e.expect(&["key", "add", "--help"], 0);
     assert!(out.contains("PGKEEP_NEW_PASSPHRASE"), "{out}");
+    let (out, _) = e.expect(&["key", "passwd", "--help"], 0);
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("[default: the current label]"), "{out}");
+    // Every exit code verify can end with, and every command --lock-wait applies to.
+    let (out, _) = e.expect(&["verify", "--help"], 0);
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    for needle in [
+        "0 no damage",
+        "5 damage found",
+        "1 verify could not run",
+        "2 bad usage",
+        "3 wrong passphrase",
+        "4 no repository",
+        "7 a prune held",
+        "(backup, restore, drill, verify, dump, dump-restore, prune)",
+    ] {
+        assert!(
+            flat.contains(needle),
+            "verify --help lacks {needle:?}:\n{out}"
+        );
+    }
     let (out, _) = e.expect(&["dump", "--help"], 0);
     for needle in [
         "--where",
@@ -257,4 +294,233 @@ fn help_documents_every_command_and_setting() {
             "dump-restore --help lacks {needle}:\n{out}"
         );
     }
+}
+
+/// `wal-fetch` is restore_command: PostgreSQL reads an exit status up to 125 as "no such
+/// file" and ends recovery there, so every failure other than absence must exit 200 (fatal):
+/// broken settings, bad usage, a panic.
+#[test]
+fn wal_fetch_exits_fatally_when_it_cannot_look() {
+    let mut e = Env::new();
+    let repo = e.repo();
+    e.set("PGKEEP_REPO", &repo)
+        .set("PGKEEP_PASSPHRASE", "secret");
+    e.expect(&["init"], 0);
+    let dest_path = e.path("RECOVERYXLOG").display().to_string();
+    let dest = dest_path.as_str();
+    let seg = "000000010000000000000001";
+
+    // Absent: 1, so that PostgreSQL looks elsewhere or ends recovery.
+    e.expect(&["wal-fetch", seg, dest], 1);
+
+    // A config file with an unknown key, from PGKEEP_CONFIG or --config.
+    let broken = e.path("broken.toml");
+    std::fs::write(&broken, format!("repo = \"{repo}\"\nprefech = 8\n")).expect("config");
+    let broken_arg = broken.display().to_string();
+    let (_, err) = e.expect(&["--config", &broken_arg, "wal-fetch", seg, dest], 200);
+    assert!(err.contains("prefech"), "{err}");
+    e.set("PGKEEP_CONFIG", &broken_arg);
+    e.expect(&["wal-fetch", seg, dest], 200);
+    e.expect(&["wal-fetch", "--prefetch", "2", seg, dest], 200);
+    // Other commands keep the usage status.
+    e.expect(&["list"], 2);
+    e.set("PGKEEP_CONFIG", &e.path("empty.toml").display().to_string());
+
+    // Bad usage: an unknown flag (before or after the subcommand), a missing argument, a
+    // mistyped global option.
+    for args in [
+        vec!["wal-fetch", "--bogus", seg, dest],
+        vec!["--bogus", "wal-fetch", seg, dest],
+        vec!["--cluster", "main", "wal-fetch", seg],
+        vec!["--confg", "/etc/x.toml", "wal-fetch", seg, dest],
+        vec!["wal-fetch", "--prefetch", "many", seg, dest],
+    ] {
+        let (_, err) = e.expect(&args, 200);
+        assert!(err.contains("error"), "{args:?}: {err}");
+    }
+    e.expect(&["list", "--bogus"], 2);
+    // Help is no failure.
+    e.expect(&["wal-fetch", "--help"], 0);
+
+    // Out-of-range settings, also a negative value in the environment.
+    let (_, err) = e.expect(&["wal-fetch", "--prefetch", "100000", seg, dest], 200);
+    assert!(
+        err.contains("--prefetch 100000") && err.contains("1024"),
+        "{err}"
+    );
+    e.set("PGKEEP_CLUSTER", "../x");
+    e.expect(&["wal-fetch", seg, dest], 200);
+    e.unset("PGKEEP_CLUSTER");
+
+    // A panic: the server's log pipe gone, writing the error to stderr panics. 200, not
+    // Rust's 101.
+    e.set("PGKEEP_REPO", &e.path("nothing").display().to_string());
+    let mut child = e
+        .command(&["wal-fetch", seg, dest])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stderr.take());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(200), "{status}");
+}
+
+/// An empty PGKEEP_CONFIG, PGKEEP_REPO or PGKEEP_CLUSTER counts as unset, as every other
+/// variable does (a service file's `PGKEEP_REPO=` leaves the config file's repo in force).
+#[test]
+fn empty_config_repo_and_cluster_variables_count_as_unset() {
+    let mut e = Env::new();
+    let repo = e.repo();
+    let config = e.path("pgkeep.toml");
+    std::fs::write(&config, format!("repo = \"{repo}\"\ncluster = \"prod\"\n")).expect("config");
+    e.set("PGKEEP_CONFIG", &config.display().to_string())
+        .set("PGKEEP_PASSPHRASE", "secret")
+        .set("PGKEEP_REPO", "")
+        .set("PGKEEP_CLUSTER", "");
+    e.expect(&["init"], 0);
+    assert!(
+        Path::new(&repo).join("config").exists(),
+        "repo from the file"
+    );
+    let (out, _) = e.expect(&["list"], 0);
+    assert!(out.contains("cluster prod"), "cluster from the file: {out}");
+
+    // An empty PGKEEP_CONFIG: the default file (absent on a test machine), not an error.
+    if !Path::new("/etc/pgkeep/pgkeep.toml").exists() {
+        e.set("PGKEEP_CONFIG", "").set("PGKEEP_REPO", &repo);
+        let (out, _) = e.expect(&["list"], 0);
+        assert!(out.contains("cluster main"), "{out}");
+    }
+}
+
+/// Numbers that would overflow a capacity or a deadline (a panic) are refused up front,
+/// naming where they came from and the range allowed.
+/// `--target-action` and `--target-exclusive` mean something only with a target to stop at:
+/// without one, recovery replays all archived WAL and promotes whatever they say, so
+/// `--start --target-action shutdown` would wait for a shutdown that never comes.
+#[test]
+fn target_options_without_a_target_are_usage_errors() {
+    let mut e = Env::new();
+    let repo = e.repo();
+    e.set("PGKEEP_REPO", &repo)
+        .set("PGKEEP_PASSPHRASE", "secret");
+    e.expect(&["init"], 0);
+    let pgdata = e.path("restored").display().to_string();
+    let (_, err) = e.expect(
+        &[
+            "restore",
+            "--pgdata",
+            &pgdata,
+            "--target-action",
+            "shutdown",
+        ],
+        2,
+    );
+    assert!(
+        err.contains("--target-action needs a recovery target"),
+        "{err}"
+    );
+    let (_, err) = e.expect(
+        &[
+            "restore",
+            "--pgdata",
+            &pgdata,
+            "--target-immediate",
+            "--target-exclusive",
+        ],
+        2,
+    );
+    assert!(
+        err.contains("--target-exclusive needs a recovery target"),
+        "{err}"
+    );
+    // With a target, both are taken (planning then fails for want of a backup).
+    let (_, err) = e.expect(
+        &[
+            "restore",
+            "--pgdata",
+            &pgdata,
+            "--target-lsn",
+            "0/3000000",
+            "--target-action",
+            "shutdown",
+            "--target-exclusive",
+        ],
+        2,
+    );
+    assert!(!err.contains("needs a recovery target"), "{err}");
+    assert!(!std::path::Path::new(&pgdata).exists());
+}
+
+#[test]
+fn out_of_range_numbers_are_usage_errors() {
+    let mut e = Env::new();
+    let repo = e.repo();
+    e.set("PGKEEP_REPO", &repo)
+        .set("PGKEEP_PASSPHRASE", "secret")
+        .set("PGKEEP_PG", "host=127.0.0.1 port=1 connect_timeout=1");
+    e.expect(&["init"], 0);
+    let pgdata = e.path("restored").display().to_string();
+
+    let huge = "4611686018427387904";
+    let (_, err) = e.expect(&["backup", "--jobs", huge], 2);
+    assert!(
+        err.contains(&format!("--jobs {huge}: must be 1 to 1024")),
+        "{err}"
+    );
+    let (_, err) = e.expect(&["verify", "--jobs", "1025"], 2);
+    assert!(err.contains("--jobs 1025: must be 1 to 1024"), "{err}");
+    e.set("PGKEEP_JOBS", huge);
+    let (_, err) = e.expect(&["restore", "--pgdata", &pgdata, "--dry-run"], 2);
+    assert!(err.contains(&format!("PGKEEP_JOBS {huge}")), "{err}");
+    e.unset("PGKEEP_JOBS");
+    let config = e.path("jobs.toml");
+    std::fs::write(&config, "jobs = 100000\n").expect("config");
+    let (_, err) = e.expect(
+        &[
+            "--config",
+            &config.display().to_string(),
+            "dump",
+            "--sqlite",
+            "x.db",
+        ],
+        2,
+    );
+    assert!(err.contains("config key jobs 100000"), "{err}");
+    e.expect(&["drill", "--jobs", "0"], 2);
+
+    // A lock wait beyond a year, from the flag or the environment.
+    let (_, err) = e.expect(&["--lock-wait", "1000years", "prune"], 2);
+    assert!(
+        err.contains("--lock-wait") && err.contains("365 days"),
+        "{err}"
+    );
+    e.set("PGKEEP_LOCK_WAIT", "18446744073709551615s");
+    e.expect(&["prune"], 2);
+    e.unset("PGKEEP_LOCK_WAIT");
+    e.expect(&["--lock-wait", "1h", "prune", "--dry-run"], 0);
+
+    // wal-stream would otherwise retry connecting forever: give it a deadline.
+    let mut child = e
+        .command(&["wal-stream", "--partial-interval", "18446744073709551615"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wal-stream accepted --partial-interval 18446744073709551615");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--partial-interval") && err.contains("86400"),
+        "{err}"
+    );
 }

@@ -75,7 +75,13 @@ fn expire_and_prune_reclaim_space_and_what_remains_restores() {
     let before = info["repository"]["pack_bytes"].as_u64().expect("bytes");
 
     // Pin the first; keep the newest only: the second goes (its parent is pinned, not it).
-    a.expect_as_server(&["pin", &ids[0], "--note", "audit"], 0);
+    let (out, _) = a.expect_as_server(&["--json", "pin", &ids[0], "--note", "audit"], 0);
+    let pinned = json(&out);
+    assert_eq!(pinned["action"], "pinned", "{pinned}");
+    assert_eq!(pinned["cluster"], "main", "{pinned}");
+    assert_eq!(pinned["backup"], ids[0].as_str(), "{pinned}");
+    assert_eq!(pinned["note"], "audit", "{pinned}");
+    assert!(pinned["time"].is_string(), "{pinned}");
     let (out, _) = a.expect_as_server(&["list"], 0);
     assert!(out.contains("yes: audit"), "{out}");
     let (out, _) = a.expect_as_server(&["--json", "expire", "--keep-last", "1", "--dry-run"], 0);
@@ -89,7 +95,11 @@ fn expire_and_prune_reclaim_space_and_what_remains_restores() {
     );
 
     // Unpinned, the first goes too, with the WAL before the remaining backup.
-    a.expect_as_server(&["unpin", &ids[0]], 0);
+    let (out, _) = a.expect_as_server(&["unpin", &ids[0], "--json"], 0);
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"action": "unpinned", "cluster": "main", "backup": ids[0]})
+    );
     let (_, err) = a.expect_as_server(&["unpin", &ids[0]], 1);
     assert!(err.contains("not found"), "{err}");
     let wal_before = a.info()["repository"]["wal_bytes"].as_u64().expect("wal");

@@ -391,21 +391,27 @@ impl Repository {
         self.inner.store.delete(&layout::key_file(id)).await
     }
 
-    /// Replaces the current key's passphrase: writes a new key file (same label), then
-    /// removes the old one, so the repository never has zero keys.
+    /// Replaces the current key's passphrase: writes a new key file, then removes the old
+    /// one, so the repository never has zero keys. The new file carries `label`, or the old
+    /// one's label when `None` (the label lives in the key file, so this is the moment to
+    /// change it).
     pub async fn change_passphrase(
         &self,
         new_passphrase: &[u8],
+        label: Option<&str>,
         kdf: KdfParams,
     ) -> Result<KeyFileId> {
         let old = self.inner.key_file;
-        let label = self
-            .list_keys()
-            .await?
-            .into_iter()
-            .find(|k| k.id == old)
-            .map(|k| k.label)
-            .unwrap_or_else(default_key_label);
+        let label = match label {
+            Some(l) => l.to_owned(),
+            None => self
+                .list_keys()
+                .await?
+                .into_iter()
+                .find(|k| k.id == old)
+                .map(|k| k.label)
+                .unwrap_or_else(default_key_label),
+        };
         let new = self.add_key(new_passphrase, &label, kdf).await?;
         self.inner.store.delete(&layout::key_file(&old)).await?;
         Ok(new)

@@ -131,7 +131,7 @@ async fn build() -> Template {
     let old_key = store.get(&names.key_pass2_old).await.expect("key");
     old.insert("key", (names.key_pass2_old.clone(), old_key.to_vec()));
     with2
-        .change_passphrase(PASS3, FAST_KDF)
+        .change_passphrase(PASS3, None, FAST_KDF)
         .await
         .expect("change");
     names.key_pass3 = names_under(&store, layout::KEYS_DIR)

@@ -96,7 +96,7 @@ async fn key_add_list_remove_and_change_passphrase() {
 
         // Changing the passphrase replaces the key file; the data stays readable.
         let new_id = via_second
-            .change_passphrase(b"third", FAST_KDF)
+            .change_passphrase(b"third", None, FAST_KDF)
             .await
             .expect("passwd");
         assert!(Repository::open(b.store.clone(), b"second").await.is_err());
@@ -107,6 +107,21 @@ async fn key_add_list_remove_and_change_passphrase() {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].id, new_id);
         assert_eq!(keys[0].label, "backup operator", "passwd keeps the label");
+
+        // ... unless given a new one.
+        let renamed = via_third
+            .change_passphrase(b"fourth", Some("ops 2027"), FAST_KDF)
+            .await
+            .expect("passwd with a label");
+        let keys = Repository::open(b.store.clone(), b"fourth")
+            .await
+            .expect("fourth passphrase")
+            .list_keys()
+            .await
+            .expect("list");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].id, renamed);
+        assert_eq!(keys[0].label, "ops 2027");
 
         let missing = pgkeep_engine::format::KeyFileId([9; 8]);
         assert!(matches!(

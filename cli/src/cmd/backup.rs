@@ -180,7 +180,7 @@ pub(crate) async fn run(s: &Settings, a: &BackupArgs, out: &Output) -> anyhow::R
             secs => Some(std::time::Duration::from_secs(secs)),
         },
         write: WriteOptions {
-            jobs: pick(a.jobs, "PGKEEP_JOBS", s.file.jobs)?.unwrap_or(0),
+            jobs: s.jobs(a.jobs)?.unwrap_or(0),
             max_uploads: uploads,
             ..WriteOptions::default()
         },

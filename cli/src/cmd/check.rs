@@ -24,14 +24,9 @@ use crate::output::Output;
 use crate::secret;
 use crate::settings::{pick, ConfigFile, Settings, DEFAULT_CONFIG};
 
-/// UNKNOWN: the check could not run (bad usage, unusable settings).
+/// UNKNOWN: the check could not run (bad usage, unusable settings). `main` ends even clap's
+/// usage errors of `check` with it, instead of 2, which a monitoring system reads as CRITICAL.
 pub(crate) const UNKNOWN: u8 = 3;
-
-/// Whether the command line asks for `check` (so that even clap's usage errors exit with
-/// UNKNOWN instead of 2, which a monitoring system would read as CRITICAL).
-pub(crate) fn invoked() -> bool {
-    std::env::args_os().skip(1).any(|a| a == "check")
-}
 
 /// Connection attempts give up after this long unless the connection string says otherwise:
 /// a monitoring check must answer.
@@ -336,10 +331,18 @@ fn canonical_location(location: &str) -> String {
 /// Where the `pgkeep wal-push` call in `archive_command` stores: its own flags first, then
 /// the config file it names (or the default one, as pgkeep itself would read it).
 fn resolve_target(call: &PgkeepCall) -> ArchiveTarget {
-    let config_path = call.config.as_deref().map(PathBuf::from).or_else(|| {
-        let default = Path::new(DEFAULT_CONFIG);
-        (call.repo.is_none() && default.exists()).then(|| default.to_path_buf())
-    });
+    resolve_target_with(call, Path::new(DEFAULT_CONFIG))
+}
+
+/// [`resolve_target`] with the default config file at `default`. Without `--config` the
+/// call reads `default` whenever it exists, as `Settings::resolve` does, also when it gives
+/// `--repo`: the file can still name its cluster.
+fn resolve_target_with(call: &PgkeepCall, default: &Path) -> ArchiveTarget {
+    let config_path = call
+        .config
+        .as_deref()
+        .map(PathBuf::from)
+        .or_else(|| default.exists().then(|| default.to_path_buf()));
     let config: Option<(String, Result<ConfigFile, String>)> = config_path.map(|p| {
         let shown = p.display().to_string();
         let loaded = if p.is_relative() {
@@ -427,4 +430,48 @@ fn suggested_archive_command(s: &Settings) -> String {
     }
     words.push("wal-push %p".into());
     words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(r: &Resolved) -> (&str, &str) {
+        match r {
+            Resolved::Known { value, source } => (value, source),
+            Resolved::Hidden { reason } => panic!("hidden: {reason}"),
+        }
+    }
+
+    #[test]
+    fn call_with_repo_but_no_config_still_reads_the_default_config_for_its_cluster() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let default = dir.path().join("pgkeep.toml");
+        let call = PgkeepCall {
+            program: "pgkeep".into(),
+            repo: Some("/srv/repo".into()),
+            file_arg: Some("%p".into()),
+            ..PgkeepCall::default()
+        };
+
+        // No default file: the cluster is the built-in default.
+        let t = resolve_target_with(&call, &default);
+        assert_eq!(known(&t.cluster), ("main", "the default"));
+
+        // With one, `pgkeep --repo R wal-push` takes its cluster from it, and the repo from
+        // the flag.
+        std::fs::write(&default, "repo = \"/elsewhere\"\ncluster = \"db1\"\n").expect("write");
+        let t = resolve_target_with(&call, &default);
+        assert_eq!(known(&t.repo), ("/srv/repo", "--repo in archive_command"));
+        let shown = format!("config file {}", default.display());
+        assert_eq!(known(&t.cluster), ("db1", shown.as_str()));
+
+        // A --cluster in the call wins over the file.
+        let call = PgkeepCall {
+            cluster: Some("db2".into()),
+            ..call
+        };
+        let t = resolve_target_with(&call, &default);
+        assert_eq!(known(&t.cluster), ("db2", "--cluster in archive_command"));
+    }
 }

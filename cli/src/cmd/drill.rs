@@ -14,7 +14,7 @@ use crate::cli::DrillArgs;
 use crate::cmd;
 use crate::exit::UsageError;
 use crate::output::{format_bytes, Output, Table};
-use crate::settings::{pick, Settings};
+use crate::settings::Settings;
 
 /// The version of the JSON report's layout: bumped when a field changes meaning or goes.
 const SCHEMA: u32 = 1;
@@ -259,7 +259,8 @@ pub(crate) async fn run(s: &Settings, a: &DrillArgs, out: &Output) -> anyhow::Re
         ),
         None => RecoveryTarget::End,
     };
-    let jobs = pick(a.jobs, "PGKEEP_JOBS", s.file.jobs)?
+    let jobs = s
+        .jobs(a.jobs)?
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let source = if a.compare_source {
         Some(cmd::conn_config(s, a.pg.clone())?)

@@ -12,7 +12,7 @@ use crate::cli::{DumpArgs, DumpRestoreArgs};
 use crate::cmd;
 use crate::exit::UsageError;
 use crate::output::{format_bytes, format_unix, Output, Table};
-use crate::settings::{pick, Settings};
+use crate::settings::Settings;
 
 /// A dump as `list` and `dump` show it.
 #[derive(Serialize)]
@@ -148,7 +148,7 @@ fn emit(out: &Output, s: &DumpSummary) -> anyhow::Result<()> {
 pub(crate) async fn run(s: &Settings, a: &DumpArgs, out: &Output) -> anyhow::Result<()> {
     let cluster = cmd::cluster(s)?;
     let write = WriteOptions {
-        jobs: pick(a.jobs, "PGKEEP_JOBS", s.file.jobs)?.unwrap_or(0),
+        jobs: s.jobs(a.jobs)?.unwrap_or(0),
         ..WriteOptions::default()
     };
     if let Some(path) = &a.sqlite {

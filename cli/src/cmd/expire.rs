@@ -193,23 +193,53 @@ fn human(doc: &ExpireOutput) -> String {
     lines.join("\n")
 }
 
-pub(crate) async fn pin(s: &Settings, a: &PinArgs) -> anyhow::Result<()> {
+/// The JSON document of `pin` and `unpin`.
+#[derive(Serialize)]
+struct PinChanged {
+    /// "pinned" or "unpinned".
+    action: &'static str,
+    cluster: String,
+    backup: String,
+    /// `pin` only: the note given, and the time of the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<String>,
+}
+
+pub(crate) async fn pin(s: &Settings, a: &PinArgs, out: &Output) -> anyhow::Result<()> {
     let cluster = cmd::cluster(s)?;
     let repo = cmd::open(s).await?;
     retention::pin(&repo, &cluster, &a.backup, &a.note).await?;
-    println!(
-        "pinned {}/{} at {}",
-        cluster,
-        a.backup,
-        format_timestamp_us(now_us())
-    );
-    Ok(())
+    let done = PinChanged {
+        action: "pinned",
+        cluster: cluster.to_string(),
+        backup: a.backup.clone(),
+        note: Some(a.note.clone()),
+        time: Some(format_timestamp_us(now_us())),
+    };
+    out.emit(&done, || {
+        format!(
+            "pinned {}/{} at {}",
+            done.cluster,
+            done.backup,
+            done.time.as_deref().unwrap_or_default()
+        )
+    })
 }
 
-pub(crate) async fn unpin(s: &Settings, a: &UnpinArgs) -> anyhow::Result<()> {
+pub(crate) async fn unpin(s: &Settings, a: &UnpinArgs, out: &Output) -> anyhow::Result<()> {
     let cluster = cmd::cluster(s)?;
     let repo = cmd::open(s).await?;
     retention::unpin(&repo, &cluster, &a.backup).await?;
-    println!("unpinned {cluster}/{}", a.backup);
-    Ok(())
+    let done = PinChanged {
+        action: "unpinned",
+        cluster: cluster.to_string(),
+        backup: a.backup.clone(),
+        note: None,
+        time: None,
+    };
+    out.emit(&done, || {
+        format!("unpinned {}/{}", done.cluster, done.backup)
+    })
 }

@@ -30,7 +30,7 @@ pub(crate) async fn run(s: &Settings, a: &InitArgs, out: &Output) -> anyhow::Res
     }
     let opts = InitOptions {
         kdf: s.kdf(&a.kdf)?,
-        key_label: s.key_label(&a.kdf)?,
+        key_label: s.key_label(&a.label)?,
         pack_target_size: pack_mib << 20,
         compression_level: pick(a.compression, "PGKEEP_COMPRESSION", s.file.compression)?
             .unwrap_or(InitOptions::default().compression_level),

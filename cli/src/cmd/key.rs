@@ -3,7 +3,7 @@
 use pgkeep_engine::format::KeyFileId;
 use serde::Serialize;
 
-use crate::cli::{KeyCommand, NewKeyArgs};
+use crate::cli::KeyCommand;
 use crate::exit::UsageError;
 use crate::output::{format_unix, Output, Table};
 use crate::settings::Settings;
@@ -66,7 +66,8 @@ pub(crate) async fn run(s: &Settings, c: &KeyCommand, out: &Output) -> anyhow::R
             })
         }
         KeyCommand::Add(a) => {
-            let (pass, kdf, label) = new_key_inputs(s, a)?;
+            let (kdf, label) = (s.kdf(&a.kdf)?, s.key_label(&a.label)?);
+            let pass = secret::new_passphrase(a.new_passphrase_file.as_deref())?;
             let id = repo.add_key(&pass, &label, kdf).await?;
             let done = KeyChanged {
                 action: "added",
@@ -88,8 +89,11 @@ pub(crate) async fn run(s: &Settings, c: &KeyCommand, out: &Output) -> anyhow::R
             out.emit(&done, || format!("Removed key {}.", done.key_id))
         }
         KeyCommand::Passwd(a) => {
-            let (pass, kdf, _) = new_key_inputs(s, a)?;
-            let id = repo.change_passphrase(&pass, kdf).await?;
+            let kdf = s.kdf(&a.kdf)?;
+            let pass = secret::new_passphrase(a.new_passphrase_file.as_deref())?;
+            let id = repo
+                .change_passphrase(&pass, a.label.as_deref(), kdf)
+                .await?;
             let done = KeyChanged {
                 action: "replaced",
                 key_id: id.to_hex(),
@@ -102,15 +106,4 @@ pub(crate) async fn run(s: &Settings, c: &KeyCommand, out: &Output) -> anyhow::R
             })
         }
     }
-}
-
-fn new_key_inputs(
-    s: &Settings,
-    a: &NewKeyArgs,
-) -> anyhow::Result<(secret::Passphrase, pgkeep_engine::format::KdfParams, String)> {
-    Ok((
-        secret::new_passphrase(a.new_passphrase_file.as_deref())?,
-        s.kdf(&a.kdf)?,
-        s.key_label(&a.kdf)?,
-    ))
 }

@@ -18,7 +18,7 @@ use crate::cli::RestoreArgs;
 use crate::cmd;
 use crate::exit::UsageError;
 use crate::output::{format_bytes, Output};
-use crate::settings::{pick, Settings};
+use crate::settings::Settings;
 
 #[derive(Serialize)]
 struct PlanOut {
@@ -160,12 +160,37 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
         Some("shutdown") => TargetAction::Shutdown,
         Some(other) => return Err(UsageError(format!("--target-action {other:?}")).into()),
     };
+    // PostgreSQL applies these only when recovery has a target to stop at; without one it
+    // replays to the end of the archive and promotes, whatever they say.
+    // (`recovery_target_inclusive` means nothing for `immediate` either.)
+    let needs_target = |flag: &str, targets: &str| {
+        UsageError(format!(
+            "{flag} needs a recovery target ({targets}): without one, recovery replays all \
+             archived WAL and promotes"
+        ))
+    };
+    let stop_at = "--target-time, --target-lsn, --target-xid or --target-name";
+    if target == RecoveryTarget::End && a.target_action.is_some() {
+        return Err(needs_target(
+            "--target-action",
+            &format!("{stop_at}, or --target-immediate"),
+        )
+        .into());
+    }
+    if matches!(target, RecoveryTarget::End | RecoveryTarget::Immediate) && a.target_exclusive {
+        return Err(needs_target("--target-exclusive", stop_at).into());
+    }
+    // Absolute: `--start` puts the server's socket in the data directory, and PostgreSQL
+    // would read a relative `unix_socket_directories` from inside it.
+    let pgdata = std::path::absolute(&a.pgdata)
+        .with_context(|| format!("resolving {}", a.pgdata.display()))?;
     let timeline = TargetTimeline::parse(a.target_timeline.as_deref().unwrap_or("latest"))
         .map_err(|e| UsageError(e.to_string()))?;
     let map = tablespace_map(&a.tablespace_map)?;
-    let jobs = pick(a.jobs, "PGKEEP_JOBS", s.file.jobs)?
+    let jobs = s
+        .jobs(a.jobs)?
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    check_target(&a.pgdata, a.delta)?;
+    check_target(&pgdata, a.delta)?;
     let repo = cmd::open(s).await?;
     let choice = match a.backup.as_deref() {
         None | Some("latest") => BackupChoice::Latest,
@@ -230,7 +255,14 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
     if !out.json {
         println!("{plan_text}");
     }
-    let layout = tablespace_layout(&plan, &a.pgdata, &map);
+    let layout = tablespace_layout(&plan, &pgdata, &map)?;
+    // Found before anything is written: a missing PostgreSQL would otherwise show only after
+    // the whole restore.
+    let bin_dir = if a.start {
+        Some(find_bin_dir(a.pg_bin.as_deref(), pg.version_num / 10000)?)
+    } else {
+        None
+    };
     let settings = RecoverySettings {
         restore_command: restore_command(s)?,
         target: plan.target.clone(),
@@ -254,7 +286,7 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
         s.lock_options()?,
     )
     .await
-    .with_context(|| format!("restoring into {}", a.pgdata.display()))?;
+    .with_context(|| format!("restoring into {}", pgdata.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     if !out.json {
         println!(
@@ -270,8 +302,7 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
         );
     }
     let mut reached = None;
-    if a.start {
-        let bin_dir = find_bin_dir(a.pg_bin.as_deref(), pg.version_num / 10000)?;
+    if let Some(bin_dir) = bin_dir {
         let opts = StartOptions {
             bin_dir: bin_dir.clone(),
             port: a.port.unwrap_or(5432),
@@ -279,11 +310,11 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
             action,
             timeout: Duration::from_secs(3600),
         };
-        let point = start_and_wait(&a.pgdata, &opts)
+        let point = start_and_wait(&pgdata, &opts)
             .await
             .context("running recovery")?;
         if a.stop && !point.stopped {
-            stop(&a.pgdata, &bin_dir).await?;
+            stop(&pgdata, &bin_dir).await?;
         }
         reached = Some(Reached {
             in_recovery: point.in_recovery,
@@ -322,7 +353,7 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
     } else {
         println!(
             "start PostgreSQL on {} to replay WAL (recovery.signal is in place)",
-            a.pgdata.display()
+            pgdata.display()
         );
     }
     Ok(())

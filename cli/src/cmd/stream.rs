@@ -15,20 +15,22 @@ use tokio::sync::watch;
 use crate::cli::WalStreamArgs;
 use crate::cmd;
 use crate::exit::UsageError;
-use crate::settings::{pick, Settings};
+use crate::settings::{pick, pick_bounded, Settings};
+
+/// `--partial-interval` in seconds: at least one, at most a day (a longer period is no
+/// data-loss window any more, and one near `u64::MAX` overflowed the timer and panicked).
+const PARTIAL_INTERVAL: std::ops::RangeInclusive<u64> = 1..=86_400;
 
 pub(crate) async fn run(s: &Settings, a: &WalStreamArgs) -> anyhow::Result<()> {
     let cluster = cmd::cluster(s)?;
     let mut conn = cmd::conn_config(s, a.pg.clone())?;
-    let partial = pick(
-        a.partial_interval,
+    let partial = pick_bounded(
+        (a.partial_interval, "--partial-interval"),
         "PGKEEP_PARTIAL_INTERVAL",
-        s.file.partial_interval,
+        (s.file.partial_interval, "config key partial_interval"),
+        PARTIAL_INTERVAL,
     )?
     .unwrap_or(5);
-    if partial == 0 {
-        return Err(UsageError("--partial-interval must be at least 1 second".into()).into());
-    }
     let timeout = pick(a.timeout, "PGKEEP_TIMEOUT", s.file.timeout)?.unwrap_or(300);
     let metrics_addr = pick(
         a.metrics_addr.clone(),

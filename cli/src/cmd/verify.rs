@@ -10,7 +10,7 @@ use crate::cli::VerifyArgs;
 use crate::cmd;
 use crate::exit::{self, UsageError};
 use crate::output::{format_bytes, Output};
-use crate::settings::{pick, Settings};
+use crate::settings::Settings;
 
 /// Files listed per backup and problem in the human output (`--json` lists all).
 const FILES_SHOWN: usize = 10;
@@ -48,11 +48,9 @@ async fn check(s: &Settings, a: &VerifyArgs, out: &Output) -> anyhow::Result<boo
         None => 0.0,
         Some(v) => parse_read_data(v)?,
     };
-    let jobs = pick(a.jobs, "PGKEEP_JOBS", s.file.jobs)?
+    let jobs = s
+        .jobs(a.jobs)?
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    if jobs == 0 {
-        return Err(UsageError("--jobs: must be at least 1".into()).into());
-    }
     let repo = cmd::open(s).await?;
     let report = verify(
         &repo,

@@ -11,7 +11,11 @@ use crate::cli::{WalFetchArgs, WalPushArgs};
 use crate::cmd;
 use crate::exit;
 use crate::output::Output;
-use crate::settings::{pick, Settings};
+use crate::settings::{pick, pick_bounded, Settings};
+
+/// `--prefetch` at most: the segments ahead are listed up front, so a huge count would
+/// exhaust memory (or overflow the segment number) instead of prefetching.
+const PREFETCH: std::ops::RangeInclusive<usize> = 0..=1024;
 
 #[derive(Serialize)]
 struct PushResult {
@@ -95,7 +99,13 @@ async fn try_fetch(s: &Settings, a: &WalFetchArgs) -> anyhow::Result<FetchOutcom
     let Ok(name) = WalFileName::parse(&a.name) else {
         return Ok(FetchOutcome::NotFound);
     };
-    let prefetch = pick(a.prefetch, "PGKEEP_PREFETCH", s.file.prefetch)?.unwrap_or(8);
+    let prefetch = pick_bounded(
+        (a.prefetch, "--prefetch"),
+        "PGKEEP_PREFETCH",
+        (s.file.prefetch, "config key prefetch"),
+        PREFETCH,
+    )?
+    .unwrap_or(8);
     let spool = pick(a.spool.clone(), "PGKEEP_SPOOL", s.file.spool.clone())?;
     let cluster = cmd::cluster(s)?;
     let repo = cmd::open(s).await?;

@@ -22,13 +22,14 @@ pub struct PgkeepCall {
 }
 
 /// Options of pgkeep that take a value (global ones and `wal-push`'s own).
-const VALUE_OPTIONS: [&str; 8] = [
+const VALUE_OPTIONS: [&str; 9] = [
     "--config",
     "--repo",
     "--cluster",
     "--passphrase-file",
     "--storage-option",
     "--log-level",
+    "--lock-wait",
     "--lookahead",
     "--spool",
 ];
@@ -62,7 +63,8 @@ fn pgkeep_call(words: &[String]) -> Option<PgkeepCall> {
         program: program.clone(),
         ..PgkeepCall::default()
     };
-    for (k, v) in env {
+    // pgkeep takes an empty variable as unset.
+    for (k, v) in env.into_iter().filter(|(_, v)| !v.is_empty()) {
         match k {
             "PGKEEP_CONFIG" => call.config = Some(v.to_owned()),
             "PGKEEP_REPO" => call.repo = Some(v.to_owned()),
@@ -252,6 +254,15 @@ mod tests {
         let c = call(r"pgkeep --repo /a\ b wal-push");
         assert_eq!(c.repo.as_deref(), Some("/a b"));
         assert_eq!(c.file_arg, None);
+    }
+
+    #[test]
+    fn value_of_lock_wait_and_empty_variables_are_read_as_pgkeep_does() {
+        let c = call("pgkeep --lock-wait 5min --repo /r wal-push %p");
+        assert_eq!(c.repo.as_deref(), Some("/r"));
+        assert_eq!(c.file_arg.as_deref(), Some("%p"));
+        let c = call("PGKEEP_REPO= PGKEEP_CLUSTER= PGKEEP_CONFIG= pgkeep wal-push %p");
+        assert_eq!((c.repo, c.cluster, c.config), (None, None, None));
     }
 
     #[test]
