@@ -427,6 +427,31 @@ fn a_delta_restore_refuses_a_tablespace_directory_it_does_not_own() {
     check_tablespace_target(&pgdata, 16401, &other, true, true).expect("empty");
 }
 
+/// A second restore into a directory another one is writing is refused before it writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_being_restored_into_is_not_restored_into_again() {
+    let b = local();
+    let repo = init(&b).await;
+    let extents = stored(&repo, b"page").await;
+    let root = tempfile::tempdir().expect("tmp");
+    let layout = layout(root.path());
+    std::fs::create_dir(&layout.pgdata).expect("pgdata");
+    let other = std::fs::File::open(&layout.pgdata).expect("open");
+    rustix::fs::flock(&other, rustix::fs::FlockOperation::LockExclusive)
+        .expect("the other restore's lock");
+    let m = manifest(vec![file("PG_VERSION", FileType::Regular, extents, "")]);
+    let err = materialize(&repo, &m, &layout, 2, true)
+        .await
+        .expect_err("locked");
+    assert!(err.to_string().contains("another restore"), "{err}");
+    assert!(tree(&layout.pgdata).is_empty());
+    drop(other);
+    materialize(&repo, &m, &layout, 2, true)
+        .await
+        .expect("restored once the other is done");
+    assert_eq!(tree(&layout.pgdata), ["PG_VERSION"]);
+}
+
 /// `--tablespace-map` for an OID the backup does not have is refused (a typo would leave the
 /// real tablespace at its original location); a known one is placed where the map says.
 #[test]

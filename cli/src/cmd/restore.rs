@@ -139,10 +139,14 @@ pub(crate) fn restore_command(s: &Settings) -> anyhow::Result<String> {
              server's environment has PGKEEP_PASSPHRASE or the config file names a passphrase_file"
         ),
     }
-    if s.config_path.is_none() && !s.storage_options.is_empty() {
+    // restore_command gets the config file's [storage] table and nothing else: options from
+    // flags or the environment (which may hold credentials) would otherwise be lost silently.
+    let from_file: Vec<(String, String)> = s.file.storage.clone().into_iter().collect();
+    if s.storage_options != from_file {
         tracing::warn!(
             "storage options given on the command line or in the environment are not passed to \
-             restore_command (they may hold credentials): put them in a config file's [storage] table"
+             restore_command (they may hold credentials): put them in the config file's [storage] \
+             table, or restore_command will reach the repository without them"
         );
     }
     words.push("wal-fetch".into());

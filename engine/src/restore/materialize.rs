@@ -134,8 +134,12 @@ async fn checksums(repo: &Repository, m: &Manifest) -> Result<Checksums> {
     };
     let mut json = Vec::new();
     repo.write_extents(&att.extents, &mut json).await?;
-    let doc: serde_json::Value = serde_json::from_slice(&json)
-        .map_err(|e| Error::InvalidInput(format!("the stored backup_manifest is not JSON: {e}")))?;
+    let doc: serde_json::Value = serde_json::from_slice(&json).map_err(|e| {
+        Error::InvalidInput(format!(
+            "backup {}: its stored backup_manifest is not JSON: {e}",
+            m.backup_id
+        ))
+    })?;
     let mut out = Checksums::new();
     for f in doc["Files"].as_array().into_iter().flatten() {
         let path = match (f["Path"].as_str(), f["Encoded-Path"].as_str()) {
@@ -193,6 +197,7 @@ pub async fn materialize(
         .any(|f| f.file_type == FileType::Regular && f.mode & 0o040 != 0);
     let dir_mode = if group_readable { 0o750 } else { 0o700 };
     make_dir(&layout.pgdata, dir_mode)?;
+    let _writing = lock_target(&layout.pgdata)?;
     for dir in layout.tablespaces.values() {
         make_dir(dir, dir_mode)?;
     }
@@ -232,6 +237,27 @@ pub async fn materialize(
     }
     sync_dirs(layout, m)?;
     Ok(out)
+}
+
+/// Locks the data directory against a second restore into it while this one writes (an
+/// advisory lock on the directory itself, so nothing is left behind in it): two restores
+/// into one directory would each remove and rewrite the other's files. The lock goes with
+/// the returned handle.
+fn lock_target(pgdata: &Path) -> Result<std::fs::File> {
+    use rustix::fs::{flock, FlockOperation};
+    let dir = std::fs::File::open(pgdata)
+        .map_err(|e| Error::io(format!("opening {}", pgdata.display()), e))?;
+    match flock(&dir, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(dir),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(Error::InvalidInput(format!(
+            "another restore is writing into {}: wait for it to finish, or restore elsewhere",
+            pgdata.display()
+        ))),
+        Err(e) => Err(Error::io(
+            format!("locking {}", pgdata.display()),
+            std::io::Error::from(e),
+        )),
+    }
 }
 
 /// A directory's mode from the backup, limited to what PostgreSQL itself uses (0700, or

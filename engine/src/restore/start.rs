@@ -95,7 +95,8 @@ pub async fn start_and_wait(pgdata: &Path, opts: &StartOptions) -> Result<Reache
         opts.port,
         socket_dir.replace('\'', "\\'")
     );
-    let status = tokio::process::Command::new(opts.bin_dir.join("pg_ctl"))
+    let pg_ctl = opts.bin_dir.join("pg_ctl");
+    let status = tokio::process::Command::new(&pg_ctl)
         .arg("-D")
         .arg(pgdata)
         .arg("-l")
@@ -105,10 +106,12 @@ pub async fn start_and_wait(pgdata: &Path, opts: &StartOptions) -> Result<Reache
         .stdout(std::process::Stdio::null())
         .status()
         .await
-        .map_err(|e| Error::io("running pg_ctl start", e))?;
+        .map_err(|e| Error::io(format!("running {} start", pg_ctl.display()), e))?;
     if !status.success() {
         return Err(Error::InvalidInput(format!(
-            "pg_ctl start failed: {}",
+            "pg_ctl start -D {} failed (log {}): {}",
+            pgdata.display(),
+            log.display(),
             log_tail(&log)
         )));
     }
@@ -169,18 +172,25 @@ pub async fn start_and_wait(pgdata: &Path, opts: &StartOptions) -> Result<Reache
 
 /// Stops the server (`pg_ctl stop -m fast`).
 pub async fn stop(pgdata: &Path, bin_dir: &Path) -> Result<()> {
-    let status = tokio::process::Command::new(bin_dir.join("pg_ctl"))
+    let pg_ctl = bin_dir.join("pg_ctl");
+    let status = tokio::process::Command::new(&pg_ctl)
         .arg("-D")
         .arg(pgdata)
         .args(["-m", "fast", "-w", "stop"])
         .stdout(std::process::Stdio::null())
         .status()
         .await
-        .map_err(|e| Error::io("running pg_ctl stop", e))?;
+        .map_err(|e| Error::io(format!("running {} stop", pg_ctl.display()), e))?;
     if status.success() {
         Ok(())
     } else {
-        Err(Error::InvalidInput("pg_ctl stop failed".into()))
+        Err(Error::InvalidInput(format!(
+            "pg_ctl stop -D {} failed ({status}): see {}, or stop it with \
+             `pg_ctl stop -D {} -m immediate`",
+            pgdata.display(),
+            pgdata.join("pgkeep-restore.log").display(),
+            pgdata.display()
+        )))
     }
 }
 
