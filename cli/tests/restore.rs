@@ -292,7 +292,9 @@ fn pitr_across_a_timeline_switch() {
     let a = Archiving::start(PgVersion::V15, 1, &[]);
     let conn = a.pg.connstring();
     a.sql("CREATE TABLE t (v int)");
-    a.expect_as_server(&["backup", "--pg", &conn], 0);
+    let (out, _) = a.expect_as_server(&["--json", "backup", "--pg", &conn], 0);
+    let before_fork: Value = serde_json::from_str(&out).expect("backup JSON");
+    let before_fork = before_fork["backup_id"].as_str().expect("id").to_owned();
     a.sql("INSERT INTO t SELECT generate_series(1, 100)");
     std::thread::sleep(Duration::from_millis(1100));
     let fork_time =
@@ -302,9 +304,9 @@ fn pitr_across_a_timeline_switch() {
     a.sql("INSERT INTO t SELECT generate_series(1, 1000)");
     a.switch_and_wait();
     // A backup on timeline 1 after the fork point: newer than the first, but timeline 2 does
-    // not pass through it, so a restore onto timeline 2 must take the first.
-    let (out, _) = a.expect_as_server(&["--json", "backup", "--pg", &conn], 0);
-    let after_fork: Value = serde_json::from_str(&out).expect("backup JSON");
+    // not pass through it. Both timelines are live, so which history to restore is the
+    // operator's call: the newest backup is refused, naming the first.
+    a.expect_as_server(&["backup", "--pg", &conn], 0);
 
     // The "failover": restore to the fork time and promote; the copy archives timeline 2.
     let tl2 = a.pg.owned_dir("tl2").expect("dir");
@@ -362,17 +364,25 @@ fn pitr_across_a_timeline_switch() {
     // From the timeline-1 backup to a time on timeline 2.
     let again = a.pg.owned_dir("again").expect("dir");
     let again_arg = again.display().to_string();
-    let report = start(&again_arg, &["--target-time", &after]);
+    let (_, err) = a.expect_as_server(
+        &["restore", "--pgdata", &again_arg, "--target-time", &after],
+        2,
+    );
+    assert!(
+        err.contains("left timeline 1") && err.contains(&format!("pass --backup {before_fork}")),
+        "{err}"
+    );
+    let report = start(
+        &again_arg,
+        &["--target-time", &after, "--backup", &before_fork],
+    );
     assert_eq!(
         report["plan"]["timelines"],
         serde_json::json!([1, 2]),
         "{report}"
     );
     assert_eq!(report["plan"]["timeline"], 1);
-    assert_ne!(
-        report["plan"]["backup"], after_fork["backup_id"],
-        "the backup taken after the fork cannot lead to timeline 2: {report}"
-    );
+    assert_eq!(report["plan"]["backup"], before_fork.as_str(), "{report}");
     assert_eq!(
         a.query_restored(&again, port, "SELECT count(*) FROM t"),
         "107"

@@ -427,6 +427,49 @@ fn a_delta_restore_refuses_a_tablespace_directory_it_does_not_own() {
     check_tablespace_target(&pgdata, 16401, &other, true, true).expect("empty");
 }
 
+/// `--delta` leaves `standby.signal` and `recovery.signal` alone when it refuses the directory
+/// (here a `pg_wal` that is a symbolic link, as `initdb -X` makes it: a stopped standby
+/// restarted afterwards must still be a standby), and removes them once it starts writing, so
+/// that a restore failing halfway leaves no directory a server would start recovering from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_restore_unmarks_recovery_only_once_it_writes() {
+    let b = local();
+    let repo = init(&b).await;
+    let root = tempfile::tempdir().expect("tmp");
+    let layout = layout(root.path());
+    let pgdata = layout.pgdata.clone();
+    let waldir = root.path().join("waldir");
+    std::fs::create_dir_all(&pgdata).expect("pgdata");
+    std::fs::create_dir(&waldir).expect("waldir");
+    std::os::unix::fs::symlink(&waldir, pgdata.join("pg_wal")).expect("link");
+    for signal in ["standby.signal", "recovery.signal"] {
+        std::fs::write(pgdata.join(signal), "").expect("signal");
+    }
+    let extents = stored(&repo, b"page").await;
+    let m = manifest(vec![
+        file("pg_wal", FileType::Directory, Vec::new(), ""),
+        file("PG_VERSION", FileType::Regular, extents, ""),
+    ]);
+    let err = materialize(&repo, &m, &layout, 2, true)
+        .await
+        .expect_err("a symlinked pg_wal");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(pgdata.join("standby.signal").exists());
+    assert!(pgdata.join("recovery.signal").exists());
+
+    // A restore that fails halfway: a chunk the repository does not have.
+    std::fs::remove_file(pgdata.join("pg_wal")).expect("unlink");
+    let other = local();
+    let elsewhere = init(&other).await;
+    let missing = stored(&elsewhere, b"not in this repository").await;
+    let m = manifest(vec![file("base_file", FileType::Regular, missing, "")]);
+    materialize(&repo, &m, &layout, 2, true)
+        .await
+        .expect_err("a missing chunk");
+    assert!(!pgdata.join("standby.signal").exists());
+    assert!(!pgdata.join("recovery.signal").exists());
+}
+
 /// A second restore into a directory another one is writing is refused before it writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_being_restored_into_is_not_restored_into_again() {

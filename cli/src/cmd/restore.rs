@@ -253,13 +253,14 @@ pub(crate) async fn run(s: &Settings, a: &RestoreArgs, out: &Output) -> anyhow::
             _ => String::new(),
         }
     );
+    // Before the dry run returns: a mistyped --tablespace-map OID is part of the plan.
+    let layout = tablespace_layout(&plan, &pgdata, &map)?;
     if a.dry_run {
         return out.emit(&plan_out, || plan_text);
     }
     if !out.json {
         println!("{plan_text}");
     }
-    let layout = tablespace_layout(&plan, &pgdata, &map)?;
     // Found before anything is written: a missing PostgreSQL would otherwise show only after
     // the whole restore.
     let bin_dir = if a.start {

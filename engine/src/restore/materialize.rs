@@ -188,9 +188,6 @@ pub async fn materialize(
 ) -> Result<Materialized> {
     refuse_collisions(layout, m)?;
     let sums = checksums(repo, m).await?;
-    if delta {
-        unmark_recovery(&layout.pgdata)?;
-    }
     let group_readable = m
         .files
         .iter()
@@ -210,6 +207,11 @@ pub async fn materialize(
     {
         let path = destination(layout, f)?;
         make_dir(&path, dir_mode_of(f.mode))?;
+    }
+    // Only now, with every check that can refuse the directory passed: a refused restore
+    // must leave a standby's `standby.signal` where it was.
+    if delta {
+        unmark_recovery(&layout.pgdata)?;
     }
     // Largest files first: the longest single job starts at once and the small ones fill
     // in around it, rather than a large file found late running on alone at the end.
@@ -272,7 +274,7 @@ fn file_mode_of(mode: u32) -> u32 {
     (mode & 0o640) | 0o600
 }
 
-/// For `--delta`, before anything is written: removes the previous restore's
+/// For `--delta`, before any file is written: removes the previous restore's
 /// `recovery.signal` (and any `standby.signal`) so that a restore that fails halfway does
 /// not leave a directory of old and new files that a server would start recovering from.
 /// PostgreSQL leaves both out of base backups; the finished restore writes its own.
@@ -672,7 +674,8 @@ fn remove_extra(layout: &Layout, m: &Manifest) -> Result<u64> {
                 .map(|c| c.as_os_str().to_owned());
             if let (Some(first), Some(root)) = (first, layout.tablespaces.get(&f.tablespace)) {
                 let top = root.join(first);
-                if top != path && !stack.contains(&top) {
+                // (`top` may be a file: reading it as a directory then finds nothing.)
+                if !stack.contains(&top) {
                     stack.push(top);
                 }
             }

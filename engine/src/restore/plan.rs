@@ -120,40 +120,51 @@ pub async fn plan(
     };
     let candidates = pick_backup(&manifests, choice, &target, event.as_ref())?;
     let listing = timelines(&archive).await?;
-    // The newest candidate whose timeline leads to the target's. With `Latest`, a backup
-    // taken after the target timeline forked off is passed over for an older one taken
-    // before the fork (after a point-in-time restore, say); the first refusal is reported
-    // if none leads there.
-    let mut refused = None;
-    let mut picked = None;
-    for manifest in candidates {
-        let pg = manifest
-            .postgres
-            .ok_or_else(|| Error::InvalidInput("not a PostgreSQL backup".into()))?;
-        match recovery_path(
-            &archive,
-            &listing,
-            &manifest.backup_id,
-            TimelineId(pg.timeline),
-            (Lsn(pg.start_lsn), Lsn(pg.stop_lsn)),
-            timeline,
-        )
-        .await
-        {
-            Ok(legs) => {
-                picked = Some((manifest, pg, legs));
-                break;
-            }
-            Err(e @ Error::InvalidInput(_)) if *choice == BackupChoice::Latest => {
-                refused.get_or_insert(e);
-            }
-            Err(e) => return Err(e),
+    // The newest candidate must lead to the target's timeline. With `Latest`, a newer backup
+    // can be on the wrong side of a fork: taken on timeline 1 after timeline 2 left it (both
+    // were live, as after a point-in-time restore that kept archiving). Which history is the
+    // right one is the operator's call, not ours: the refusal names the newest backup that
+    // does lead there, for `--backup`.
+    let mut candidates = candidates.into_iter();
+    let first = candidates
+        .next()
+        .ok_or_else(|| Error::InvalidInput("no backup to restore".into()))?;
+    let path_of = |m: &'_ Manifest| {
+        let pg = m.postgres;
+        let archive = &archive;
+        let listing = &listing;
+        let id = m.backup_id.clone();
+        async move {
+            let pg = pg.ok_or_else(|| Error::InvalidInput("not a PostgreSQL backup".into()))?;
+            let legs = recovery_path(
+                archive,
+                listing,
+                &id,
+                TimelineId(pg.timeline),
+                (Lsn(pg.start_lsn), Lsn(pg.stop_lsn)),
+                timeline,
+            )
+            .await?;
+            Ok::<_, Error>((pg, legs))
         }
-    }
-    let Some((manifest, pg, legs)) = picked else {
-        return Err(refused.unwrap_or_else(|| {
-            Error::InvalidInput("no backup leads to the target timeline".into())
-        }));
+    };
+    let (manifest, pg, legs) = match path_of(first).await {
+        Ok((pg, legs)) => (first, pg, legs),
+        Err(Error::InvalidInput(why)) if *choice == BackupChoice::Latest => {
+            for older in candidates {
+                if path_of(older).await.is_ok() {
+                    return Err(Error::InvalidInput(format!(
+                        "{why}. Backup {} (consistent at {}) was taken before that and leads \
+                         there: pass --backup {} to restore it onto that timeline",
+                        older.backup_id,
+                        format_timestamp_us(older.stop_time_us),
+                        older.backup_id
+                    )));
+                }
+            }
+            return Err(Error::InvalidInput(why));
+        }
+        Err(e) => return Err(e),
     };
     let size = pg.wal_segment_size;
     let path: Vec<TimelineId> = legs.iter().map(|l| l.timeline).collect();
