@@ -77,17 +77,15 @@ pub fn check_tablespace_target(
     delta: bool,
 ) -> Result<()> {
     check_target(dir, delta)?;
-    let empty = match std::fs::read_dir(dir) {
-        Ok(mut entries) => entries.next().is_none(),
-        Err(_) => true,
-    };
-    if !delta || empty || !at_original {
+    if !delta || !at_original {
         return Ok(());
     }
-    let same = |a: &Path| match (a.canonicalize(), dir.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+    // Absent or empty: nothing of anyone's to overwrite.
+    let Ok(Some(_)) = std::fs::read_dir(dir).map(|mut entries| entries.next()) else {
+        return Ok(());
     };
+    let dir_real = dir.canonicalize().ok();
+    let same = |a: &Path| dir_real.is_some() && a.canonicalize().ok() == dir_real;
     let links = pgdata.join("pg_tblspc");
     let linked =
         std::fs::read_link(links.join(oid.to_string())).is_ok_and(|t| same(&links.join(t)));
